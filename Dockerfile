@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+
+# ---- build -------------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+
+# If sqlx's compile-time checked queries (query!) are used, build from the committed .sqlx/
+# metadata instead of a live database. Harmless otherwise.
+ENV SQLX_OFFLINE=true
+
+COPY . .
+
+# Cache mounts keep the registry and target dir between builds; the binary is copied out of the
+# cached target dir within the same RUN.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+ && cp target/release/usersync /usr/local/bin/usersync
+
+# ---- runtime -----------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# target/release/usersync from the builder.
+COPY --from=builder /usr/local/bin/usersync /usr/local/bin/usersync
+
+# nobody:nogroup
+USER 65534:65534
+EXPOSE 8080
+ENTRYPOINT ["usersync"]
+CMD ["serve"]

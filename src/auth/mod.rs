@@ -1,0 +1,13 @@
+//! Who is calling: token and key verification, and the `Caller` extractor.
+//!
+//! The token only says *who*; what a caller may touch is decided in the handlers, and the data
+//! always comes from `auth.users`.
+
+mod caller;
+mod error;
+pub mod mint;
+mod verifier;
+
+pub use caller::Caller;
+pub use error::AuthError;
+pub use verifier::Verifier;

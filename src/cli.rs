@@ -1,0 +1,215 @@
+//! The command line. Every subcommand runs the same library code the HTTP API does.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use crate::auth::mint::{self, Subject};
+use crate::config::{DatabaseConfig, LogFormat, MappingConfig, ServeConfig};
+use crate::startup::{self, Application};
+use crate::sync::mapping::Mapping;
+use crate::sync::target::BoundMapping;
+use crate::{db, dev, openapi, sync, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(name = "usersync", version, about = "Keeps Supabase's auth.users and your users table in step")]
+pub struct Cli {
+    /// Log format; `json` by default when stderr is not a terminal, else `pretty`.
+    #[arg(long, env = "USERSYNC_LOG_FORMAT", value_name = "USERSYNC_LOG_FORMAT", global = true)]
+    log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve(Box<ServeConfig>),
+    /// Apply the usersync schema's migrations (safe to repeat).
+    Migrate(DatabaseConfig),
+    /// Print drift counts, totals and the last run.
+    Status {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        mapping: MappingConfig,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Mint a token with the configured JWT secret, for local use.
+    Token(TokenArgs),
+    /// Boot a throwaway Postgres with a Supabase-like auth schema and demo users, and serve.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(id = "whom", required = true, multiple = false, args = ["sub", "service"])]
+struct TokenArgs {
+    /// A user access token for this user id.
+    #[arg(long)]
+    sub: Option<Uuid>,
+    /// A service_role token.
+    #[arg(long)]
+    service: bool,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// The project's JWT secret.
+    #[arg(long = "jwt-secret", env = "USERSYNC_JWT_SECRET", value_name = "USERSYNC_JWT_SECRET",
+          hide_env_values = true, required = true)]
+    jwt_secret: Option<SecretString>,
+    /// Issuer claim for user tokens.
+    #[arg(long = "jwt-issuer", env = "USERSYNC_JWT_ISSUER", value_name = "USERSYNC_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+}
+
+/// Parses the command line (and `.env`) and runs the command; any failure is one line on
+/// stderr and a non-zero exit.
+pub async fn run() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return report_parse_error(e),
+    };
+    let format = cli.log_format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    telemetry::init(format);
+    match execute(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("usersync: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(config) => {
+            let pool = db::pool(&config.database);
+            let app = Application::build(&config, pool).await?;
+            app.run_until_stopped(startup::shutdown_signal()).await?;
+        }
+        Command::Migrate(database) => {
+            let pool = db::pool(&database);
+            db::migrate(&pool).await?;
+            println!("usersync schema is up to date");
+        }
+        Command::Status { database, mapping } => {
+            let pool = db::pool(&database);
+            let bound = BoundMapping::bind(&pool, Mapping::load(mapping.mapping.as_deref())?).await?;
+            let status = sync::status::status(&pool, &bound).await?;
+            print!("{}", render_status(&status));
+        }
+        Command::Openapi => {
+            println!("{}", openapi::document().to_pretty_json()?);
+        }
+        Command::Token(args) => {
+            let secret = args.jwt_secret.expect("clap requires it");
+            let subject = match args.sub {
+                Some(id) => Subject::User(id),
+                None => Subject::Service,
+            };
+            println!(
+                "{}",
+                mint::mint(&secret, subject, args.jwt_issuer.as_deref(), args.ttl)?
+            );
+        }
+        Command::Dev(args) => dev::run(args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The error and its causes on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+/// Help and version print as usual; a bad setting becomes one line that names its variable.
+fn report_parse_error(error: clap::Error) -> ExitCode {
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        _ => {}
+    }
+    let arg = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(list)) => Some(list.join(", ")),
+        _ => None,
+    };
+    let line = match (error.kind(), arg) {
+        (ErrorKind::MissingRequiredArgument, Some(arg)) => {
+            format!("missing setting: {} is not set", setting_name(&arg))
+        }
+        (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(arg)) => {
+            let reason = error
+                .source()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "invalid value".into());
+            format!("invalid setting: {}: {reason}", setting_name(&arg))
+        }
+        _ => error
+            .render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid command line")
+            .trim_start_matches("error: ")
+            .to_owned(),
+    };
+    eprintln!("usersync: {line}");
+    ExitCode::from(2)
+}
+
+/// `--listen <USERSYNC_LISTEN>` → `USERSYNC_LISTEN (--listen)`: the variable is the documented
+/// name, the flag the alternative.
+fn setting_name(arg: &str) -> String {
+    match (arg.find('<'), arg.find('>')) {
+        (Some(open), Some(close)) if close > open => {
+            let var = &arg[open + 1..close];
+            let flag = arg[..open].trim();
+            format!("{var} ({flag})")
+        }
+        _ => arg.to_owned(),
+    }
+}
+
+use std::error::Error as _;
+
+fn render_status(status: &sync::status::Status) -> String {
+    let d = &status.drift;
+    let rows = [
+        ("source users (auth.users)", status.source_total),
+        ("target users", status.target_total),
+        ("missing", d.missing),
+        ("stale", d.stale),
+        ("mismatched", d.mismatched),
+        ("orphaned", d.orphaned),
+        ("deleted", d.deleted),
+        ("dead letters pending", status.dead_letters_pending),
+    ];
+    let mut out = String::new();
+    for (label, value) in rows {
+        out.push_str(&format!("{label:<28}{value:>12}\n"));
+    }
+    let last = match &status.last_run {
+        Some(run) => format!("{} ({}, started {})", run.id, run.state, run.started_at),
+        None => "never".to_owned(),
+    };
+    out.push_str(&format!("{:<28}{last}\n", "last run"));
+    out
+}

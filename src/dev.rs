@@ -1,0 +1,137 @@
+//! `usersync dev`: the whole service on a laptop with no set-up.
+//!
+//! It boots a throwaway Postgres from the machine's PostgreSQL binaries (pgtemp), loads a
+//! Supabase-compatible `auth` schema, a demo `public.users` and a few demo users, prints tokens
+//! and curl lines, and serves. Nothing here runs in production: `auth.*` is Supabase Auth's.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Args;
+use pgtemp::PgTempDB;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::mint::{self, Subject};
+use crate::config::{AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys};
+use crate::startup::{self, Application};
+
+/// The SQL fixtures, shared with the integration tests.
+pub mod fixtures {
+    /// The `auth` schema as Supabase Auth defines it: roles, `auth.users`, `auth.identities`,
+    /// `auth.uid()`/`role()`/`jwt()`.
+    pub const SUPABASE_AUTH: &str = include_str!("../tests/fixtures/supabase_auth.sql");
+    /// The default target, `public.users`.
+    pub const PUBLIC_USERS: &str = include_str!("../tests/fixtures/public_users.sql");
+    /// A few demo users, written the way Supabase Auth writes them.
+    pub const DEMO_USERS: &str = include_str!("../tests/fixtures/demo_users.sql");
+}
+
+/// The demo user whose token `usersync dev` prints (Ada, from `demo_users.sql`).
+const DEMO_USER: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_000000000001);
+/// Development-only credentials: printed on start, never valid anywhere else.
+const DEV_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+const DEV_SERVICE_KEY: &str = "sb_secret_dev_only_do_not_use_in_production";
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, env = "USERSYNC_LISTEN", value_name = "USERSYNC_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+/// Boots the throwaway database, seeds it, and serves until Ctrl-C; the database goes with it.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    eprintln!("usersync dev: starting a throwaway PostgreSQL from this machine's binaries...");
+    let pg = PgTempDB::async_new().await;
+    let url = pg.connection_uri();
+    let admin = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .context("cannot connect to the throwaway PostgreSQL")?;
+    seed(&admin).await?;
+    admin.close().await;
+
+    let secret = SecretString::from(DEV_JWT_SECRET.to_owned());
+    let config = ServeConfig {
+        database: DatabaseConfig {
+            url: DatabaseUrl::parse(&url).map_err(anyhow::Error::msg)?,
+            pool_size: 16,
+            acquire_timeout: std::time::Duration::from_secs(3),
+        },
+        auth: AuthConfig {
+            jwt_secret: Some(secret.clone()),
+            jwt_issuer: None,
+            service_keys: Some(ServiceKeys(vec![SecretString::from(
+                DEV_SERVICE_KEY.to_owned(),
+            )])),
+        },
+        mapping: MappingConfig { mapping: None },
+        http: HttpConfig {
+            listen: args.listen,
+            request_timeout: std::time::Duration::from_secs(10),
+            body_limit: 64 * 1024,
+        },
+    };
+    let pool = crate::db::pool(&config.database);
+    crate::db::migrate(&pool).await?;
+    let app = Application::build(&config, pool).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let user_token = mint::mint(&secret, Subject::User(DEMO_USER), None, 24 * 3600)?;
+    let service_token = mint::mint(&secret, Subject::Service, None, 24 * 3600)?;
+    println!("{}", banner(&base, &url, &user_token, &service_token));
+    app.run_until_stopped(startup::shutdown_signal()).await?;
+    drop(pg);
+    Ok(())
+}
+
+/// Loads the auth fixture, the usersync schema's prerequisites, the demo target and users.
+pub async fn seed(db: &PgPool) -> anyhow::Result<()> {
+    for (name, sql) in [
+        ("supabase_auth.sql", fixtures::SUPABASE_AUTH),
+        ("public_users.sql", fixtures::PUBLIC_USERS),
+        ("demo_users.sql", fixtures::DEMO_USERS),
+    ] {
+        sqlx::raw_sql(sql)
+            .execute(db)
+            .await
+            .with_context(|| format!("loading {name}"))?;
+    }
+    Ok(())
+}
+
+fn banner(base: &str, db_url: &str, user_token: &str, service_token: &str) -> String {
+    let key = SecretString::from(DEV_SERVICE_KEY.to_owned());
+    let key = key.expose_secret();
+    format!(
+        "
+usersync dev is running at {base}
+  database (throwaway): {db_url}
+  demo users: ada, grace, linus, margaret (admin), a phone-only user; one orphaned profile
+
+Paste these into a shell:
+
+export USERSYNC_URL={base}
+export USER_TOKEN={user_token}
+export SERVICE_TOKEN={service_token}
+export SECRET_KEY={key}
+
+# sync Ada (the user token's own user)
+curl -s -X POST $USERSYNC_URL/v1/users/me/sync -H \"Authorization: Bearer $USER_TOKEN\"
+# her drift
+curl -s $USERSYNC_URL/v1/users/00000000-0000-4000-8000-000000000001/drift -H \"Authorization: Bearer $USER_TOKEN\"
+# the service syncs Grace
+curl -s -X POST $USERSYNC_URL/v1/users/00000000-0000-4000-8000-000000000002/sync -H \"Authorization: Bearer $SERVICE_TOKEN\"
+# drift counts for the whole project, with a secret key
+curl -s $USERSYNC_URL/v1/status -H \"apikey: $SECRET_KEY\"
+# probes and the API document
+curl -s $USERSYNC_URL/readyz
+curl -s $USERSYNC_URL/openapi.json
+
+Ctrl-C stops the service and deletes the database.
+"
+    )
+}

@@ -1,0 +1,208 @@
+//! The API's one error type, and the one place it becomes HTTP: `application/problem+json`
+//! (RFC 9457) with a stable machine-readable `code`.
+//!
+//! Nothing internal crosses this line: a 5xx is logged here, once, with its cause chain, and the
+//! client gets a fixed sentence.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::sync::engine::SyncError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("a user may only act on their own id")]
+    NotSelf,
+    #[error("this endpoint is for the service (a service_role token or a secret key)")]
+    ServiceOnly,
+    #[error("this endpoint is for a signed-in user")]
+    UserOnly,
+    #[error("{detail}")]
+    BadRequest { code: &'static str, detail: String },
+    #[error("no auth user has this id")]
+    UserNotFound,
+    #[error("the auth user is deleted")]
+    UserDeleted,
+    #[error("another profile holds this email (the same person under another id?); reconcile with the `rekey` repair")]
+    EmailConflict,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("{0}")]
+    Status(StatusCode),
+    #[error("the request took too long")]
+    Timeout,
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("not ready: {failing}")]
+    NotReady {
+        failing: String,
+        checks: serde_json::Value,
+    },
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The problem+json body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:usersync:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable and machine-readable: branch on this, not on `title` or `detail`.
+    pub code: String,
+    /// Readiness checks, on a 503 from `/readyz`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub checks: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Auth(AuthError::ForbiddenRole(_)) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotSelf | ApiError::ServiceOnly | ApiError::UserOnly => StatusCode::FORBIDDEN,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UserNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::UserDeleted => StatusCode::GONE,
+            ApiError::EmailConflict => StatusCode::CONFLICT,
+            ApiError::Status(status) => *status,
+            ApiError::Timeout | ApiError::Unavailable(_) | ApiError::NotReady { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Auth(e) => match e {
+                AuthError::Missing => "missing_credentials",
+                AuthError::Invalid => "invalid_token",
+                AuthError::Expired => "token_expired",
+                AuthError::NotYetValid => "token_not_yet_valid",
+                AuthError::WrongAudience => "invalid_audience",
+                AuthError::WrongIssuer => "invalid_issuer",
+                AuthError::InvalidSubject => "invalid_subject",
+                AuthError::ForbiddenRole(_) => "forbidden_role",
+            },
+            ApiError::NotSelf => "not_self",
+            ApiError::ServiceOnly => "service_only",
+            ApiError::UserOnly => "user_only",
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::UserNotFound => "user_not_found",
+            ApiError::UserDeleted => "user_deleted",
+            ApiError::EmailConflict => "email_conflict",
+            ApiError::RouteNotFound => "not_found",
+            ApiError::Status(status) => status_code_name(*status),
+            ApiError::Timeout => "request_timeout",
+            ApiError::Unavailable(_) => "database_unavailable",
+            ApiError::NotReady { .. } => "not_ready",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let status = self.status();
+        let code = self.code();
+        Problem {
+            kind: format!("urn:usersync:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: code.to_owned(),
+            checks: match self {
+                ApiError::NotReady { checks, .. } => Some(checks.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Codes for errors that arise below the handlers (the router, the body limit), by status.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            ApiError::Unavailable(cause) => tracing::error!(error = %cause, "database unavailable"),
+            _ => {}
+        }
+        let status = self.status();
+        let mut response = (status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a challenge on every 401, with `error` once credentials were sent.
+            let challenge = if matches!(self, ApiError::Auth(AuthError::Missing)) {
+                "Bearer realm=\"usersync\""
+            } else {
+                "Bearer realm=\"usersync\", error=\"invalid_token\""
+            };
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(error)
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<SyncError> for ApiError {
+    fn from(error: SyncError) -> Self {
+        match error {
+            SyncError::UserNotFound => ApiError::UserNotFound,
+            SyncError::UserDeleted => ApiError::UserDeleted,
+            SyncError::EmailConflict => ApiError::EmailConflict,
+            SyncError::Database(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Our own `Path` and `Json` extractors: axum's, with every rejection turned into `ApiError`,
+//! so that a bad UUID or bad JSON looks like every other failure on the wire.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::StatusCode;
+
+use crate::error::ApiError;
+
+/// A path parameter; a malformed one is a 400 `invalid_path`.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// A JSON body; malformed JSON or an unknown field is a 400 `invalid_body`, a body over the
+/// limit a 413.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::Status(StatusCode::PAYLOAD_TOO_LARGE),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ApiError::Status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
+            _ => ApiError::bad_request("invalid_body", rejection.body_text()),
+        }
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,107 @@
+//! Sync-one and per-user drift.
+
+use axum::extract::State;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::{Json, Path};
+use crate::auth::Caller;
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
+use crate::sync::engine::{self, SyncOutcome, UserDrift};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sync_me))
+        .routes(routes!(sync_user))
+        .routes(routes!(user_drift))
+}
+
+/// Sync the calling user.
+///
+/// For the frontend right after sign-up and for the OAuth callback after the session exchange.
+/// The token only says who; the data is read from `auth.users` in the same statement that
+/// writes the profile.
+#[utoipa::path(
+    post, path = "/v1/users/me/sync", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Synced", body = SyncOutcome),
+        (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a user token (anon role, or the service)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The token's user no longer exists", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id))]
+async fn sync_me(State(state): State<AppState>, caller: Caller) -> Result<Json<SyncOutcome>, ApiError> {
+    let Caller::User(id) = caller else {
+        return Err(ApiError::UserOnly);
+    };
+    sync(&state, caller, id).await
+}
+
+/// Sync one user by id.
+///
+/// A user may sync only themselves; the service may sync anyone.
+#[utoipa::path(
+    post, path = "/v1/users/{id}/sync", tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id (auth.users.id)")),
+    security(("bearer" = []), ("apikey" = [])),
+    responses(
+        (status = 200, description = "Synced", body = SyncOutcome),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's id, or a role without access", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No auth user has this id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id))]
+async fn sync_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<SyncOutcome>, ApiError> {
+    if !caller.may_access(id) {
+        return Err(ApiError::NotSelf);
+    }
+    sync(&state, caller, id).await
+}
+
+async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
+    tracing::Span::current().record("user_id", tracing::field::display(id));
+    let outcome = engine::sync_one(&state.db, &state.mapping, id, &caller.audit_name()).await?;
+    tracing::info!(action = ?outcome.action, "synced");
+    Ok(Json(outcome))
+}
+
+/// The drift kinds that apply to one user.
+#[utoipa::path(
+    get, path = "/v1/users/{id}/drift", tag = "users",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    security(("bearer" = []), ("apikey" = [])),
+    responses(
+        (status = 200, description = "Drift of this id", body = UserDrift),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Neither table has this id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %id))]
+async fn user_drift(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<UserDrift>, ApiError> {
+    if !caller.may_access(id) {
+        return Err(ApiError::NotSelf);
+    }
+    Ok(Json(engine::drift_of(&state.db, &state.mapping, id).await?))
+}

@@ -1,0 +1,31 @@
+//! usersync keeps Supabase's `auth.users` and the application's users table in step.
+//!
+//! Read top-down: the CLI hands off to the start-up path, which wires the HTTP edge to the
+//! domain, which runs SQL through the repository layer.
+
+/// Token and secret-key verification; the `Caller` extractor.
+pub mod auth;
+/// The subcommands: serve, migrate, status, openapi, token, dev.
+pub mod cli;
+/// Typed, validated settings from the environment.
+pub mod config;
+/// The connection pool and the usersync migrations.
+pub mod db;
+/// `usersync dev`: a throwaway Postgres with a Supabase-like `auth` schema and demo users.
+pub mod dev;
+/// The API error type and its problem+json form.
+pub mod error;
+/// Routes, extractors and the middleware stack.
+pub mod http;
+/// The OpenAPI document.
+pub mod openapi;
+/// SQL: catalog reads, rendered statements, queries.
+pub mod repo;
+/// Bind, serve, shut down gracefully.
+pub mod startup;
+/// What handlers share.
+pub mod state;
+/// The domain: mapping, drift kinds, sync decisions.
+pub mod sync;
+/// Logging set-up.
+pub mod telemetry;

@@ -1,0 +1,62 @@
+//! The per-user statements: sync-one and drift-of-one.
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::sync::target::BoundMapping;
+
+/// What the sync-one statement reports (see `repo::sql` for the statement itself).
+#[derive(Debug, sqlx::FromRow)]
+pub struct SyncRow {
+    /// An `auth.users` row has the id.
+    pub found: bool,
+    /// That row is soft-deleted.
+    pub deleted: bool,
+    /// The user is anonymous and the mapping skips anonymous users.
+    pub skipped: bool,
+    /// Creating the row would make a second profile for the same person (see
+    /// `Renderer::mismatched_source`).
+    pub mismatched: bool,
+    /// `Some(true)` inserted, `Some(false)` updated, `None` nothing written.
+    pub created: Option<bool>,
+    /// The target row after the statement.
+    pub row: Option<serde_json::Value>,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+pub async fn sync_one(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    user_id: Uuid,
+    caller: &str,
+) -> sqlx::Result<SyncRow> {
+    sqlx::query_as(&bound.sql.sync_one)
+        .bind(user_id)
+        .bind(caller)
+        .fetch_one(db)
+        .await
+}
+
+/// Which drift kinds apply to one id.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DriftRow {
+    pub in_source: bool,
+    pub in_target: bool,
+    pub missing: bool,
+    pub stale: bool,
+    pub mismatched: bool,
+    pub orphaned: bool,
+    pub deleted: bool,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+pub async fn drift_one(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    user_id: Uuid,
+) -> sqlx::Result<DriftRow> {
+    sqlx::query_as(&bound.sql.drift_one)
+        .bind(user_id)
+        .fetch_one(db)
+        .await
+}

@@ -1,0 +1,144 @@
+//! Sync one user, and tell one user's drift: the domain decisions over `repo::users`.
+
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::repo::users::{self, DriftRow, SyncRow};
+use crate::sync::drift::DriftKind;
+use crate::sync::target::BoundMapping;
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncAction {
+    /// The target row did not exist and was inserted.
+    Created,
+    /// An `always` column differed and was written.
+    Updated,
+    /// Nothing differed; nothing was written.
+    Unchanged,
+    /// The user is anonymous and the mapping skips anonymous users.
+    Skipped,
+}
+
+/// The result of a successful sync: the action and the target row as it now stands.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SyncOutcome {
+    pub action: SyncAction,
+    /// The target row (every column of the application's table), or null when skipped.
+    #[schema(value_type = Option<Object>)]
+    pub user: Option<serde_json::Value>,
+}
+
+/// Why a user could not be synced.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No `auth.users` row has this id (a token outlives its user).
+    #[error("no auth user has this id")]
+    UserNotFound,
+    /// The auth user is soft-deleted.
+    #[error("the auth user is deleted")]
+    UserDeleted,
+    /// Another profile holds this user's email: the same person under another id, or a unique
+    /// index on the target.
+    #[error("another profile holds this email")]
+    EmailConflict,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Syncs one user in a single statement that reads the `auth.users` row and upserts the target.
+///
+/// The one retry covers a race the statement cannot see: a concurrent call created the row
+/// after this statement's snapshot was taken and wrote exactly what this one would, so the
+/// upsert did nothing and the snapshot shows no row. A second statement sees it as `unchanged`.
+pub async fn sync_one(
+    db: &PgPool,
+    bound: &BoundMapping,
+    user_id: Uuid,
+    caller: &str,
+) -> Result<SyncOutcome, SyncError> {
+    for _ in 0..2 {
+        let row = users::sync_one(db, bound, user_id, caller)
+            .await
+            .map_err(|e| unique_violation_to_conflict(e, bound))?;
+        if let Some(outcome) = decide(row)? {
+            return Ok(outcome);
+        }
+    }
+    Err(SyncError::Database(sqlx::Error::Protocol(
+        "the target row vanished between two sync attempts".into(),
+    )))
+}
+
+/// Turns the statement's flags into an outcome; `None` means "retry" (see `sync_one`).
+fn decide(row: SyncRow) -> Result<Option<SyncOutcome>, SyncError> {
+    if !row.found {
+        return Err(SyncError::UserNotFound);
+    }
+    if row.deleted {
+        return Err(SyncError::UserDeleted);
+    }
+    let action = match (row.created, &row.row) {
+        (Some(true), _) => SyncAction::Created,
+        (Some(false), _) => SyncAction::Updated,
+        (None, _) if row.mismatched => return Err(SyncError::EmailConflict),
+        (None, _) if row.skipped => SyncAction::Skipped,
+        (None, Some(_)) => SyncAction::Unchanged,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(SyncOutcome {
+        action,
+        user: row.row,
+    }))
+}
+
+/// A unique violation on an index over the email column (plain or an expression such as
+/// `lower(email)`) means another profile holds this user's email.
+fn unique_violation_to_conflict(error: sqlx::Error, bound: &BoundMapping) -> SyncError {
+    if let (sqlx::Error::Database(db_err), Some(email)) = (&error, bound.mapping.email_column()) {
+        let on_email = db_err.is_unique_violation()
+            && bound.shape.unique_indexes.iter().any(|idx| {
+                Some(idx.name.as_str()) == db_err.constraint()
+                    && (idx.columns.is_empty() || idx.columns.iter().any(|c| c == email.as_str()))
+            });
+        if on_email {
+            return SyncError::EmailConflict;
+        }
+    }
+    SyncError::Database(error)
+}
+
+/// One id's drift, as `GET /v1/users/{id}/drift` reports it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UserDrift {
+    pub in_sync: bool,
+    pub drift: Vec<DriftKind>,
+}
+
+/// The drift kinds that apply to one id; `UserNotFound` when neither table knows it.
+pub async fn drift_of(
+    db: &PgPool,
+    bound: &BoundMapping,
+    user_id: Uuid,
+) -> Result<UserDrift, SyncError> {
+    let row: DriftRow = users::drift_one(db, bound, user_id).await?;
+    if !row.in_source && !row.in_target {
+        return Err(SyncError::UserNotFound);
+    }
+    let drift: Vec<DriftKind> = [
+        (row.missing, DriftKind::Missing),
+        (row.stale, DriftKind::Stale),
+        (row.mismatched, DriftKind::Mismatched),
+        (row.orphaned, DriftKind::Orphaned),
+        (row.deleted, DriftKind::Deleted),
+    ]
+    .into_iter()
+    .filter_map(|(present, kind)| present.then_some(kind))
+    .collect();
+    Ok(UserDrift {
+        in_sync: drift.is_empty(),
+        drift,
+    })
+}

@@ -1,0 +1,7 @@
+//! The domain: mapping, drift and the sync decisions. Nothing here knows about HTTP.
+
+pub mod drift;
+pub mod engine;
+pub mod mapping;
+pub mod status;
+pub mod target;

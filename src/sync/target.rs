@@ -1,0 +1,119 @@
+//! A mapping bound to the real target table: checked against the catalog, its SQL rendered.
+//!
+//! Binding happens at start-up (a bad mapping stops the process with one clear line) and again
+//! on every `/readyz` (someone may have altered the table since).
+
+use sqlx::PgPool;
+
+use crate::repo::catalog::{self, TargetShape};
+use crate::repo::sql::{RenderedSql, Renderer};
+use crate::sync::mapping::{Mapping, MappingError};
+
+/// A mapping that fits its table, with the statements every path runs.
+#[derive(Debug, Clone)]
+pub struct BoundMapping {
+    pub mapping: Mapping,
+    pub shape: TargetShape,
+    pub sql: RenderedSql,
+}
+
+/// Binding failed: either the database could not be asked, or the mapping does not fit.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("cannot inspect the target table: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl BoundMapping {
+    /// Checks `mapping` against the live table and renders its SQL.
+    pub async fn bind(db: &PgPool, mapping: Mapping) -> Result<Self, BindError> {
+        let target = mapping.target.qualified();
+        let shape = catalog::target_shape(db, &mapping.target)
+            .await?
+            .ok_or_else(|| MappingError::Invalid(format!("target table {target} does not exist")))?;
+        check_columns(&mapping, &shape)?;
+        let renderer = Renderer::new(&mapping, &shape);
+        // Let Postgres type-check each value against its column, so that a mapping that can
+        // never be written (`uuid` into `integer`) is refused now, naming the column.
+        for column in &mapping.columns {
+            let probe = format!(
+                "select {} from auth.users s limit 0",
+                renderer.typed_expr(column, "s")
+            );
+            sqlx::query(&probe).execute(db).await.map_err(|e| match e {
+                sqlx::Error::Database(db_err) => BindError::Mapping(MappingError::Column {
+                    column: column.name.to_string(),
+                    reason: format!(
+                        "its value cannot be stored in {target}.{}: {}",
+                        column.name,
+                        db_err.message()
+                    ),
+                }),
+                other => BindError::Database(other),
+            })?;
+        }
+        let sql = renderer.render();
+        Ok(Self {
+            mapping,
+            shape,
+            sql,
+        })
+    }
+}
+
+/// Every mapped column exists and is writable; the key is a `uuid`; and every NOT NULL column
+/// has a value from somewhere, or a sync would fail on the first user.
+fn check_columns(mapping: &Mapping, shape: &TargetShape) -> Result<(), MappingError> {
+    let target = mapping.target.qualified();
+    let key = mapping.target.key.as_str();
+    match shape.columns.get(key) {
+        None => {
+            return Err(MappingError::Invalid(format!(
+                "key column `{key}` does not exist in {target}"
+            )))
+        }
+        Some(info) if info.sql_type != "uuid" => {
+            return Err(MappingError::Invalid(format!(
+                "key column `{key}` of {target} is {}, not uuid",
+                info.sql_type
+            )))
+        }
+        Some(_) => {}
+    }
+    for column in &mapping.columns {
+        let name = column.name.as_str();
+        let info = shape.columns.get(name).ok_or_else(|| MappingError::Column {
+            column: name.into(),
+            reason: format!("does not exist in {target}"),
+        })?;
+        if !info.writable {
+            return Err(MappingError::Column {
+                column: name.into(),
+                reason: format!("is generated in {target} and cannot be written"),
+            });
+        }
+    }
+    let mut unfilled: Vec<&String> = shape
+        .columns
+        .iter()
+        .filter(|(name, info)| {
+            info.not_null
+                && !info.has_default
+                && name.as_str() != key
+                && !mapping.columns.iter().any(|c| c.name.as_str() == *name)
+        })
+        .map(|(name, _)| name)
+        .collect();
+    unfilled.sort();
+    if let Some(name) = unfilled.first() {
+        return Err(MappingError::Column {
+            column: (*name).clone(),
+            reason: format!(
+                "is NOT NULL in {target} with no default, and the mapping gives it no value"
+            ),
+        });
+    }
+    Ok(())
+}
