@@ -16,10 +16,19 @@ use crate::sync::target::BoundMapping;
 use crate::{db, dev, openapi, sync, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "usersync", version, about = "Keeps Supabase's auth.users and your users table in step")]
+#[command(
+    name = "usersync",
+    version,
+    about = "Keeps Supabase's auth.users and your users table in step"
+)]
 pub struct Cli {
     /// Log format; `json` by default when stderr is not a terminal, else `pretty`.
-    #[arg(long, env = "USERSYNC_LOG_FORMAT", value_name = "USERSYNC_LOG_FORMAT", global = true)]
+    #[arg(
+        long,
+        env = "USERSYNC_LOG_FORMAT",
+        value_name = "USERSYNC_LOG_FORMAT",
+        global = true
+    )]
     log_format: Option<LogFormat>,
 
     #[command(subcommand)]
@@ -48,10 +57,9 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-#[group(id = "whom", required = true, multiple = false, args = ["sub", "service"])]
 struct TokenArgs {
     /// A user access token for this user id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "service", required_unless_present = "service")]
     sub: Option<Uuid>,
     /// A service_role token.
     #[arg(long)]
@@ -60,11 +68,20 @@ struct TokenArgs {
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
     /// The project's JWT secret.
-    #[arg(long = "jwt-secret", env = "USERSYNC_JWT_SECRET", value_name = "USERSYNC_JWT_SECRET",
-          hide_env_values = true, required = true)]
+    #[arg(
+        long = "jwt-secret",
+        env = "USERSYNC_JWT_SECRET",
+        value_name = "USERSYNC_JWT_SECRET",
+        hide_env_values = true,
+        required = true
+    )]
     jwt_secret: Option<SecretString>,
     /// Issuer claim for user tokens.
-    #[arg(long = "jwt-issuer", env = "USERSYNC_JWT_ISSUER", value_name = "USERSYNC_JWT_ISSUER")]
+    #[arg(
+        long = "jwt-issuer",
+        env = "USERSYNC_JWT_ISSUER",
+        value_name = "USERSYNC_JWT_ISSUER"
+    )]
     jwt_issuer: Option<String>,
 }
 
@@ -76,11 +93,13 @@ pub async fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return report_parse_error(e),
     };
-    let format = cli.log_format.unwrap_or(if std::io::stderr().is_terminal() {
-        LogFormat::Pretty
-    } else {
-        LogFormat::Json
-    });
+    let format = cli
+        .log_format
+        .unwrap_or(if std::io::stderr().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        });
     telemetry::init(format);
     match execute(cli.command).await {
         Ok(code) => code,
@@ -105,7 +124,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { database, mapping } => {
             let pool = db::pool(&database);
-            let bound = BoundMapping::bind(&pool, Mapping::load(mapping.mapping.as_deref())?).await?;
+            let bound =
+                BoundMapping::bind(&pool, Mapping::load(mapping.mapping.as_deref())?).await?;
             let status = sync::status::status(&pool, &bound).await?;
             print!("{}", render_status(&status));
         }

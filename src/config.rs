@@ -62,21 +62,21 @@ impl DatabaseUrl {
     /// Parses and checks a Postgres URL; the error never repeats the URL (it may hold a
     /// password).
     pub fn parse(raw: &str) -> Result<DatabaseUrl, String> {
-    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-        return Err("must be a postgres:// or postgresql:// URL".into());
-    }
-    let options = PgConnectOptions::from_str(raw).map_err(|_| "is not a valid Postgres URL")?;
-    if options.get_port() == TRANSACTION_POOLER_PORT {
-        return Err(format!(
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err("must be a postgres:// or postgresql:// URL".into());
+        }
+        let options = PgConnectOptions::from_str(raw).map_err(|_| "is not a valid Postgres URL")?;
+        if options.get_port() == TRANSACTION_POOLER_PORT {
+            return Err(format!(
             "points at port {TRANSACTION_POOLER_PORT}, Supabase's transaction-mode pooler, which \
              does not support prepared statements: use the direct connection or the session-mode \
              pooler (port 5432)"
         ));
-    }
-    Ok(DatabaseUrl {
-        options,
-        raw: SecretString::from(raw.to_owned()),
-    })
+        }
+        Ok(DatabaseUrl {
+            options,
+            raw: SecretString::from(raw.to_owned()),
+        })
     }
 }
 
@@ -91,7 +91,11 @@ pub struct AuthConfig {
 
     /// The issuer user tokens must carry (`https://<ref>.supabase.co/auth/v1`); unchecked when
     /// unset.
-    #[arg(long = "jwt-issuer", env = "USERSYNC_JWT_ISSUER", value_name = "USERSYNC_JWT_ISSUER")]
+    #[arg(
+        long = "jwt-issuer",
+        env = "USERSYNC_JWT_ISSUER",
+        value_name = "USERSYNC_JWT_ISSUER"
+    )]
     pub jwt_issuer: Option<String>,
 
     /// Comma-separated opaque secret keys (`sb_secret_...`) accepted as the service, in `apikey`
@@ -136,7 +140,9 @@ impl std::fmt::Debug for ServiceKeys {
 fn parse_service_keys(raw: &str) -> Result<ServiceKeys, String> {
     let keys: Vec<&str> = raw.split(',').map(str::trim).collect();
     if keys.iter().any(|k| k.len() < 16) {
-        return Err("every key must be at least 16 characters (comma-separated, no empty entries)".into());
+        return Err(
+            "every key must be at least 16 characters (comma-separated, no empty entries)".into(),
+        );
     }
     Ok(ServiceKeys(
         keys.into_iter()
@@ -150,7 +156,11 @@ fn parse_service_keys(raw: &str) -> Result<ServiceKeys, String> {
 pub struct MappingConfig {
     /// Path to a TOML mapping; the built-in one targets `public.users` (see
     /// `mappings/default.toml`).
-    #[arg(long = "mapping", env = "USERSYNC_MAPPING", value_name = "USERSYNC_MAPPING")]
+    #[arg(
+        long = "mapping",
+        env = "USERSYNC_MAPPING",
+        value_name = "USERSYNC_MAPPING"
+    )]
     pub mapping: Option<PathBuf>,
 }
 
@@ -158,8 +168,12 @@ pub struct MappingConfig {
 #[derive(Debug, Clone, Args)]
 pub struct HttpConfig {
     /// Address to listen on.
-    #[arg(long = "listen", env = "USERSYNC_LISTEN", value_name = "USERSYNC_LISTEN",
-          default_value = "0.0.0.0:8080")]
+    #[arg(
+        long = "listen",
+        env = "USERSYNC_LISTEN",
+        value_name = "USERSYNC_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen: SocketAddr,
 
     /// A request that takes longer is answered 503 (`request_timeout`).
@@ -199,9 +213,7 @@ pub struct ServeConfig {
 /// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(raw.len());
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
     let n: u64 = number
         .parse()
@@ -211,7 +223,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("`{raw}` is not a duration such as 500ms, 10s, 5m or 1h")),
+        _ => {
+            return Err(format!(
+                "`{raw}` is not a duration such as 500ms, 10s, 5m or 1h"
+            ))
+        }
     };
     Ok(duration)
 }

@@ -15,7 +15,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
-use crate::config::{AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys};
+use crate::config::{
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+};
 use crate::startup::{self, Application};
 
 /// The SQL fixtures, shared with the integration tests.
@@ -38,7 +40,12 @@ const DEV_SERVICE_KEY: &str = "sb_secret_dev_only_do_not_use_in_production";
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Address to listen on.
-    #[arg(long, env = "USERSYNC_LISTEN", value_name = "USERSYNC_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "USERSYNC_LISTEN",
+        value_name = "USERSYNC_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     listen: SocketAddr,
 }
 

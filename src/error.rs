@@ -173,7 +173,10 @@ impl IntoResponse for ApiError {
             } else {
                 "Bearer realm=\"usersync\", error=\"invalid_token\""
             };
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(

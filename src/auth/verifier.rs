@@ -58,7 +58,8 @@ impl Audience {
 /// The claims that decide who the caller is; everything else in the token is ignored.
 #[derive(Deserialize)]
 struct Claims {
-    sub: Option<String>,
+    /// Any JSON: a non-string `sub` must be refused as a bad subject, not as a bad token.
+    sub: Option<serde_json::Value>,
     role: Option<String>,
     aud: Option<Audience>,
     iss: Option<String>,
@@ -89,7 +90,9 @@ impl Verifier {
         let apikey = headers.get("apikey").and_then(|v| v.to_str().ok());
         let bearer = match headers.get(AUTHORIZATION) {
             None => None,
-            Some(value) => Some(bearer_token(value.to_str().map_err(|_| AuthError::Invalid)?)?),
+            Some(value) => Some(bearer_token(
+                value.to_str().map_err(|_| AuthError::Invalid)?,
+            )?),
         };
         if [apikey, bearer]
             .into_iter()
@@ -151,8 +154,12 @@ impl Verifier {
                 return Err(AuthError::WrongIssuer);
             }
         }
-        let sub = claims.sub.ok_or(AuthError::InvalidSubject)?;
-        let id = Uuid::parse_str(&sub).map_err(|_| AuthError::InvalidSubject)?;
+        let id = claims
+            .sub
+            .as_ref()
+            .and_then(|sub| sub.as_str())
+            .and_then(|sub| Uuid::parse_str(sub).ok())
+            .ok_or(AuthError::InvalidSubject)?;
         Ok(Caller::User(id))
     }
 }

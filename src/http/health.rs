@@ -59,7 +59,9 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
                 if pending == 0 {
                     Ok(())
                 } else {
-                    Err(format!("{pending} migration(s) pending: run `usersync migrate`"))
+                    Err(format!(
+                        "{pending} migration(s) pending: run `usersync migrate`"
+                    ))
                 }
             }
         },

@@ -26,7 +26,10 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 #[tracing::instrument(skip_all)]
-async fn get_status(State(state): State<AppState>, caller: Caller) -> Result<Json<Status>, ApiError> {
+async fn get_status(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Status>, ApiError> {
     if caller != Caller::Service {
         return Err(ApiError::ServiceOnly);
     }

@@ -37,7 +37,10 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id))]
-async fn sync_me(State(state): State<AppState>, caller: Caller) -> Result<Json<SyncOutcome>, ApiError> {
+async fn sync_me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SyncOutcome>, ApiError> {
     let Caller::User(id) = caller else {
         return Err(ApiError::UserOnly);
     };

@@ -25,11 +25,7 @@ pub fn literal(value: &str) -> String {
 }
 
 fn json_path_expr(column: &str, alias: &str, path: &JsonPath) -> String {
-    let segments: Vec<String> = path
-        .segments()
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect();
+    let segments: Vec<String> = path.segments().iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         "nullif({alias}.{column} #>> {}, '')",
         literal(&format!("{{{}}}", segments.join(",")))

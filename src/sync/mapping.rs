@@ -319,8 +319,7 @@ fn parse_column(name: &str, raw: RawColumn, key: &Ident) -> Result<ColumnMapping
     .count();
     if given != 1 {
         return Err(column_error(
-            "needs exactly one of `source`, `user_metadata`, `app_metadata`, `value`, `now`"
-                .into(),
+            "needs exactly one of `source`, `user_metadata`, `app_metadata`, `value`, `now`".into(),
         ));
     }
     let source = if let Some(col) = raw.source {
@@ -385,7 +384,11 @@ mod tests {
     #[test]
     fn the_default_mapping_takes_role_from_app_metadata_only() {
         let m = Mapping::default_mapping();
-        let role = m.columns.iter().find(|c| c.name.as_str() == "role").unwrap();
+        let role = m
+            .columns
+            .iter()
+            .find(|c| c.name.as_str() == "role")
+            .unwrap();
         assert!(matches!(role.source, ValueSource::AppMetadata(_)));
         assert_eq!(role.default.as_deref(), Some("user"));
         assert_eq!(m.email_column().unwrap().as_str(), "email");
@@ -412,7 +415,10 @@ mod tests {
             sync = "always"
         "#;
         let err = Mapping::from_toml(toml).unwrap_err().to_string();
-        assert!(err.contains("`pw`") && err.contains("encrypted_password"), "{err}");
+        assert!(
+            err.contains("`pw`") && err.contains("encrypted_password"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ impl BoundMapping {
         let target = mapping.target.qualified();
         let shape = catalog::target_shape(db, &mapping.target)
             .await?
-            .ok_or_else(|| MappingError::Invalid(format!("target table {target} does not exist")))?;
+            .ok_or_else(|| {
+                MappingError::Invalid(format!("target table {target} does not exist"))
+            })?;
         check_columns(&mapping, &shape)?;
         let renderer = Renderer::new(&mapping, &shape);
         // Let Postgres type-check each value against its column, so that a mapping that can
@@ -84,10 +86,13 @@ fn check_columns(mapping: &Mapping, shape: &TargetShape) -> Result<(), MappingEr
     }
     for column in &mapping.columns {
         let name = column.name.as_str();
-        let info = shape.columns.get(name).ok_or_else(|| MappingError::Column {
-            column: name.into(),
-            reason: format!("does not exist in {target}"),
-        })?;
+        let info = shape
+            .columns
+            .get(name)
+            .ok_or_else(|| MappingError::Column {
+                column: name.into(),
+                reason: format!("does not exist in {target}"),
+            })?;
         if !info.writable {
             return Err(MappingError::Column {
                 column: name.into(),

@@ -1,1 +1,8 @@
+//! One integration-test binary: every test drives the real router over a fresh real database.
 
+mod auth;
+mod cli;
+mod drift;
+mod edge;
+mod helpers;
+mod sync_one;

@@ -1,0 +1,120 @@
+//! The binary's start-up: a bad setting stops it with one line that names the variable.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn usersync(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_usersync"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_or_malformed_setting_is_one_line_naming_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "DATABASE_URL"),
+        (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://u:pw@db.pooler.supabase.com:6543/postgres",
+            )],
+            "DATABASE_URL",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_LISTEN", "nope"),
+            ],
+            "USERSYNC_LISTEN",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_JWT_SECRET", "short"),
+            ],
+            "USERSYNC_JWT_SECRET",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_REQUEST_TIMEOUT", "soon"),
+            ],
+            "USERSYNC_REQUEST_TIMEOUT",
+        ),
+    ];
+    for (env, var) in cases {
+        let (code, _, stderr) = usersync(&["serve"], env);
+        assert_ne!(code, 0, "{env:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+        assert!(stderr.contains(var), "{var} not named in: {stderr}");
+        assert!(
+            !stderr.contains("pw@"),
+            "the URL's password leaked: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn serve_without_any_way_to_authenticate_refuses_to_start() {
+    let db = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://localhost/db".into());
+    let (code, _, stderr) = usersync(&["serve"], &[("DATABASE_URL", &db)]);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("USERSYNC_JWT_SECRET"), "{stderr}");
+}
+
+#[test]
+fn token_mints_a_token_the_service_accepts() {
+    let (code, stdout, stderr) = usersync(
+        &["token", "--service"],
+        &[("USERSYNC_JWT_SECRET", JWT_SECRET)],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let token = stdout.trim().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let app = spawn_app().await;
+        assert_eq!(app.status(&Auth::Bearer(token)).await.status(), 200);
+        let id = app
+            .insert_auth_user(&AuthUser::new("cli@example.com"))
+            .await;
+        let (code, stdout, _) = usersync(
+            &["token", "--sub", &id.to_string()],
+            &[("USERSYNC_JWT_SECRET", JWT_SECRET)],
+        );
+        assert_eq!(code, 0);
+        let response = app.sync_me(&Auth::Bearer(stdout.trim().to_owned())).await;
+        assert_eq!(response.status(), 200);
+    });
+}
+
+#[test]
+fn migrate_can_run_any_number_of_times() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = TestDb::new().await;
+        for _ in 0..2 {
+            let (code, _, stderr) = usersync(&["migrate"], &[("DATABASE_URL", &db.url())]);
+            assert_eq!(code, 0, "{stderr}");
+        }
+        // sqlx's bookkeeping stays out of `public`, which Supabase exposes over its data API.
+        let in_public: bool =
+            sqlx::query_scalar("select to_regclass('public._sqlx_migrations') is not null")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert!(!in_public);
+    });
+}

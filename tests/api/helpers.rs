@@ -1,0 +1,480 @@
+//! The test harness: a fresh real database per test, the real application on a random port,
+//! and one method per endpoint.
+//!
+//! The server is the one `DATABASE_URL` names, or, when it is unset, a throwaway PostgreSQL that
+//! the harness boots once per test binary from the machine's binaries (pgtemp). Each test gets
+//! its own database, cloned from a template that already holds the usersync migrations, the
+//! Supabase-compatible `auth` fixture and `public.users`; it is dropped when the test ends.
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use reqwest::{Method, RequestBuilder, Response};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use usersync::config::{
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+};
+use usersync::dev::fixtures;
+use usersync::startup::Application;
+
+pub const JWT_SECRET: &str = "test-jwt-secret-with-at-least-32-characters!!";
+pub const SERVICE_KEY: &str = "sb_secret_test_0123456789abcdef";
+
+/// The server every test database lives on.
+fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            // Kept for the life of the test binary; the OS reclaims it when the process exits.
+            let db = Box::leak(Box::new(pgtemp::PgTempDB::new()));
+            db.connection_uri()
+        }
+    })
+}
+
+fn options_for(database: &str) -> PgConnectOptions {
+    server_url()
+        .parse::<PgConnectOptions>()
+        .expect("DATABASE_URL is a valid Postgres URL")
+        .database(database)
+}
+
+/// The template database, built once per test binary (named after the fixtures' content, so a
+/// stale template from older fixtures is never reused).
+async fn template() -> &'static str {
+    static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let digest = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                fixtures::SUPABASE_AUTH.hash(&mut h);
+                fixtures::PUBLIC_USERS.hash(&mut h);
+                for m in usersync::db::MIGRATOR.iter() {
+                    m.checksum.hash(&mut h);
+                }
+                h.finish()
+            };
+            let name = format!("usersync_tpl_{digest:016x}");
+            let mut admin = PgConnection::connect_with(&options_for("postgres"))
+                .await
+                .expect("the test PostgreSQL server answers");
+            let exists: bool =
+                sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+            if !exists {
+                // Build under a private name, then rename: a half-built template is never used.
+                let building = format!("usersync_tpl_build_{}", Uuid::new_v4().simple());
+                sqlx::raw_sql(&format!("create database {building}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options_for(&building))
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(fixtures::SUPABASE_AUTH)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(fixtures::PUBLIC_USERS)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                usersync::db::migrate(&pool).await.unwrap();
+                pool.close().await;
+                let renamed = sqlx::raw_sql(&format!("alter database {building} rename to {name}"))
+                    .execute(&mut admin)
+                    .await;
+                if renamed.is_err() {
+                    // Another test binary won the race; its template is as good as ours.
+                    let _ = sqlx::raw_sql(&format!("drop database {building}"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            }
+            name
+        })
+        .await
+}
+
+/// A fresh database for one test, dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let template = template().await;
+        let name = format!("usersync_test_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&options_for("postgres"))
+            .await
+            .unwrap();
+        // Cloning a template fails while anyone else is connected to it; retry briefly.
+        let mut attempt = 0;
+        loop {
+            let created = sqlx::raw_sql(&format!("create database {name} template {template}"))
+                .execute(&mut admin)
+                .await;
+            match created {
+                Ok(_) => break,
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot create test database: {e}"),
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect_with(options_for(&name))
+            .await
+            .unwrap();
+        Self { name, pool }
+    }
+
+    pub fn url(&self) -> String {
+        let mut url = url_without_db();
+        url.push('/');
+        url.push_str(&self.name);
+        url
+    }
+}
+
+fn url_without_db() -> String {
+    let url = server_url();
+    let (base, rest) = url.split_at(url.find("://").unwrap() + 3);
+    let authority = rest.split(['/', '?']).next().unwrap();
+    format!("{base}{authority}")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we can rely on: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect_with(&options_for("postgres")).await {
+                    let _ = sqlx::raw_sql(&format!("drop database if exists {name} with (force)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running application over a fresh database.
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+}
+
+/// Settings a test may change before the app starts.
+#[derive(Default)]
+pub struct AppOptions {
+    pub mapping: Option<std::path::PathBuf>,
+    pub issuer: Option<String>,
+}
+
+pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
+    ServeConfig {
+        database: DatabaseConfig {
+            url: DatabaseUrl::parse(db_url).unwrap(),
+            pool_size: 60,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        },
+        auth: AuthConfig {
+            jwt_secret: Some(SecretString::from(JWT_SECRET.to_owned())),
+            jwt_issuer: options.issuer.clone(),
+            service_keys: Some(ServiceKeys(vec![SecretString::from(
+                SERVICE_KEY.to_owned(),
+            )])),
+        },
+        mapping: MappingConfig {
+            mapping: options.mapping.clone(),
+        },
+        http: HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            request_timeout: std::time::Duration::from_secs(10),
+            body_limit: 64 * 1024,
+        },
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default(), |_| async {}).await
+}
+
+/// Starts the app after `prepare` has run against the fresh database (to create another target
+/// table, say).
+pub async fn spawn_app_with<F, Fut>(options: AppOptions, prepare: F) -> TestApp
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let db = TestDb::new().await;
+    prepare(db.pool.clone()).await;
+    let config = serve_config(&db.url(), &options);
+    let pool = usersync::db::pool(&config.database);
+    let app = Application::build(&config, pool)
+        .await
+        .expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        address,
+        db,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// How a test request authenticates.
+#[derive(Clone)]
+pub enum Auth {
+    None,
+    Bearer(String),
+    ApiKey(String),
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str, auth: &Auth) -> RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        match auth {
+            Auth::None => builder,
+            Auth::Bearer(t) => builder.bearer_auth(t),
+            Auth::ApiKey(k) => builder.header("apikey", k),
+        }
+    }
+
+    pub async fn sync_me(&self, auth: &Auth) -> Response {
+        self.request(Method::POST, "/v1/users/me/sync", auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn sync_user(&self, id: &str, auth: &Auth) -> Response {
+        self.request(Method::POST, &format!("/v1/users/{id}/sync"), auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn drift(&self, id: &str, auth: &Auth) -> Response {
+        self.request(Method::GET, &format!("/v1/users/{id}/drift"), auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self, auth: &Auth) -> Response {
+        self.request(Method::GET, "/v1/status", auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, &Auth::None)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The target row as JSON, or `None`.
+    pub async fn target_row(&self, id: Uuid) -> Option<Value> {
+        sqlx::query_scalar("select to_jsonb(u) from public.users u where id = $1")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn target_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from public.users")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn insert_auth_user(&self, user: &AuthUser) -> Uuid {
+        user.insert(&self.db.pool).await
+    }
+}
+
+/// An `auth.users` row written the way Supabase Auth writes one (token columns `''`).
+#[derive(Clone)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub user_metadata: Value,
+    pub app_metadata: Value,
+    pub is_sso_user: bool,
+    pub is_anonymous: bool,
+    pub deleted: bool,
+}
+
+impl AuthUser {
+    pub fn new(email: &str) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            email: Some(email.to_owned()),
+            phone: None,
+            user_metadata: json!({}),
+            app_metadata: json!({"provider": "email", "providers": ["email"]}),
+            is_sso_user: false,
+            is_anonymous: false,
+            deleted: false,
+        }
+    }
+
+    pub fn user_metadata(mut self, value: Value) -> Self {
+        self.user_metadata = value;
+        self
+    }
+
+    pub fn app_metadata(mut self, value: Value) -> Self {
+        self.app_metadata = value;
+        self
+    }
+
+    pub async fn insert(&self, db: &PgPool) -> Uuid {
+        sqlx::query(
+            "insert into auth.users (instance_id, id, aud, role, email, phone, encrypted_password,
+                 email_confirmed_at, raw_app_meta_data, raw_user_meta_data,
+                 confirmation_token, recovery_token, email_change_token_new, email_change,
+                 email_change_token_current, reauthentication_token, phone_change,
+                 phone_change_token, is_sso_user, is_anonymous, created_at, updated_at, deleted_at)
+             values ('00000000-0000-0000-0000-000000000000', $1, 'authenticated', 'authenticated',
+                 $2, $3, '$2a$10$abcdefghijklmnopqrstuuJ0rV0yqQ6m8m8m8m8m8m8m8m8m8m8m8', now(), $4,
+                 $5, '', '', '', '', '', '', '', '', $6, $7, now() - interval '1 day', now(),
+                 case when $8 then now() end)",
+        )
+        .bind(self.id)
+        .bind(&self.email)
+        .bind(&self.phone)
+        .bind(&self.app_metadata)
+        .bind(&self.user_metadata)
+        .bind(self.is_sso_user)
+        .bind(self.is_anonymous)
+        .bind(self.deleted)
+        .execute(db)
+        .await
+        .unwrap();
+        self.id
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signs arbitrary claims with `secret` (HS256).
+pub fn sign(claims: &Value, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Claims of a Supabase user access token, valid for an hour.
+pub fn user_claims(id: Uuid) -> Value {
+    let now = now();
+    json!({
+        "iss": "http://127.0.0.1:54321/auth/v1",
+        "sub": id.to_string(),
+        "aud": "authenticated",
+        "role": "authenticated",
+        "exp": now + 3600,
+        "iat": now,
+        "email": "",
+        "phone": "",
+        "aal": "aal1",
+        "session_id": Uuid::new_v4().to_string(),
+        "is_anonymous": false,
+        "app_metadata": {"provider": "email"},
+        "user_metadata": {},
+    })
+}
+
+pub fn user_token(id: Uuid) -> Auth {
+    Auth::Bearer(sign(&user_claims(id), JWT_SECRET))
+}
+
+/// A legacy `service_role` API key: role only, no `sub` or `aud`.
+pub fn service_token() -> Auth {
+    let now = now();
+    Auth::Bearer(sign(
+        &json!({"iss": "supabase", "ref": "testref", "role": "service_role", "iat": now, "exp": now + 3600}),
+        JWT_SECRET,
+    ))
+}
+
+pub fn secret_key() -> Auth {
+    Auth::ApiKey(SERVICE_KEY.to_owned())
+}
+
+pub fn now_secs() -> u64 {
+    now()
+}
+
+/// Asserts the RFC 9457 shape and returns the body.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "content type"
+    );
+    if status == 401 {
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            challenge.starts_with("Bearer"),
+            "401 without a Bearer challenge"
+        );
+    }
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "code in {body}");
+    assert_eq!(body["status"], status, "status in {body}");
+    assert_eq!(body["type"], format!("urn:usersync:problem:{code}"));
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    body
+}
