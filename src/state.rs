@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::auth::Verifier;
+use crate::http::RateLimiter;
 use crate::sync::target::BoundMapping;
 
 /// Shared, cheaply cloned application state.
@@ -13,4 +14,6 @@ pub struct AppState {
     pub db: PgPool,
     pub verifier: Arc<Verifier>,
     pub mapping: Arc<BoundMapping>,
+    /// The per-caller sync rate limit; `None` when it is off.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }

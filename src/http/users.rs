@@ -6,6 +6,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{Json, Path};
+use super::limits::RateLimited;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
@@ -39,7 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_me(
     State(state): State<AppState>,
-    caller: Caller,
+    RateLimited(caller): RateLimited,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     let Caller::User(id) = caller else {
         return Err(ApiError::UserOnly);
@@ -68,7 +69,7 @@ async fn sync_me(
 #[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_user(
     State(state): State<AppState>,
-    caller: Caller,
+    RateLimited(caller): RateLimited,
     Path(id): Path<Uuid>,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     if !caller.may_access(id) {

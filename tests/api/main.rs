@@ -2,7 +2,10 @@
 
 mod auth;
 mod cli;
+mod confusion;
 mod drift;
 mod edge;
 mod helpers;
+mod jwks;
+mod keys;
 mod sync_one;
