@@ -300,3 +300,36 @@ async fn the_service_has_no_me() {
     let (app, _) = app_with_user().await;
     assert_problem(app.sync_me(&secret_key()).await, 403, "user_only").await;
 }
+
+#[tokio::test]
+async fn during_a_secret_key_rotation_both_keys_are_the_service() {
+    let (old, new) = (
+        "sb_secret_old_rotating_0123456789",
+        "sb_secret_new_rotating_0123456789",
+    );
+    let app = spawn_app_with(
+        AppOptions {
+            service_keys: vec![old.to_owned(), new.to_owned()],
+            ..Default::default()
+        },
+        |_| async {},
+    )
+    .await;
+    for key in [old, new] {
+        assert_eq!(app.status(&Auth::ApiKey(key.into())).await.status(), 200);
+        assert_eq!(app.status(&Auth::Bearer(key.into())).await.status(), 200);
+    }
+    // A prefix, an extension, or the two glued together are not keys.
+    for wrong in [
+        &old[..old.len() - 1],
+        &format!("{new}x"),
+        &format!("{old},{new}"),
+    ] {
+        assert_problem(
+            app.status(&Auth::ApiKey(wrong.to_owned())).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+}

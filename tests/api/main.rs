@@ -8,4 +8,5 @@ mod edge;
 mod helpers;
 mod jwks;
 mod keys;
+mod limits;
 mod sync_one;
