@@ -9,4 +9,5 @@ mod helpers;
 mod jwks;
 mod keys;
 mod limits;
+mod secrets;
 mod sync_one;
