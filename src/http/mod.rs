@@ -39,10 +39,12 @@ fn api() -> OpenApiRouter<AppState> {
 
 /// The API and the probes, and the OpenAPI document they describe.
 fn compose(api: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api)
         .merge(health::router())
-        .split_for_parts()
+        .split_for_parts();
+    crate::openapi::document_edge_responses(&mut openapi);
+    (router, openapi)
 }
 
 /// The routes and the OpenAPI document they describe.

@@ -34,7 +34,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 404, description = "The token's user no longer exists", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id))]
@@ -63,7 +64,8 @@ async fn sync_me(
         (status = 404, description = "No auth user has this id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id))]
