@@ -415,4 +415,102 @@ mod tests {
             2
         );
     }
+
+    fn auth(jwks_url: Option<&str>, from_issuer: bool, issuer: Option<&str>) -> AuthConfig {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_issuer: issuer.map(str::to_owned),
+            service_keys: None,
+            jwks_url: jwks_url.map(|u| parse_jwks_url(u).unwrap()),
+            jwks_from_issuer: from_issuer,
+            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_refetch_interval: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_jwks_url_is_configured_or_derived_from_the_issuer_never_both() {
+        let issuer = Some("https://ref.supabase.co/auth/v1/");
+        assert_eq!(
+            auth(None, true, issuer)
+                .resolved_jwks_url()
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "https://ref.supabase.co/auth/v1/.well-known/jwks.json"
+        );
+        let explicit = auth(Some("https://keys.example/jwks.json"), false, issuer);
+        assert_eq!(
+            explicit.resolved_jwks_url().unwrap().unwrap().as_str(),
+            "https://keys.example/jwks.json"
+        );
+        assert!(
+            explicit.check().is_ok(),
+            "a JWKS alone can authenticate users"
+        );
+        assert!(auth(Some("https://keys.example/jwks.json"), true, issuer)
+            .check()
+            .is_err());
+        assert!(auth(None, true, None)
+            .check()
+            .unwrap_err()
+            .contains("USERSYNC_JWT_ISSUER"));
+        assert!(auth(None, false, None).check().is_err());
+    }
+
+    #[test]
+    fn jwks_urls_must_be_http_without_credentials() {
+        assert!(parse_jwks_url("https://ref.supabase.co/auth/v1/.well-known/jwks.json").is_ok());
+        for bad in [
+            "ftp://x/jwks.json",
+            "not a url",
+            "https://user:pw@x/jwks.json",
+            "file:///etc/passwd",
+        ] {
+            assert!(parse_jwks_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_normalised_the_way_browsers_send_them() {
+        assert_eq!(CorsOrigins::parse(" * ").unwrap(), CorsOrigins::Any);
+        assert_eq!(
+            CorsOrigins::parse(
+                "https://App.Example.com, http://localhost:3000/, https://x.dev:443"
+            )
+            .unwrap(),
+            CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into(),
+                "https://x.dev".into(),
+            ])
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/path",
+            "https://a.com,",
+            "*,https://a.com",
+        ] {
+            assert!(CorsOrigins::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_secret_shows_in_the_configuration_debug_output() {
+        let config = AuthConfig {
+            jwt_secret: Some(
+                parse_jwt_secret("jwt-secret-value-that-is-long-enough-0123").unwrap(),
+            ),
+            service_keys: Some(
+                parse_service_keys("sb_secret_aaaaaaaaaaaaaaaa,sb_secret_bbbbbbbbbbbbbbbb")
+                    .unwrap(),
+            ),
+            ..auth(None, false, None)
+        };
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("jwt-secret-value") && !debug.contains("sb_secret_"),
+            "{debug}"
+        );
+    }
 }
