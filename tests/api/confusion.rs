@@ -14,18 +14,12 @@ use crate::keys::{fixture, JwksServer, SigningKey};
 async fn apps(server: &JwksServer) -> Vec<(TestApp, Uuid)> {
     let mut apps = Vec::new();
     for jwt_secret in [Some(JWT_SECRET.to_owned()), None] {
-        let app = spawn_app_with(
-            AppOptions {
-                jwks_url: Some(server.url()),
-                jwt_secret,
-                ..Default::default()
-            },
-            |_| async {},
-        )
+        let (app, id) = spawn_app_with_user(AppOptions {
+            jwks_url: Some(server.url()),
+            jwt_secret,
+            ..Default::default()
+        })
         .await;
-        let id = app
-            .insert_auth_user(&AuthUser::new("ada@example.com"))
-            .await;
         apps.push((app, id));
     }
     apps

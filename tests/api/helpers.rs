@@ -276,6 +276,20 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default(), |_| async {}).await
 }
 
+/// Starts the app with these settings.
+pub async fn spawn_app_with_options(options: AppOptions) -> TestApp {
+    spawn_app_with(options, |_| async {}).await
+}
+
+/// Starts the app with these settings, and one user (Ada) in `auth.users`.
+pub async fn spawn_app_with_user(options: AppOptions) -> (TestApp, Uuid) {
+    let app = spawn_app_with_options(options).await;
+    let id = app
+        .insert_auth_user(&AuthUser::new("ada@example.com"))
+        .await;
+    (app, id)
+}
+
 /// Starts the app after `prepare` has run against the fresh database (to create another target
 /// table, say).
 pub async fn spawn_app_with<F, Fut>(options: AppOptions, prepare: F) -> TestApp

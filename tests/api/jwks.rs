@@ -10,18 +10,11 @@ use crate::helpers::*;
 use crate::keys::{dead_url, JwksServer, SigningKey};
 
 async fn app_with_jwks(server: &JwksServer, options: AppOptions) -> (TestApp, Uuid) {
-    let app = spawn_app_with(
-        AppOptions {
-            jwks_url: Some(server.url()),
-            ..options
-        },
-        |_| async {},
-    )
-    .await;
-    let id = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
-    (app, id)
+    spawn_app_with_user(AppOptions {
+        jwks_url: Some(server.url()),
+        ..options
+    })
+    .await
 }
 
 async fn readyz(app: &TestApp) -> (u16, Value) {
@@ -216,14 +209,11 @@ async fn when_the_jwks_endpoint_fails_cached_keys_keep_working_and_readyz_says_s
 async fn without_keys_at_start_up_the_service_runs_but_is_not_ready_unless_a_secret_can_verify() {
     let url = dead_url().await;
     // JWKS is the only way to verify user tokens: not ready, with the reason.
-    let app = spawn_app_with(
-        AppOptions {
-            jwks_url: Some(url.clone()),
-            jwt_secret: None,
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let app = spawn_app_with_options(AppOptions {
+        jwks_url: Some(url.clone()),
+        jwt_secret: None,
+        ..Default::default()
+    })
     .await;
     let response = app.get("/readyz").await;
     let body = assert_problem(response, 503, "not_ready").await;
@@ -239,13 +229,10 @@ async fn without_keys_at_start_up_the_service_runs_but_is_not_ready_unless_a_sec
     assert_eq!(app.status(&secret_key()).await.status(), 200);
 
     // With the JWT secret as well, the service is ready but degraded.
-    let app = spawn_app_with(
-        AppOptions {
-            jwks_url: Some(url),
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let app = spawn_app_with_options(AppOptions {
+        jwks_url: Some(url),
+        ..Default::default()
+    })
     .await;
     let (status, body) = readyz(&app).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("degraded")));
@@ -255,18 +242,12 @@ async fn without_keys_at_start_up_the_service_runs_but_is_not_ready_unless_a_sec
 async fn the_jwks_url_can_be_derived_from_the_issuer() {
     let ec = SigningKey::ec_a();
     let server = JwksServer::start(vec![ec.jwk()]).await;
-    let app = spawn_app_with(
-        AppOptions {
-            issuer: Some(server.issuer()),
-            jwks_from_issuer: true,
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let (app, id) = spawn_app_with_user(AppOptions {
+        issuer: Some(server.issuer()),
+        jwks_from_issuer: true,
+        ..Default::default()
+    })
     .await;
-    let id = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
     let mut claims = user_claims(id);
     claims["iss"] = json!(server.issuer());
     assert_eq!(app.sync_me(&ec.bearer(&claims)).await.status(), 200);

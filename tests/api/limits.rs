@@ -19,18 +19,12 @@ fn retry_after(response: &reqwest::Response) -> u64 {
 
 #[tokio::test]
 async fn a_user_over_the_sync_rate_gets_429_with_retry_after_and_no_one_else_does() {
-    let app = spawn_app_with(
-        AppOptions {
-            rate_limit_per_minute: 60,
-            rate_limit_burst: 3,
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let (app, ada) = spawn_app_with_user(AppOptions {
+        rate_limit_per_minute: 60,
+        rate_limit_burst: 3,
+        ..Default::default()
+    })
     .await;
-    let ada = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
     let bob = app
         .insert_auth_user(&AuthUser::new("bob@example.com"))
         .await;
@@ -67,14 +61,11 @@ async fn a_user_over_the_sync_rate_gets_429_with_retry_after_and_no_one_else_doe
 
 #[tokio::test]
 async fn failed_authentication_on_sync_is_limited_by_address() {
-    let app = spawn_app_with(
-        AppOptions {
-            rate_limit_per_minute: 60,
-            rate_limit_burst: 3,
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let app = spawn_app_with_options(AppOptions {
+        rate_limit_per_minute: 60,
+        rate_limit_burst: 3,
+        ..Default::default()
+    })
     .await;
     for _ in 0..3 {
         assert_problem(
@@ -120,17 +111,11 @@ async fn wait_for_a_blocked_query(app: &TestApp) {
 
 #[tokio::test]
 async fn beyond_the_concurrency_limit_api_requests_are_shed_with_503_but_probes_answer() {
-    let app = spawn_app_with(
-        AppOptions {
-            concurrency_limit: 1,
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let (app, id) = spawn_app_with_user(AppOptions {
+        concurrency_limit: 1,
+        ..Default::default()
+    })
     .await;
-    let id = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
     let lock = lock_target(&app).await;
     let in_flight = tokio::spawn({
         let (client, url, token) = (
@@ -165,17 +150,11 @@ async fn beyond_the_concurrency_limit_api_requests_are_shed_with_503_but_probes_
 
 #[tokio::test]
 async fn a_request_over_the_timeout_is_503_request_timeout_and_writes_nothing() {
-    let app = spawn_app_with(
-        AppOptions {
-            request_timeout: Duration::from_millis(300),
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let (app, id) = spawn_app_with_user(AppOptions {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
     .await;
-    let id = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
     let lock = lock_target(&app).await;
     let response = app.sync_me(&user_token(id)).await;
     assert_problem(response, 503, "request_timeout").await;
@@ -185,17 +164,11 @@ async fn a_request_over_the_timeout_is_503_request_timeout_and_writes_nothing() 
 
 #[tokio::test]
 async fn oversized_headers_are_431() {
-    let app = spawn_app_with(
-        AppOptions {
-            header_limit: 4096,
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let (app, id) = spawn_app_with_user(AppOptions {
+        header_limit: 4096,
+        ..Default::default()
+    })
     .await;
-    let id = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
     let one_big = app
         .request(Method::POST, "/v1/users/me/sync", &user_token(id))
         .header("x-padding", "x".repeat(5000))
@@ -229,13 +202,10 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn cors_answers_configured_origins_and_no_one_else() {
-    let app = spawn_app_with(
-        AppOptions {
-            cors_origins: Some("https://app.example.com, http://localhost:3000"),
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let app = spawn_app_with_options(AppOptions {
+        cors_origins: Some("https://app.example.com, http://localhost:3000"),
+        ..Default::default()
+    })
     .await;
     for origin in ["https://app.example.com", "http://localhost:3000"] {
         let response = preflight(&app, origin).send().await.unwrap();
