@@ -186,6 +186,31 @@ pub struct HttpConfig {
     #[arg(long = "body-limit", env = "USERSYNC_BODY_LIMIT", value_name = "USERSYNC_BODY_LIMIT",
           default_value_t = 64 * 1024)]
     pub body_limit: usize,
+
+    /// Who may read `/metrics`: `public` or `service`.
+    #[arg(
+        long = "metrics-access",
+        env = "USERSYNC_METRICS_ACCESS",
+        value_name = "USERSYNC_METRICS_ACCESS",
+        value_enum,
+        default_value = "public"
+    )]
+    pub metrics_access: MetricsAccess,
+
+    /// Drift counts in `/metrics` are recomputed at most this often (they scan both tables).
+    #[arg(long = "metrics-refresh", env = "USERSYNC_METRICS_REFRESH",
+          value_name = "USERSYNC_METRICS_REFRESH", default_value = "15s",
+          value_parser = parse_duration)]
+    pub metrics_refresh: Duration,
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAccess {
+    /// Anyone who can reach the port (the usual set-up behind a private network).
+    Public,
+    /// Only the service (a `service_role` token or a secret key).
+    Service,
 }
 
 /// Log output format.

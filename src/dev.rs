@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
 use crate::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess, ServeConfig,
+    ServiceKeys,
 };
 use crate::startup::{self, Application};
 
@@ -81,6 +82,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             listen: args.listen,
             request_timeout: std::time::Duration::from_secs(10),
             body_limit: 64 * 1024,
+            metrics_access: MetricsAccess::Public,
+            metrics_refresh: std::time::Duration::from_secs(15),
         },
     };
     let pool = crate::db::pool(&config.database);

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::auth::Verifier;
 use crate::config::ServeConfig;
 use crate::http::{self, EdgeLimits};
+use crate::meter::Meter;
 use crate::state::AppState;
 use crate::sync::mapping::Mapping;
 use crate::sync::target::BoundMapping;
@@ -36,6 +37,8 @@ impl Application {
             db,
             verifier: std::sync::Arc::new(Verifier::from_config(&config.auth)),
             mapping: std::sync::Arc::new(bound),
+            meter: std::sync::Arc::new(Meter::new(config.http.metrics_refresh)),
+            metrics_access: config.http.metrics_access,
         };
         let router = http::app(
             state,

@@ -2,6 +2,7 @@
 
 mod extract;
 mod health;
+mod metrics;
 mod problem;
 mod status;
 mod users;
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderName, Request};
-use axum::routing::get;
 use axum::{BoxError, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -20,6 +20,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -33,6 +34,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(users::router())
         .merge(status::router())
         .merge(health::router())
+        .merge(metrics::router())
         .split_for_parts()
 }
 
@@ -43,16 +45,17 @@ pub struct EdgeLimits {
     pub body_limit: usize,
 }
 
-/// The whole application: routes, `/openapi.json`, and the middleware stack (outermost first):
-/// request id, trace span, propagate request id, problem+json for errors raised below the
-/// handlers, timeout, catch panic, body limit.
+/// The whole application: routes, `/openapi.json` and `/docs`, and the middleware stack
+/// (outermost first): request id, trace span, propagate request id, metrics, problem+json for
+/// errors raised below the handlers, timeout, catch panic, body limit.
 pub fn app(state: AppState, limits: EdgeLimits) -> Router {
     let (router, openapi) = router_and_openapi();
-    let openapi_json = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
     router
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(openapi_json.clone()) }),
+        // The API reference: Swagger UI with its assets compiled into the binary (no CDN).
+        .merge(
+            SwaggerUi::new("/docs")
+                .url("/openapi.json", openapi)
+                .config(Config::default().validator_url("none")),
         )
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(
@@ -64,6 +67,7 @@ pub fn app(state: AppState, limits: EdgeLimits) -> Router {
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(axum::middleware::from_fn(metrics::track))
                 .layer(axum::middleware::from_fn(problem::ensure_problem_json))
                 .layer(HandleErrorLayer::new(|error: BoxError| async move {
                     if error.is::<tower::timeout::error::Elapsed>() {

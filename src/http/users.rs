@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::extract::{Json, Path};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
+use crate::meter;
 use crate::state::AppState;
 use crate::sync::engine::{self, SyncOutcome, UserDrift};
 
@@ -80,6 +81,7 @@ async fn sync_user(
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
     tracing::Span::current().record("user_id", tracing::field::display(id));
     let outcome = engine::sync_one(&state.db, &state.mapping, id, &caller.audit_name()).await?;
+    meter::record_sync("call", outcome.action.drift_kind(), outcome.action);
     tracing::info!(action = ?outcome.action, "synced");
     Ok(Json(outcome))
 }

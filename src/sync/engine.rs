@@ -22,6 +22,17 @@ pub enum SyncAction {
     Skipped,
 }
 
+impl SyncAction {
+    /// The drift kind the action repaired, as metrics label it.
+    pub fn drift_kind(self) -> &'static str {
+        match self {
+            SyncAction::Created => "missing",
+            SyncAction::Updated => "stale",
+            SyncAction::Unchanged | SyncAction::Skipped => "none",
+        }
+    }
+}
+
 /// The result of a successful sync: the action and the target row as it now stands.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SyncOutcome {

@@ -19,7 +19,8 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess, ServeConfig,
+    ServiceKeys,
 };
 use usersync::dev::fixtures;
 use usersync::startup::Application;
@@ -195,6 +196,7 @@ pub struct TestApp {
 pub struct AppOptions {
     pub mapping: Option<std::path::PathBuf>,
     pub issuer: Option<String>,
+    pub metrics_access: Option<MetricsAccess>,
 }
 
 pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
@@ -218,6 +220,8 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             request_timeout: std::time::Duration::from_secs(10),
             body_limit: 64 * 1024,
+            metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
+            metrics_refresh: std::time::Duration::from_secs(15),
         },
     }
 }

@@ -5,4 +5,5 @@ mod cli;
 mod drift;
 mod edge;
 mod helpers;
+mod observability;
 mod sync_one;
