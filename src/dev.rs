@@ -114,6 +114,7 @@ pub async fn seed(db: &PgPool) -> anyhow::Result<()> {
 }
 
 fn banner(base: &str, db_url: &str, user_token: &str, service_token: &str) -> String {
+    let secret = DEV_JWT_SECRET;
     let key = SecretString::from(DEV_SERVICE_KEY.to_owned());
     let key = key.expose_secret();
     format!(
@@ -128,6 +129,7 @@ export USERSYNC_URL={base}
 export USER_TOKEN={user_token}
 export SERVICE_TOKEN={service_token}
 export SECRET_KEY={key}
+export USERSYNC_JWT_SECRET={secret}   # mint more tokens: usersync token --sub <id>
 
 # sync Ada (the user token's own user)
 curl -s -X POST $USERSYNC_URL/v1/users/me/sync -H \"Authorization: Bearer $USER_TOKEN\"
