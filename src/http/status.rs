@@ -25,7 +25,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all)]
 async fn get_status(
     State(state): State<AppState>,
     caller: Caller,

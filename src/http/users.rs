@@ -37,7 +37,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_me(
     State(state): State<AppState>,
     caller: Caller,
@@ -66,7 +65,6 @@ async fn sync_me(
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,7 +77,6 @@ async fn sync_user(
 }
 
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
-    tracing::Span::current().record("user_id", tracing::field::display(id));
     let outcome = engine::sync_one(&state.db, &state.mapping, id, &caller.audit_name()).await?;
     meter::record_sync("call", outcome.action.drift_kind(), outcome.action);
     tracing::info!(action = ?outcome.action, "synced");
@@ -99,7 +96,6 @@ async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOut
         (status = 404, description = "Neither table has this id", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %id))]
 async fn user_drift(
     State(state): State<AppState>,
     caller: Caller,

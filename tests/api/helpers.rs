@@ -482,3 +482,61 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
     assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
     body
 }
+
+/// The real binary serving on a free port of 127.0.0.1, with the test secrets; stderr is piped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub address: String,
+}
+
+impl ServeProcess {
+    pub async fn start(db_url: &str, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("USERSYNC_LISTEN", format!("127.0.0.1:{port}"))
+            .env("USERSYNC_JWT_SECRET", JWT_SECRET)
+            .env("USERSYNC_SERVICE_KEYS", SERVICE_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("the usersync binary starts");
+        let address = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client
+                .get(format!("{address}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                return Self { child, address };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("usersync serve did not answer on {address}");
+    }
+
+    /// Sends SIGTERM and returns everything the process wrote to stderr.
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+}

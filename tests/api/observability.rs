@@ -124,3 +124,61 @@ async fn the_docs_page_is_served_from_the_binary() {
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_on_every_request_line() {
+    let db = TestDb::new().await;
+    let id = AuthUser::new("logs@example.com").insert(&db.pool).await;
+    let serve = ServeProcess::start(&db.url(), &[("USERSYNC_LOG_FORMAT", "json")]).await;
+    let client = reqwest::Client::new();
+    let mut request_ids = Vec::new();
+    for (path, auth) in [
+        ("/v1/users/me/sync", Some(user_token(id))),
+        ("/v1/users/me/sync", None),
+    ] {
+        let mut request = client.post(format!("{}{path}", serve.address));
+        if let Some(Auth::Bearer(token)) = auth {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        request_ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let logs = serve.stop();
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let request_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["spans"].as_array().is_some_and(|s| !s.is_empty()))
+        .collect();
+    let request_id_of = |line: &Value| -> Option<String> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .find_map(|s| s["request_id"].as_str().map(str::to_owned))
+    };
+    for id in &request_ids {
+        let for_this: Vec<&&Value> = request_lines
+            .iter()
+            .filter(|l| request_id_of(l).as_deref() == Some(id.as_str()))
+            .collect();
+        assert!(
+            for_this
+                .iter()
+                .any(|l| l["fields"]["message"] == "finished processing request"),
+            "no response line for {id}: {logs}"
+        );
+    }
+    for line in request_lines {
+        assert!(
+            request_id_of(line).is_some(),
+            "a request line without request_id: {line}"
+        );
+    }
+}
