@@ -484,8 +484,9 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
 }
 
 /// The real binary serving on a free port of 127.0.0.1, with the test secrets; stderr is piped.
+/// Killed when dropped, so a failing test leaves no process behind.
 pub struct ServeProcess {
-    pub child: std::process::Child,
+    child: std::process::Child,
     pub address: String,
 }
 
@@ -509,24 +510,22 @@ impl ServeProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("the usersync binary starts");
-        let address = format!("http://127.0.0.1:{port}");
+        let process = Self {
+            child: cmd.spawn().expect("the usersync binary starts"),
+            address: format!("http://127.0.0.1:{port}"),
+        };
         let client = reqwest::Client::new();
         for _ in 0..100 {
-            if client
-                .get(format!("{address}/healthz"))
-                .send()
-                .await
-                .is_ok()
-            {
-                return Self { child, address };
+            let health = client.get(format!("{}/healthz", process.address)).send();
+            if health.await.is_ok() {
+                return process;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        panic!("usersync serve did not answer on {address}");
+        panic!("usersync serve did not answer on {}", process.address);
     }
 
-    /// Sends SIGTERM and returns everything the process wrote to stderr.
+    /// Sends SIGTERM, waits for the exit, and returns everything written to stderr.
     pub fn stop(mut self) -> String {
         use std::io::Read;
         let _ = std::process::Command::new("kill")
@@ -538,5 +537,12 @@ impl ServeProcess {
             let _ = pipe.read_to_string(&mut stderr);
         }
         stderr
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
