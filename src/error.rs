@@ -52,6 +52,13 @@ pub enum ApiError {
 
 /// The problem+json body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:usersync:problem:not_self",
+    "title": "Forbidden",
+    "status": 403,
+    "detail": "a user may only act on their own id",
+    "code": "not_self"
+}))]
 pub struct Problem {
     /// A URI naming the problem type: `urn:usersync:problem:<code>`.
     #[serde(rename = "type")]

@@ -167,7 +167,16 @@ export interface components {
             /** @description `ok` or `ready`. */
             status: string;
         };
-        /** @description The problem+json body. */
+        /**
+         * @description The problem+json body.
+         * @example {
+         *       "code": "not_self",
+         *       "detail": "a user may only act on their own id",
+         *       "status": 403,
+         *       "title": "Forbidden",
+         *       "type": "urn:usersync:problem:not_self"
+         *     }
+         */
         Problem: {
             /** @description Readiness checks, on a 503 from `/readyz`. */
             checks?: Record<string, never> | null;
@@ -191,7 +200,28 @@ export interface components {
             started_at: string;
             state: string;
         };
-        /** @description Totals, drift counts, pending dead letters and the last run. */
+        /**
+         * @description Totals, drift counts, pending dead letters and the last run.
+         * @example {
+         *       "dead_letters_pending": 0,
+         *       "drift": {
+         *         "deleted": 0,
+         *         "mismatched": 0,
+         *         "missing": 6,
+         *         "orphaned": 1,
+         *         "stale": 2
+         *       },
+         *       "last_run": {
+         *         "dry_run": false,
+         *         "finished_at": "2026-11-21T03:00:04Z",
+         *         "id": "4f7d7a52-3c55-4e8e-9a55-0c2f6c1f1a10",
+         *         "started_at": "2026-11-21T03:00:00Z",
+         *         "state": "succeeded"
+         *       },
+         *       "source_total": 1204,
+         *       "target_total": 1199
+         *     }
+         */
         Status: {
             /**
              * Format: int64
@@ -216,13 +246,35 @@ export interface components {
          * @enum {string}
          */
         SyncAction: "created" | "updated" | "unchanged" | "skipped";
-        /** @description The result of a successful sync: the action and the target row as it now stands. */
+        /**
+         * @description The result of a successful sync: the action and the target row as it now stands.
+         * @example {
+         *       "action": "created",
+         *       "user": {
+         *         "avatar_url": null,
+         *         "created_at": "2026-11-20T09:30:00Z",
+         *         "email": "ada@example.com",
+         *         "full_name": "Ada Lovelace",
+         *         "id": "00000000-0000-4000-8000-000000000001",
+         *         "role": "user",
+         *         "updated_at": "2026-11-21T10:00:00Z"
+         *       }
+         *     }
+         */
         SyncOutcome: {
             action: components["schemas"]["SyncAction"];
             /** @description The target row (every column of the application's table), or null when skipped. */
             user?: Record<string, never> | null;
         };
-        /** @description One id's drift, as `GET /v1/users/{id}/drift` reports it. */
+        /**
+         * @description One id's drift, as `GET /v1/users/{id}/drift` reports it.
+         * @example {
+         *       "drift": [
+         *         "stale"
+         *       ],
+         *       "in_sync": false
+         *     }
+         */
         UserDrift: {
             drift: components["schemas"]["DriftKind"][];
             in_sync: boolean;
