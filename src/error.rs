@@ -39,6 +39,8 @@ pub enum ApiError {
     Status(StatusCode),
     #[error("the request took too long")]
     Timeout,
+    #[error("the profile is being changed concurrently; retry")]
+    Contended,
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("not ready: {failing}")]
@@ -92,9 +94,10 @@ impl ApiError {
             ApiError::UserDeleted => StatusCode::GONE,
             ApiError::EmailConflict => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
-            ApiError::Timeout | ApiError::Unavailable(_) | ApiError::NotReady { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Timeout
+            | ApiError::Contended
+            | ApiError::Unavailable(_)
+            | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,6 +124,7 @@ impl ApiError {
             ApiError::RouteNotFound => "not_found",
             ApiError::Status(status) => status_code_name(*status),
             ApiError::Timeout => "request_timeout",
+            ApiError::Contended => "sync_contended",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::NotReady { .. } => "not_ready",
             ApiError::Internal(_) => "internal",
@@ -197,11 +201,24 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(error)
-            }
-            other => ApiError::Internal(other.into()),
+        // Connection-level failures (refused, reset, a proxy that hangs up mid-handshake), and
+        // SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutdown,
+        // restart, cannot connect now) mean "the database is away", not "we have a bug".
+        let database_away = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+            _ => false,
+        };
+        if database_away {
+            ApiError::Unavailable(error)
+        } else {
+            ApiError::Internal(error.into())
         }
     }
 }
@@ -212,6 +229,7 @@ impl From<SyncError> for ApiError {
             SyncError::UserNotFound => ApiError::UserNotFound,
             SyncError::UserDeleted => ApiError::UserDeleted,
             SyncError::EmailConflict => ApiError::EmailConflict,
+            SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
         }
     }

@@ -67,6 +67,9 @@ pub enum SyncError {
     /// index on the target.
     #[error("another profile holds this email")]
     EmailConflict,
+    /// The row was created and deleted again between two attempts; a retry will settle it.
+    #[error("the profile changed under two attempts in a row")]
+    Contended,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -90,9 +93,7 @@ pub async fn sync_one(
             return Ok(outcome);
         }
     }
-    Err(SyncError::Database(sqlx::Error::Protocol(
-        "the target row vanished between two sync attempts".into(),
-    )))
+    Err(SyncError::Contended)
 }
 
 /// Turns the statement's flags into an outcome; `None` means "retry" (see `sync_one`).

@@ -240,17 +240,7 @@ where
     let db = TestDb::new().await;
     prepare(db.pool.clone()).await;
     let config = serve_config(&db.url(), &options);
-    let pool = usersync::db::pool(&config.database);
-    let app = Application::build(&config, pool)
-        .await
-        .expect("the app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp {
-        address,
-        db,
-        client: reqwest::Client::new(),
-    }
+    TestApp::start(db, config).await
 }
 
 /// How a test request authenticates.
@@ -262,6 +252,21 @@ pub enum Auth {
 }
 
 impl TestApp {
+    /// Serves `config` in this test's runtime, over `db` (which the test keeps for assertions).
+    pub async fn start(db: TestDb, config: ServeConfig) -> TestApp {
+        let pool = usersync::db::pool(&config.database);
+        let app = Application::build(&config, pool)
+            .await
+            .expect("the app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        TestApp {
+            address,
+            db,
+            client: reqwest::Client::new(),
+        }
+    }
+
     pub fn request(&self, method: Method, path: &str, auth: &Auth) -> RequestBuilder {
         let builder = self
             .client
@@ -525,18 +530,27 @@ impl ServeProcess {
         panic!("usersync serve did not answer on {}", process.address);
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM, waits for the exit, and returns everything written to stderr.
-    pub fn stop(mut self) -> String {
-        use std::io::Read;
+    pub fn stop(self) -> String {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let _ = self.child.wait();
+        self.wait().1
+    }
+
+    /// Waits for the process to exit (after a signal sent elsewhere); its status and stderr.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
         let mut stderr = String::new();
         if let Some(mut pipe) = self.child.stderr.take() {
             let _ = pipe.read_to_string(&mut stderr);
         }
-        stderr
+        let status = self.child.wait().expect("the process was started");
+        (status, stderr)
     }
 }
 

@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod drift;
 mod edge;
+mod faults;
 mod helpers;
 mod observability;
 mod sync_one;
