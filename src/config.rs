@@ -293,6 +293,22 @@ pub struct HttpConfig {
     #[arg(long = "cors-origins", env = "USERSYNC_CORS_ORIGINS",
           value_name = "USERSYNC_CORS_ORIGINS", value_parser = CorsOrigins::parse)]
     pub cors_origins: Option<CorsOrigins>,
+
+    /// Who may read `/metrics`: `public` or `service`.
+    #[arg(
+        long = "metrics-access",
+        env = "USERSYNC_METRICS_ACCESS",
+        value_name = "USERSYNC_METRICS_ACCESS",
+        value_enum,
+        default_value = "public"
+    )]
+    pub metrics_access: MetricsAccess,
+
+    /// Drift counts in `/metrics` are recomputed at most this often (they scan both tables).
+    #[arg(long = "metrics-refresh", env = "USERSYNC_METRICS_REFRESH",
+          value_name = "USERSYNC_METRICS_REFRESH", default_value = "15s",
+          value_parser = parse_duration)]
+    pub metrics_refresh: Duration,
 }
 
 /// The origins CORS allows: any, or a list of exact `scheme://host[:port]` origins.
@@ -325,6 +341,15 @@ impl CorsOrigins {
             .collect::<Result<Vec<_>, _>>()
             .map(CorsOrigins::List)
     }
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAccess {
+    /// Anyone who can reach the port (the usual set-up behind a private network).
+    Public,
+    /// Only the service (a `service_role` token or a secret key).
+    Service,
 }
 
 /// Log output format.

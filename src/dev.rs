@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
 use crate::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess, ServeConfig,
+    ServiceKeys,
 };
 use crate::startup::{self, Application};
 
@@ -91,6 +92,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             rate_limit_per_minute: 60,
             rate_limit_burst: 10,
             cors_origins: None,
+            metrics_access: MetricsAccess::Public,
+            metrics_refresh: std::time::Duration::from_secs(15),
         },
     };
     let pool = crate::db::pool(&config.database);
@@ -121,6 +124,7 @@ pub async fn seed(db: &PgPool) -> anyhow::Result<()> {
 }
 
 fn banner(base: &str, db_url: &str, user_token: &str, service_token: &str) -> String {
+    let secret = DEV_JWT_SECRET;
     let key = SecretString::from(DEV_SERVICE_KEY.to_owned());
     let key = key.expose_secret();
     format!(
@@ -135,6 +139,7 @@ export USERSYNC_URL={base}
 export USER_TOKEN={user_token}
 export SERVICE_TOKEN={service_token}
 export SECRET_KEY={key}
+export USERSYNC_JWT_SECRET={secret}   # mint more tokens: usersync token --sub <id>
 
 # sync Ada (the user token's own user)
 curl -s -X POST $USERSYNC_URL/v1/users/me/sync -H \"Authorization: Bearer $USER_TOKEN\"

@@ -45,6 +45,8 @@ pub enum ApiError {
     Timeout,
     #[error("the service is handling as many requests as it may; retry shortly")]
     Overloaded,
+    #[error("the profile is being changed concurrently; retry")]
+    Contended,
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("not ready: {failing}")]
@@ -58,6 +60,13 @@ pub enum ApiError {
 
 /// The problem+json body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:usersync:problem:not_self",
+    "title": "Forbidden",
+    "status": 403,
+    "detail": "a user may only act on their own id",
+    "code": "not_self"
+}))]
 pub struct Problem {
     /// A URI naming the problem type: `urn:usersync:problem:<code>`.
     #[serde(rename = "type")]
@@ -94,6 +103,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout
             | ApiError::Overloaded
+            | ApiError::Contended
             | ApiError::Unavailable(_)
             | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -125,6 +135,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Timeout => "request_timeout",
             ApiError::Overloaded => "overloaded",
+            ApiError::Contended => "sync_contended",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::NotReady { .. } => "not_ready",
             ApiError::Internal(_) => "internal",
@@ -206,11 +217,24 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(error)
-            }
-            other => ApiError::Internal(other.into()),
+        // Connection-level failures (refused, reset, a proxy that hangs up mid-handshake), and
+        // SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutdown,
+        // restart, cannot connect now) mean "the database is away", not "we have a bug".
+        let database_away = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+            _ => false,
+        };
+        if database_away {
+            ApiError::Unavailable(error)
+        } else {
+            ApiError::Internal(error.into())
         }
     }
 }
@@ -221,6 +245,7 @@ impl From<SyncError> for ApiError {
             SyncError::UserNotFound => ApiError::UserNotFound,
             SyncError::UserDeleted => ApiError::UserDeleted,
             SyncError::EmailConflict => ApiError::EmailConflict,
+            SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
         }
     }

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::auth::Verifier;
 use crate::config::ServeConfig;
 use crate::http::{self, RateLimiter};
+use crate::meter::Meter;
 use crate::state::AppState;
 use crate::sync::mapping::Mapping;
 use crate::sync::target::BoundMapping;
@@ -45,6 +46,8 @@ impl Application {
                 config.http.rate_limit_burst,
             )
             .map(Arc::new),
+            meter: Arc::new(Meter::new(config.http.metrics_refresh)),
+            metrics_access: config.http.metrics_access,
         };
         let router = http::app(state, &config.http);
         Ok(Self {

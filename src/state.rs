@@ -5,7 +5,9 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::auth::Verifier;
+use crate::config::MetricsAccess;
 use crate::http::RateLimiter;
+use crate::meter::Meter;
 use crate::sync::target::BoundMapping;
 
 /// Shared, cheaply cloned application state.
@@ -16,4 +18,6 @@ pub struct AppState {
     pub mapping: Arc<BoundMapping>,
     /// The per-caller sync rate limit; `None` when it is off.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    pub meter: Arc<Meter>,
+    pub metrics_access: MetricsAccess,
 }

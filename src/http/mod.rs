@@ -3,13 +3,13 @@
 mod extract;
 mod health;
 mod limits;
+mod metrics;
 mod problem;
 mod status;
 mod users;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderName, Request};
-use axum::routing::get;
 use axum::{BoxError, Router};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
@@ -17,9 +17,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 pub use limits::RateLimiter;
 
@@ -37,11 +38,12 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(status::router())
 }
 
-/// The API and the probes, and the OpenAPI document they describe.
+/// The API, the probes and `/metrics`, and the OpenAPI document they describe.
 fn compose(api: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api)
         .merge(health::router())
+        .merge(metrics::router())
         .split_for_parts();
     crate::openapi::document_edge_responses(&mut openapi);
     (router, openapi)
@@ -52,11 +54,11 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     compose(api())
 }
 
-/// The whole application: routes, `/openapi.json`, and the middleware stack (outermost first):
-/// request id, trace span, propagate request id, CORS, problem+json for errors raised below the
-/// handlers, header-size limit, timeout, catch panic, body limit. The API routes (not the
-/// probes) sit behind the concurrency limit, and sync behind the per-caller rate limit (the
-/// `RateLimited` extractor).
+/// The whole application: routes, `/openapi.json` and `/docs`, and the middleware stack
+/// (outermost first): request id, trace span, propagate request id, CORS, metrics,
+/// problem+json for errors raised below the handlers, header-size limit, timeout, catch panic,
+/// body limit. The API routes (not the probes or `/metrics`) sit behind the concurrency limit,
+/// and sync behind the per-caller rate limit (the `RateLimited` extractor).
 pub fn app(state: AppState, config: &HttpConfig) -> Router {
     let overload_guard = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async {
@@ -67,11 +69,12 @@ pub fn app(state: AppState, config: &HttpConfig) -> Router {
             config.concurrency_limit as usize,
         ));
     let (router, openapi) = compose(api().layer(overload_guard));
-    let openapi_json = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
     router
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(openapi_json.clone()) }),
+        // The API reference: Swagger UI with its assets compiled into the binary (no CDN).
+        .merge(
+            SwaggerUi::new("/docs")
+                .url("/openapi.json", openapi)
+                .config(Config::default().validator_url("none")),
         )
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(
@@ -82,9 +85,14 @@ pub fn app(state: AppState, config: &HttpConfig) -> Router {
                     HeaderName::from_static("apikey"),
                 ]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .option_layer(config.cors_origins.as_ref().map(limits::cors))
+                .layer(axum::middleware::from_fn(metrics::track))
                 .layer(axum::middleware::from_fn(problem::ensure_problem_json))
                 .layer(axum::middleware::from_fn_with_state(
                     config.header_limit as usize,

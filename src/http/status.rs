@@ -24,7 +24,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 403, description = "Not the service", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all)]
 async fn get_status(
     State(state): State<AppState>,
     caller: Caller,

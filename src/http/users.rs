@@ -9,6 +9,7 @@ use super::extract::{Json, Path};
 use super::limits::RateLimited;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
+use crate::meter;
 use crate::state::AppState;
 use crate::sync::engine::{self, SyncOutcome, UserDrift};
 
@@ -38,7 +39,6 @@ pub fn router() -> OpenApiRouter<AppState> {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_me(
     State(state): State<AppState>,
     RateLimited(caller): RateLimited,
@@ -68,7 +68,6 @@ async fn sync_me(
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_user(
     State(state): State<AppState>,
     RateLimited(caller): RateLimited,
@@ -81,8 +80,8 @@ async fn sync_user(
 }
 
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
-    tracing::Span::current().record("user_id", tracing::field::display(id));
     let outcome = engine::sync_one(&state.db, &state.mapping, id, &caller.audit_name()).await?;
+    meter::record_sync("call", outcome.action.drift_kind(), outcome.action);
     tracing::info!(action = ?outcome.action, "synced");
     Ok(Json(outcome))
 }
@@ -100,7 +99,6 @@ async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOut
         (status = 404, description = "Neither table has this id", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %id))]
 async fn user_drift(
     State(state): State<AppState>,
     caller: Caller,

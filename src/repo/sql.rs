@@ -17,6 +17,8 @@ pub struct RenderedSql {
     pub drift_one: String,
     /// Totals and drift counts over both tables.
     pub status: String,
+    /// When the longest-waiting missing user was created (for the metrics' age gauge).
+    pub oldest_missing: String,
 }
 
 /// A SQL string literal.
@@ -325,6 +327,10 @@ select exists (select 1 from src) as found,
             sync_one: self.sync_one(),
             drift_one: self.drift_one(),
             status: self.status(),
+            oldest_missing: format!(
+                "select min(s.created_at) from auth.users s where {}",
+                self.missing("s")
+            ),
         }
     }
 }

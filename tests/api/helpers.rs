@@ -19,8 +19,8 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig,
-    ServiceKeys,
+    AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess,
+    ServeConfig, ServiceKeys,
 };
 use usersync::dev::fixtures;
 use usersync::startup::Application;
@@ -207,6 +207,7 @@ pub struct AppOptions {
     pub request_timeout: Duration,
     pub header_limit: u32,
     pub cors_origins: Option<&'static str>,
+    pub metrics_access: Option<MetricsAccess>,
 }
 
 impl Default for AppOptions {
@@ -225,6 +226,7 @@ impl Default for AppOptions {
             request_timeout: Duration::from_secs(10),
             header_limit: 16 * 1024,
             cors_origins: None,
+            metrics_access: None,
         }
     }
 }
@@ -268,6 +270,8 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             rate_limit_per_minute: options.rate_limit_per_minute,
             rate_limit_burst: options.rate_limit_burst,
             cors_origins: options.cors_origins.map(|o| CorsOrigins::parse(o).unwrap()),
+            metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
+            metrics_refresh: Duration::from_secs(15),
         },
     }
 }
@@ -300,17 +304,7 @@ where
     let db = TestDb::new().await;
     prepare(db.pool.clone()).await;
     let config = serve_config(&db.url(), &options);
-    let pool = usersync::db::pool(&config.database);
-    let app = Application::build(&config, pool)
-        .await
-        .expect("the app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp {
-        address,
-        db,
-        client: reqwest::Client::new(),
-    }
+    TestApp::start(db, config).await
 }
 
 /// How a test request authenticates.
@@ -322,6 +316,21 @@ pub enum Auth {
 }
 
 impl TestApp {
+    /// Serves `config` in this test's runtime, over `db` (which the test keeps for assertions).
+    pub async fn start(db: TestDb, config: ServeConfig) -> TestApp {
+        let pool = usersync::db::pool(&config.database);
+        let app = Application::build(&config, pool)
+            .await
+            .expect("the app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        TestApp {
+            address,
+            db,
+            client: reqwest::Client::new(),
+        }
+    }
+
     pub fn request(&self, method: Method, path: &str, auth: &Auth) -> RequestBuilder {
         let builder = self
             .client
@@ -541,4 +550,77 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
     assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
     body
+}
+
+/// The real binary serving on a free port of 127.0.0.1, with the test secrets; stderr is piped.
+/// Killed when dropped, so a failing test leaves no process behind.
+pub struct ServeProcess {
+    child: std::process::Child,
+    pub address: String,
+}
+
+impl ServeProcess {
+    pub async fn start(db_url: &str, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("USERSYNC_LISTEN", format!("127.0.0.1:{port}"))
+            .env("USERSYNC_JWT_SECRET", JWT_SECRET)
+            .env("USERSYNC_SERVICE_KEYS", SERVICE_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = Self {
+            child: cmd.spawn().expect("the usersync binary starts"),
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            let health = client.get(format!("{}/healthz", process.address)).send();
+            if health.await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("usersync serve did not answer on {}", process.address);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM, waits for the exit, and returns everything written to stderr.
+    pub fn stop(self) -> String {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait().1
+    }
+
+    /// Waits for the process to exit (after a signal sent elsewhere); its status and stderr.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let status = self.child.wait().expect("the process was started");
+        (status, stderr)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
