@@ -199,6 +199,7 @@ pub struct AppOptions {
     pub service_keys: Vec<String>,
     pub jwks_url: Option<String>,
     pub jwks_from_issuer: bool,
+    pub jwks_cache_ttl: Duration,
     pub jwks_refetch_interval: Duration,
     /// Off unless a test is about it: several tests sync one user many times.
     pub rate_limit_per_minute: u32,
@@ -219,6 +220,7 @@ impl Default for AppOptions {
             service_keys: vec![SERVICE_KEY.to_owned()],
             jwks_url: None,
             jwks_from_issuer: false,
+            jwks_cache_ttl: Duration::from_secs(600),
             jwks_refetch_interval: Duration::from_secs(30),
             rate_limit_per_minute: 0,
             rate_limit_burst: 10,
@@ -255,7 +257,7 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             }),
             jwks_url: options.jwks_url.as_ref().map(|u| u.parse().unwrap()),
             jwks_from_issuer: options.jwks_from_issuer,
-            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_cache_ttl: options.jwks_cache_ttl,
             jwks_refetch_interval: options.jwks_refetch_interval,
         },
         mapping: MappingConfig {

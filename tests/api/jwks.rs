@@ -111,6 +111,29 @@ async fn during_a_rotation_the_new_key_is_fetched_on_first_use_and_both_keys_wor
 }
 
 #[tokio::test]
+async fn the_keys_are_refreshed_in_the_background_when_the_cache_expires() {
+    let (old, new) = (SigningKey::ec_a(), SigningKey::ec_b());
+    let server = JwksServer::start(vec![old.jwk()]).await;
+    let (app, id) = app_with_jwks(
+        &server,
+        AppOptions {
+            jwks_cache_ttl: Duration::from_millis(300),
+            // No refetch for unknown kids: only the background refresh can bring the new key.
+            jwks_refetch_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await;
+    server.set_keys(vec![old.jwk(), new.jwk()]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(server.fetches() >= 2, "{} fetches", server.fetches());
+    assert_eq!(
+        app.sync_me(&new.bearer(&user_claims(id))).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
 async fn unknown_kids_trigger_at_most_one_fetch_per_interval_however_many_arrive_at_once() {
     let ec = SigningKey::ec_a();
     let server = JwksServer::start(vec![ec.jwk()]).await;
