@@ -5,6 +5,7 @@
 //! and curl lines, and serves. Nothing here runs in production: `auth.*` is Supabase Auth's.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -68,7 +69,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         database: DatabaseConfig {
             url: DatabaseUrl::parse(&url).map_err(anyhow::Error::msg)?,
             pool_size: 16,
-            acquire_timeout: std::time::Duration::from_secs(3),
+            acquire_timeout: Duration::from_secs(3),
         },
         auth: AuthConfig {
             jwt_secret: Some(secret.clone()),
@@ -76,12 +77,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             service_keys: Some(ServiceKeys(vec![SecretString::from(
                 DEV_SERVICE_KEY.to_owned(),
             )])),
+            jwks_url: None,
+            jwks_from_issuer: false,
+            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_refetch_interval: Duration::from_secs(30),
         },
         mapping: MappingConfig { mapping: None },
         http: HttpConfig {
             listen: args.listen,
-            request_timeout: std::time::Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
             body_limit: 64 * 1024,
+            header_limit: 16 * 1024,
+            concurrency_limit: 256,
+            rate_limit_per_minute: 60,
+            rate_limit_burst: 10,
+            cors_origins: None,
             metrics_access: MetricsAccess::Public,
             metrics_refresh: std::time::Duration::from_secs(15),
         },

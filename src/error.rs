@@ -4,6 +4,8 @@
 //! Nothing internal crosses this line: a 5xx is logged here, once, with its cause chain, and the
 //! client gets a fixed sentence.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -37,8 +39,12 @@ pub enum ApiError {
     RouteNotFound,
     #[error("{0}")]
     Status(StatusCode),
+    #[error("too many requests: retry after the time in `Retry-After`")]
+    RateLimited { retry_after: Duration },
     #[error("the request took too long")]
     Timeout,
+    #[error("the service is handling as many requests as it may; retry shortly")]
+    Overloaded,
     #[error("the profile is being changed concurrently; retry")]
     Contended,
     #[error("the database is unavailable")]
@@ -94,7 +100,9 @@ impl ApiError {
             ApiError::UserDeleted => StatusCode::GONE,
             ApiError::EmailConflict => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout
+            | ApiError::Overloaded
             | ApiError::Contended
             | ApiError::Unavailable(_)
             | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +115,7 @@ impl ApiError {
             ApiError::Auth(e) => match e {
                 AuthError::Missing => "missing_credentials",
                 AuthError::Invalid => "invalid_token",
+                AuthError::UnknownKey => "unknown_key",
                 AuthError::Expired => "token_expired",
                 AuthError::NotYetValid => "token_not_yet_valid",
                 AuthError::WrongAudience => "invalid_audience",
@@ -123,7 +132,9 @@ impl ApiError {
             ApiError::EmailConflict => "email_conflict",
             ApiError::RouteNotFound => "not_found",
             ApiError::Status(status) => status_code_name(*status),
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Timeout => "request_timeout",
+            ApiError::Overloaded => "overloaded",
             ApiError::Contended => "sync_contended",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::NotReady { .. } => "not_ready",
@@ -188,6 +199,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
+        }
+        if let ApiError::RateLimited { retry_after } = &self {
+            // Whole seconds, rounded up: retrying at the advertised time must succeed.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(

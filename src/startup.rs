@@ -2,6 +2,8 @@
 //! then serve until told to stop.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -9,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Verifier;
 use crate::config::ServeConfig;
-use crate::http::{self, EdgeLimits};
+use crate::http::{self, RateLimiter};
 use crate::meter::Meter;
 use crate::state::AppState;
 use crate::sync::mapping::Mapping;
@@ -33,20 +35,21 @@ impl Application {
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
+        let verifier = Verifier::from_config(&config.auth)?;
+        verifier.load_keys().await;
         let state = AppState {
             db,
-            verifier: std::sync::Arc::new(Verifier::from_config(&config.auth)),
-            mapping: std::sync::Arc::new(bound),
-            meter: std::sync::Arc::new(Meter::new(config.http.metrics_refresh)),
+            verifier: Arc::new(verifier),
+            mapping: Arc::new(bound),
+            rate_limiter: RateLimiter::new(
+                config.http.rate_limit_per_minute,
+                config.http.rate_limit_burst,
+            )
+            .map(Arc::new),
+            meter: Arc::new(Meter::new(config.http.metrics_refresh)),
             metrics_access: config.http.metrics_access,
         };
-        let router = http::app(
-            state,
-            EdgeLimits {
-                request_timeout: config.http.request_timeout,
-                body_limit: config.http.body_limit,
-            },
-        );
+        let router = http::app(state, &config.http);
         Ok(Self {
             listener,
             router,
@@ -64,7 +67,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(port = self.port, "usersync listening");
-        axum::serve(self.listener, self.router)
+        // The connection's address keys the rate limit of callers that do not authenticate.
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await
     }

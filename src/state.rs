@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use crate::auth::Verifier;
 use crate::config::MetricsAccess;
+use crate::http::RateLimiter;
 use crate::meter::Meter;
 use crate::sync::target::BoundMapping;
 
@@ -15,6 +16,8 @@ pub struct AppState {
     pub db: PgPool,
     pub verifier: Arc<Verifier>,
     pub mapping: Arc<BoundMapping>,
+    /// The per-caller sync rate limit; `None` when it is off.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
     pub meter: Arc<Meter>,
     pub metrics_access: MetricsAccess,
 }

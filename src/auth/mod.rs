@@ -5,9 +5,11 @@
 
 mod caller;
 mod error;
+mod jwks;
 pub mod mint;
 mod verifier;
 
 pub use caller::Caller;
 pub use error::AuthError;
+pub use jwks::KeysHealth;
 pub use verifier::Verifier;

@@ -34,7 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     ))]
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if state.metrics_access == MetricsAccess::Service
-        && state.verifier.authenticate(&headers)? != Caller::Service
+        && state.verifier.authenticate(&headers).await? != Caller::Service
     {
         return Err(ApiError::ServiceOnly);
     }

@@ -2,16 +2,16 @@
 
 mod extract;
 mod health;
+mod limits;
 mod metrics;
 mod problem;
 mod status;
 mod users;
 
-use std::time::Duration;
-
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderName, Request};
 use axum::{BoxError, Router};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -22,34 +22,53 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+pub use limits::RateLimiter;
+
+use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The routes and the OpenAPI document they describe.
-pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The API's resources: what the concurrency limit guards.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(users::router())
         .merge(status::router())
-        .merge(health::router())
-        .merge(metrics::router())
-        .split_for_parts()
 }
 
-/// Limits the edge enforces.
-#[derive(Debug, Clone, Copy)]
-pub struct EdgeLimits {
-    pub request_timeout: Duration,
-    pub body_limit: usize,
+/// The API, the probes and `/metrics`, and the OpenAPI document they describe.
+fn compose(api: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api)
+        .merge(health::router())
+        .merge(metrics::router())
+        .split_for_parts();
+    crate::openapi::document_edge_responses(&mut openapi);
+    (router, openapi)
+}
+
+/// The routes and the OpenAPI document they describe.
+pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    compose(api())
 }
 
 /// The whole application: routes, `/openapi.json` and `/docs`, and the middleware stack
-/// (outermost first): request id, trace span, propagate request id, metrics, problem+json for
-/// errors raised below the handlers, timeout, catch panic, body limit.
-pub fn app(state: AppState, limits: EdgeLimits) -> Router {
-    let (router, openapi) = router_and_openapi();
+/// (outermost first): request id, trace span, propagate request id, CORS, metrics,
+/// problem+json for errors raised below the handlers, header-size limit, timeout, catch panic,
+/// body limit. The API routes (not the probes or `/metrics`) sit behind the concurrency limit,
+/// and sync behind the per-caller rate limit (the `RateLimited` extractor).
+pub fn app(state: AppState, config: &HttpConfig) -> Router {
+    let overload_guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            ApiError::Overloaded
+        }))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(
+            config.concurrency_limit as usize,
+        ));
+    let (router, openapi) = compose(api().layer(overload_guard));
     router
         // The API reference: Swagger UI with its assets compiled into the binary (no CDN).
         .merge(
@@ -62,6 +81,7 @@ pub fn app(state: AppState, limits: EdgeLimits) -> Router {
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([
                     axum::http::header::AUTHORIZATION,
+                    axum::http::header::COOKIE,
                     HeaderName::from_static("apikey"),
                 ]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -71,8 +91,13 @@ pub fn app(state: AppState, limits: EdgeLimits) -> Router {
                         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .option_layer(config.cors_origins.as_ref().map(limits::cors))
                 .layer(axum::middleware::from_fn(metrics::track))
                 .layer(axum::middleware::from_fn(problem::ensure_problem_json))
+                .layer(axum::middleware::from_fn_with_state(
+                    config.header_limit as usize,
+                    limits::limit_header_size,
+                ))
                 .layer(HandleErrorLayer::new(|error: BoxError| async move {
                     if error.is::<tower::timeout::error::Elapsed>() {
                         ApiError::Timeout
@@ -80,9 +105,9 @@ pub fn app(state: AppState, limits: EdgeLimits) -> Router {
                         ApiError::Internal(anyhow::anyhow!(error))
                     }
                 }))
-                .timeout(limits.request_timeout)
+                .timeout(config.request_timeout)
                 .layer(CatchPanicLayer::custom(problem::panic_response))
-                .layer(RequestBodyLimitLayer::new(limits.body_limit)),
+                .layer(RequestBodyLimitLayer::new(config.body_limit)),
         )
         .with_state(state)
 }

@@ -22,7 +22,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "Current status", body = Status),
         (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the service", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_status(

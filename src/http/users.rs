@@ -6,6 +6,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{Json, Path};
+use super::limits::RateLimited;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::meter;
@@ -34,12 +35,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 404, description = "The token's user no longer exists", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn sync_me(
     State(state): State<AppState>,
-    caller: Caller,
+    RateLimited(caller): RateLimited,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     let Caller::User(id) = caller else {
         return Err(ApiError::UserOnly);
@@ -62,12 +64,13 @@ async fn sync_me(
         (status = 404, description = "No auth user has this id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn sync_user(
     State(state): State<AppState>,
-    caller: Caller,
+    RateLimited(caller): RateLimited,
     Path(id): Path<Uuid>,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     if !caller.may_access(id) {

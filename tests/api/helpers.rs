@@ -7,7 +7,7 @@
 //! Supabase-compatible `auth` fixture and `public.users`; it is dropped when the test ends.
 
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{Method, RequestBuilder, Response};
@@ -19,8 +19,8 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess, ServeConfig,
-    ServiceKeys,
+    AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess,
+    ServeConfig, ServiceKeys,
 };
 use usersync::dev::fixtures;
 use usersync::startup::Application;
@@ -192,11 +192,45 @@ pub struct TestApp {
 }
 
 /// Settings a test may change before the app starts.
-#[derive(Default)]
 pub struct AppOptions {
     pub mapping: Option<std::path::PathBuf>,
     pub issuer: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub service_keys: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_from_issuer: bool,
+    pub jwks_cache_ttl: Duration,
+    pub jwks_refetch_interval: Duration,
+    /// Off unless a test is about it: several tests sync one user many times.
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_burst: u32,
+    pub concurrency_limit: u32,
+    pub request_timeout: Duration,
+    pub header_limit: u32,
+    pub cors_origins: Option<&'static str>,
     pub metrics_access: Option<MetricsAccess>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            mapping: None,
+            issuer: None,
+            jwt_secret: Some(JWT_SECRET.to_owned()),
+            service_keys: vec![SERVICE_KEY.to_owned()],
+            jwks_url: None,
+            jwks_from_issuer: false,
+            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_refetch_interval: Duration::from_secs(30),
+            rate_limit_per_minute: 0,
+            rate_limit_burst: 10,
+            concurrency_limit: 256,
+            request_timeout: Duration::from_secs(10),
+            header_limit: 16 * 1024,
+            cors_origins: None,
+            metrics_access: None,
+        }
+    }
 }
 
 pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
@@ -204,30 +238,62 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
         database: DatabaseConfig {
             url: DatabaseUrl::parse(db_url).unwrap(),
             pool_size: 60,
-            acquire_timeout: std::time::Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
         },
         auth: AuthConfig {
-            jwt_secret: Some(SecretString::from(JWT_SECRET.to_owned())),
+            jwt_secret: options
+                .jwt_secret
+                .as_ref()
+                .map(|s| SecretString::from(s.clone())),
             jwt_issuer: options.issuer.clone(),
-            service_keys: Some(ServiceKeys(vec![SecretString::from(
-                SERVICE_KEY.to_owned(),
-            )])),
+            service_keys: (!options.service_keys.is_empty()).then(|| {
+                ServiceKeys(
+                    options
+                        .service_keys
+                        .iter()
+                        .map(|k| SecretString::from(k.clone()))
+                        .collect(),
+                )
+            }),
+            jwks_url: options.jwks_url.as_ref().map(|u| u.parse().unwrap()),
+            jwks_from_issuer: options.jwks_from_issuer,
+            jwks_cache_ttl: options.jwks_cache_ttl,
+            jwks_refetch_interval: options.jwks_refetch_interval,
         },
         mapping: MappingConfig {
             mapping: options.mapping.clone(),
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            request_timeout: std::time::Duration::from_secs(10),
+            request_timeout: options.request_timeout,
             body_limit: 64 * 1024,
+            header_limit: options.header_limit,
+            concurrency_limit: options.concurrency_limit,
+            rate_limit_per_minute: options.rate_limit_per_minute,
+            rate_limit_burst: options.rate_limit_burst,
+            cors_origins: options.cors_origins.map(|o| CorsOrigins::parse(o).unwrap()),
             metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
-            metrics_refresh: std::time::Duration::from_secs(15),
+            metrics_refresh: Duration::from_secs(15),
         },
     }
 }
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default(), |_| async {}).await
+}
+
+/// Starts the app with these settings.
+pub async fn spawn_app_with_options(options: AppOptions) -> TestApp {
+    spawn_app_with(options, |_| async {}).await
+}
+
+/// Starts the app with these settings, and one user (Ada) in `auth.users`.
+pub async fn spawn_app_with_user(options: AppOptions) -> (TestApp, Uuid) {
+    let app = spawn_app_with_options(options).await;
+    let id = app
+        .insert_auth_user(&AuthUser::new("ada@example.com"))
+        .await;
+    (app, id)
 }
 
 /// Starts the app after `prepare` has run against the fresh database (to create another target

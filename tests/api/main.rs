@@ -2,9 +2,14 @@
 
 mod auth;
 mod cli;
+mod confusion;
 mod drift;
 mod edge;
 mod faults;
 mod helpers;
+mod jwks;
+mod keys;
+mod limits;
 mod observability;
+mod secrets;
 mod sync_one;
