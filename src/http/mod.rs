@@ -1,5 +1,7 @@
 //! The HTTP edge: one module per resource, composed here with the middleware stack.
 
+mod admin;
+mod dead_letters;
 mod extract;
 mod health;
 mod limits;
@@ -36,6 +38,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(users::router())
         .merge(status::router())
+        .merge(dead_letters::router())
 }
 
 /// The API, the probes and `/metrics`, and the OpenAPI document they describe.
@@ -76,6 +79,7 @@ pub fn app(state: AppState, config: &HttpConfig) -> Router {
                 .url("/openapi.json", openapi)
                 .config(Config::default().validator_url("none")),
         )
+        .merge(admin::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(
             ServiceBuilder::new()

@@ -1,6 +1,7 @@
 //! SQL only: plain async functions over the pool or a transaction the caller owns.
 
 pub mod catalog;
+pub mod dead_letters;
 pub mod health;
 pub mod sql;
 pub mod status;

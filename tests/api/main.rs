@@ -1,5 +1,6 @@
 //! One integration-test binary: every test drives the real router over a fresh real database.
 
+mod admin;
 mod auth;
 mod cli;
 mod confusion;
