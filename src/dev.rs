@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
 use crate::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ReconcileConfig,
+    ServeConfig, ServiceKeys,
 };
 use crate::startup::{self, Application};
 
@@ -82,6 +83,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             request_timeout: std::time::Duration::from_secs(10),
             body_limit: 64 * 1024,
         },
+        reconcile: ReconcileConfig::default(),
     };
     let pool = crate::db::pool(&config.database);
     crate::db::migrate(&pool).await?;

@@ -12,6 +12,7 @@ use crate::config::ServeConfig;
 use crate::http::{self, EdgeLimits};
 use crate::state::AppState;
 use crate::sync::mapping::Mapping;
+use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
 
 /// A bound, ready-to-serve application.
@@ -26,16 +27,25 @@ impl Application {
     /// router. Fails with a message naming what is wrong.
     pub async fn build(config: &ServeConfig, db: PgPool) -> anyhow::Result<Self> {
         config.auth.check().map_err(anyhow::Error::msg)?;
+        config.reconcile.check().map_err(anyhow::Error::msg)?;
         let mapping = Mapping::load(config.mapping.mapping.as_deref())?;
-        let bound = BoundMapping::bind(&db, mapping).await?;
+        let bound = std::sync::Arc::new(BoundMapping::bind(&db, mapping).await?);
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
+        let reconciler = Reconciler::new(
+            db.clone(),
+            bound.clone(),
+            config.reconcile.policies(),
+            config.reconcile.chunk_size,
+            config.reconcile.admin_api(),
+        );
         let state = AppState {
             db,
             verifier: std::sync::Arc::new(Verifier::from_config(&config.auth)),
-            mapping: std::sync::Arc::new(bound),
+            mapping: bound,
+            reconciler,
         };
         let router = http::app(
             state,

@@ -1,8 +1,10 @@
 //! The HTTP edge: one module per resource, composed here with the middleware stack.
 
+mod drift;
 mod extract;
 mod health;
 mod problem;
+mod reconciliations;
 mod status;
 mod users;
 
@@ -32,6 +34,8 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::router())
         .merge(status::router())
+        .merge(drift::router())
+        .merge(reconciliations::router())
         .merge(health::router())
         .split_for_parts()
 }

@@ -1,7 +1,11 @@
 //! SQL only: plain async functions over the pool or a transaction the caller owns.
 
 pub mod catalog;
+pub mod drift;
 pub mod health;
+pub mod rekey;
+pub mod repair;
+pub mod runs;
 pub mod sql;
 pub mod status;
 pub mod users;

@@ -1,8 +1,6 @@
-//! Totals and drift counts over both tables, and the last reconciliation run.
+//! Totals and drift counts over both tables.
 
-use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
-use uuid::Uuid;
 
 use crate::sync::target::BoundMapping;
 
@@ -21,22 +19,4 @@ pub struct CountsRow {
 #[tracing::instrument(skip_all)]
 pub async fn counts(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<CountsRow> {
     sqlx::query_as(&bound.sql.status).fetch_one(db).await
-}
-
-#[derive(Debug, sqlx::FromRow)]
-pub struct LastRunRow {
-    pub id: Uuid,
-    pub state: String,
-    pub dry_run: bool,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-pub async fn last_run(db: impl PgExecutor<'_>) -> sqlx::Result<Option<LastRunRow>> {
-    sqlx::query_as(
-        "select id, state, dry_run, started_at, finished_at
-           from usersync.runs order by started_at desc limit 1",
-    )
-    .fetch_optional(db)
-    .await
 }

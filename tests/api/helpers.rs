@@ -19,7 +19,8 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ReconcileConfig,
+    ServeConfig, ServiceKeys,
 };
 use usersync::dev::fixtures;
 use usersync::startup::Application;
@@ -219,6 +220,7 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             request_timeout: std::time::Duration::from_secs(10),
             body_limit: 64 * 1024,
         },
+        reconcile: ReconcileConfig::default(),
     }
 }
 
