@@ -616,8 +616,12 @@ select count(*) from gone",
             )
         };
         RepairSql {
-            chunk_end: "select max(id) as last, count(*) as rows
-  from (select id from auth.users where id >= $1 order by id limit $2) chunk"
+            // uuid has no max(): the chunk is materialised once and read twice.
+            chunk_end: "with chunk as (
+    select id from auth.users where id >= $1 order by id limit $2
+)
+select (select id from chunk order by id desc limit 1) as last,
+       (select count(*) from chunk) as rows"
                 .to_owned(),
             create_missing,
             update_stale,

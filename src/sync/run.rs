@@ -59,8 +59,10 @@ impl RunState {
     }
 }
 
-/// What a run was asked to do.
+/// What a run was asked to do. Missing fields read as their defaults, so that a row written
+/// by hand (or by an older version) still reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct RunOptions {
     /// Plan only: count and list, write nothing to the target.
     pub dry_run: bool,
@@ -70,6 +72,12 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// Let the run delete more than the configured share of the target.
     pub allow_mass_delete: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self::all(false)
+    }
 }
 
 impl RunOptions {

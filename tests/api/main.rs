@@ -5,4 +5,5 @@ mod cli;
 mod drift;
 mod edge;
 mod helpers;
+mod reconcile;
 mod sync_one;
