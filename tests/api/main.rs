@@ -5,5 +5,7 @@ mod cli;
 mod drift;
 mod edge;
 mod helpers;
+mod provision;
 mod reconcile;
+mod rekey;
 mod sync_one;
