@@ -250,7 +250,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         pool,
         std::sync::Arc::new(bound),
         args.reconcile.policies(),
-        args.reconcile.chunk_size,
+        args.reconcile.walking(),
         args.reconcile.admin_api(),
     );
     let options = RunOptions {

@@ -17,6 +17,7 @@ use crate::supabase::AdminApi;
 use crate::sync::policy::{
     DeletedPolicy, MismatchedPolicy, MissingPolicy, OrphanedPolicy, Policies, StalePolicy,
 };
+use crate::sync::reconcile::Walking;
 
 /// The port of Supabase's transaction-mode pooler (Supavisor), which does not support the
 /// prepared statements sqlx relies on.
@@ -193,6 +194,14 @@ pub struct HttpConfig {
     pub body_limit: usize,
 }
 
+/// Source rows per reconciliation chunk: large enough that per-statement costs vanish, small
+/// enough that one chunk's transaction stays short.
+pub const DEFAULT_CHUNK_SIZE: u32 = 50_000;
+
+/// Chunks in flight at once: the apply path is Postgres work, and two statements use two of the
+/// server's cores while leaving the rest to the application.
+pub const DEFAULT_WORKERS: u16 = 2;
+
 /// How reconciliation runs repair each kind of drift, and how they walk the tables.
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileConfig {
@@ -253,9 +262,17 @@ pub struct ReconcileConfig {
 
     /// Source rows per chunk: each chunk is one transaction of set-based statements.
     #[arg(long = "chunk-size", env = "USERSYNC_RECONCILE_CHUNK_SIZE",
-          value_name = "USERSYNC_RECONCILE_CHUNK_SIZE", default_value_t = 20_000,
+          value_name = "USERSYNC_RECONCILE_CHUNK_SIZE", default_value_t = DEFAULT_CHUNK_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub chunk_size: u32,
+
+    /// Chunks a run repairs at once, each on its own connection. A run with a `limit`, or one
+    /// that deletes under the mass-delete bound, goes one chunk at a time so that it counts
+    /// exactly.
+    #[arg(long = "workers", env = "USERSYNC_RECONCILE_WORKERS",
+          value_name = "USERSYNC_RECONCILE_WORKERS", default_value_t = DEFAULT_WORKERS,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub workers: u16,
 
     /// The project's API URL (`https://<ref>.supabase.co`), for the `provision` policy.
     #[arg(long = "supabase-url", env = "USERSYNC_SUPABASE_URL",
@@ -304,6 +321,13 @@ impl ReconcileConfig {
         }
     }
 
+    pub fn walking(&self) -> Walking {
+        Walking {
+            chunk_size: self.chunk_size,
+            workers: usize::from(self.workers),
+        }
+    }
+
     /// The admin API client, when one is configured.
     pub fn admin_api(&self) -> Option<AdminApi> {
         match (&self.supabase_url, &self.supabase_service_key) {
@@ -313,16 +337,19 @@ impl ReconcileConfig {
     }
 }
 
+/// The defaults of every flag above, for callers that build the config in code.
 impl Default for ReconcileConfig {
     fn default() -> Self {
+        let p = Policies::default();
         Self {
-            missing: MissingPolicy::default(),
-            stale: StalePolicy::default(),
-            mismatched: MismatchedPolicy::default(),
-            orphaned: OrphanedPolicy::default(),
-            deleted: DeletedPolicy::default(),
-            max_delete_share: Policies::default().max_delete_share,
-            chunk_size: 20_000,
+            missing: p.missing,
+            stale: p.stale,
+            mismatched: p.mismatched,
+            orphaned: p.orphaned,
+            deleted: p.deleted,
+            max_delete_share: p.max_delete_share,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            workers: DEFAULT_WORKERS,
             supabase_url: None,
             supabase_service_key: None,
         }

@@ -38,7 +38,7 @@ impl Application {
             db.clone(),
             bound.clone(),
             config.reconcile.policies(),
-            config.reconcile.chunk_size,
+            config.reconcile.walking(),
             config.reconcile.admin_api(),
         );
         let state = AppState {

@@ -51,9 +51,7 @@ async fn list_drift(
     caller: Caller,
     Query(query): Query<DriftQuery>,
 ) -> Result<Json<DriftPage>, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::ServiceOnly);
-    }
+    caller.require_service()?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(

@@ -88,9 +88,7 @@ async fn start_run(
     caller: Caller,
     Json(body): Json<StartRun>,
 ) -> Result<Response, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::ServiceOnly);
-    }
+    caller.require_service()?;
     let options = body.into_options()?;
     let active = state
         .reconciler
@@ -129,9 +127,7 @@ async fn get_run(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Run>, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::ServiceOnly);
-    }
+    caller.require_service()?;
     let run = state.reconciler.get(id).await?;
     run.map(Json).ok_or(ApiError::RunNotFound)
 }
@@ -168,9 +164,7 @@ async fn list_runs(
     caller: Caller,
     Query(query): Query<RecentQuery>,
 ) -> Result<Json<RunList>, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::ServiceOnly);
-    }
+    caller.require_service()?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_RECENT).contains(&limit) {
         return Err(ApiError::bad_request(

@@ -94,6 +94,15 @@ pub async fn set_plan(
         .map(|_| ())
 }
 
+/// Locks the run's row until the caller's transaction ends.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("select 1 from usersync.runs where id = $1 for update")
+        .bind(id)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
 /// Records progress; called inside each chunk's transaction, so that the cursor and counts
 /// move exactly when the chunk's repairs commit.
 pub async fn set_progress(

@@ -236,11 +236,18 @@ impl<'a> Renderer<'a> {
     /// is "no stray row holds its email unless it is SSO", written as one top-level
     /// `not exists` so that the planner makes it an anti-join.
     pub fn missing(&self, s: &str) -> String {
+        self.missing_given(s, &self.no_target_row(s))
+    }
+
+    /// `missing`, with the "no target row" test given by the caller. A batch insert passes
+    /// `true` when it has no row limit: its `on conflict do nothing` makes that test row by row
+    /// through the primary key as it inserts, where a `not exists` would make the planner hash
+    /// the whole target table once per chunk.
+    fn missing_given(&self, s: &str, no_target_row: &str) -> String {
         format!(
-            "({} and {} and not exists (select 1 from {} m where {} and {} \
+            "({} and {no_target_row} and not exists (select 1 from {} m where {} and {} \
              and not {s}.is_sso_user))",
             self.live(s),
-            self.no_target_row(s),
             self.table,
             self.stray("m"),
             self.same_person(s, "m")
@@ -557,7 +564,10 @@ audit as (
     {audit}
 )
 select count(*) from ins",
-            missing = self.missing("s"),
+            missing = self.missing_given(
+                "s",
+                &format!("($5::bigint is null or {})", self.no_target_row("s"))
+            ),
             after = self.mapped_json("t"),
             audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
         );
@@ -718,5 +728,39 @@ mod tests {
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{expr}");
         assert!(expr.contains("nullif("));
+    }
+}
+#[cfg(test)]
+mod tmp_print {
+    use super::*;
+    use crate::repo::catalog::{ColumnInfo, TargetShape};
+    #[test]
+    fn print_sql() {
+        let m = Mapping::default_mapping();
+        let mut shape = TargetShape::default();
+        for (n, t) in [
+            ("email", "text"),
+            ("full_name", "text"),
+            ("avatar_url", "text"),
+            ("role", "text"),
+            ("created_at", "timestamp with time zone"),
+            ("updated_at", "timestamp with time zone"),
+            ("id", "uuid"),
+        ] {
+            shape.columns.insert(
+                n.into(),
+                ColumnInfo {
+                    sql_type: t.into(),
+                    not_null: false,
+                    has_default: false,
+                    writable: true,
+                },
+            );
+        }
+        let r = Renderer::new(&m, &shape).render();
+        std::fs::write("/tmp/create_missing.sql", &r.repair.create_missing).unwrap();
+        std::fs::write("/tmp/status.sql", &r.status).unwrap();
+        std::fs::write("/tmp/update_stale.sql", &r.repair.update_stale).unwrap();
+        std::fs::write("/tmp/chunk_end.sql", &r.repair.chunk_end).unwrap();
     }
 }

@@ -8,8 +8,9 @@
 //! transaction: a row repaired before the crash is simply no longer drifted.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -69,7 +70,17 @@ pub struct Reconciler {
     bound: Arc<BoundMapping>,
     policies: Policies,
     chunk_size: i64,
+    workers: usize,
     admin: Option<AdminApi>,
+}
+
+/// How a run walks the source.
+#[derive(Debug, Clone, Copy)]
+pub struct Walking {
+    /// Source rows per chunk (one transaction each).
+    pub chunk_size: u32,
+    /// Chunks in flight at once, each on its own connection.
+    pub workers: usize,
 }
 
 /// How many more rows the run may repair, and how many more it may delete.
@@ -108,14 +119,15 @@ impl Reconciler {
         db: PgPool,
         bound: Arc<BoundMapping>,
         policies: Policies,
-        chunk_size: u32,
+        walking: Walking,
         admin: Option<AdminApi>,
     ) -> Self {
         Self {
             db,
             bound,
             policies,
-            chunk_size: i64::from(chunk_size),
+            chunk_size: i64::from(walking.chunk_size),
+            workers: walking.workers.max(1),
             admin,
         }
     }
@@ -295,10 +307,12 @@ impl Reconciler {
         Ok(plans)
     }
 
-    fn wants(&self, run: &Run, kind: DriftKind, action: Action) -> bool {
-        run.options.kinds.contains(&kind) && self.policies.action(kind) == action
+    fn wants(&self, options: &RunOptions, kind: DriftKind, action: Action) -> bool {
+        options.kinds.contains(&kind) && self.policies.action(kind) == action
     }
 
+    /// Walks the source in chunks, up to `workers` chunks at a time (one at a time when a
+    /// limit or the delete bound must be counted exactly).
     async fn walk(
         &self,
         lock: &mut PgConnection,
@@ -306,71 +320,153 @@ impl Reconciler {
         plan: &Plan,
         on_progress: &(dyn Fn(&Run) + Send + Sync),
     ) -> Result<RunState, RunError> {
-        if self.wants(run, DriftKind::Orphaned, Action::Provision) && self.admin.is_none() {
+        if self.wants(&run.options, DriftKind::Orphaned, Action::Provision) && self.admin.is_none()
+        {
             return Err(RunError::NoAdminApi);
         }
-        let references = if self.wants(run, DriftKind::Mismatched, Action::Rekey) {
+        let references = if self.wants(&run.options, DriftKind::Mismatched, Action::Rekey) {
             Some(rekey::references(&self.db, &self.bound).await?)
         } else {
             None
         };
-        let mut budget = Budget {
+        let deletes_planned = plan.kinds.values().any(|p| p.action == Action::Delete);
+        let budget = Budget {
             repairs: run
                 .options
                 .limit
                 .map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
-            deletes: (!run.options.allow_mass_delete).then_some(plan.max_deletes),
+            deletes: (!run.options.allow_mass_delete && deletes_planned)
+                .then_some(plan.max_deletes),
         };
-        let mut first = Uuid::nil();
+        let workers = if budget.repairs.is_some() || budget.deletes.is_some() {
+            1
+        } else {
+            self.workers
+        };
+        let walk = Walk {
+            reconciler: self,
+            run_id: run.id,
+            caller: run.caller.clone(),
+            options: run.options.clone(),
+            references: references.as_ref(),
+            state: Mutex::new(WalkState {
+                progress: run.progress.clone(),
+                budget,
+                done: BTreeMap::new(),
+                next_to_commit: 0,
+            }),
+        };
+        let mut in_flight = FuturesUnordered::new();
+        let mut next_first = Some(Uuid::nil());
+        let mut index = 0;
         loop {
-            // The lock is only as good as its session: if that is gone, another run may start.
-            sqlx::query("select 1")
-                .execute(&mut *lock)
-                .await
-                .map_err(|_| RunError::LostLock)?;
-            let (last, rows) =
-                repair::chunk_end(&self.db, &self.bound, first, self.chunk_size).await?;
-            let final_chunk = rows < self.chunk_size;
-            let range = KeyRange {
-                first,
-                last: match last {
-                    Some(last) if !final_chunk => last,
-                    _ => Uuid::max(),
-                },
-            };
-            self.repair_chunk(run, range, rows, references.as_ref(), &mut budget)
-                .await?;
-            on_progress(run);
-            if final_chunk || budget.exhausted() {
-                return Ok(RunState::Succeeded);
+            while in_flight.len() < workers {
+                let Some(first) = next_first else { break };
+                if walk.state().budget.exhausted() {
+                    next_first = None;
+                    break;
+                }
+                // The lock is only as good as its session: if that is gone, another run may
+                // start, so stop before the next chunk.
+                sqlx::query("select 1")
+                    .execute(&mut *lock)
+                    .await
+                    .map_err(|_| RunError::LostLock)?;
+                let (last, rows) =
+                    repair::chunk_end(&self.db, &self.bound, first, self.chunk_size).await?;
+                let final_chunk = rows < self.chunk_size;
+                let range = KeyRange {
+                    first,
+                    last: match last {
+                        Some(last) if !final_chunk => last,
+                        _ => Uuid::max(),
+                    },
+                };
+                next_first = if final_chunk {
+                    None
+                } else {
+                    Some(
+                        repair::successor(range.last)
+                            .expect("a chunk that is not the last ends below the largest id"),
+                    )
+                };
+                in_flight.push(walk.chunk(index, range, rows));
+                index += 1;
             }
-            first = repair::successor(range.last)
-                .expect("a chunk that is not the last ends below the largest id");
+            match in_flight.next().await {
+                None => break,
+                Some(result) => {
+                    result?;
+                    run.progress = walk.state().progress.clone();
+                    on_progress(run);
+                }
+            }
         }
+        Ok(RunState::Succeeded)
+    }
+}
+
+/// One walk over the source: what its chunks share.
+struct Walk<'a> {
+    reconciler: &'a Reconciler,
+    run_id: Uuid,
+    caller: String,
+    options: RunOptions,
+    references: Option<&'a Result<Vec<Reference>, String>>,
+    /// Never held across an await: the chunks run as futures of one task.
+    state: Mutex<WalkState>,
+}
+
+/// The run's progress and budget, and which chunks have committed (for the cursor).
+struct WalkState {
+    progress: Progress,
+    budget: Budget,
+    /// Committed chunks past `next_to_commit`, by index, with their last id.
+    done: BTreeMap<u64, Uuid>,
+    /// The first chunk not yet committed: the cursor is the end of the one before it.
+    next_to_commit: u64,
+}
+
+impl WalkState {
+    fn committed(&mut self, index: u64, last: Uuid) {
+        self.done.insert(index, last);
+        while let Some(last) = self.done.remove(&self.next_to_commit) {
+            self.progress.cursor = Some(last);
+            self.next_to_commit += 1;
+        }
+    }
+}
+
+impl Walk<'_> {
+    fn context(&self) -> RunContext<'_> {
+        RunContext {
+            run_id: self.run_id,
+            caller: &self.caller,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WalkState> {
+        self.state
+            .lock()
+            .expect("no chunk panics while holding the walk state")
+    }
+
+    /// The budget left for a statement.
+    fn limit(&self, deleting: bool) -> Option<i64> {
+        self.state().budget.limit(deleting)
     }
 
     /// One chunk: provisioning first (HTTP calls cannot join a transaction), then one
     /// transaction with the re-keys, the set-based repairs and the run's progress.
-    async fn repair_chunk(
-        &self,
-        run: &mut Run,
-        range: KeyRange,
-        rows: i64,
-        references: Option<&Result<Vec<Reference>, String>>,
-        budget: &mut Budget,
-    ) -> Result<(), RunError> {
-        if self.wants(run, DriftKind::Orphaned, Action::Provision) {
-            self.provision(run, range, budget).await?;
+    async fn chunk(&self, index: u64, range: KeyRange, rows: i64) -> Result<(), RunError> {
+        let r = self.reconciler;
+        if r.wants(&self.options, DriftKind::Orphaned, Action::Provision) {
+            self.provision(range).await?;
         }
-        let mut progress = run.progress.clone();
-        let ctx = RunContext {
-            run_id: run.id,
-            caller: &run.caller,
-        };
-        let mut tx = self.db.begin().await?;
-        if let Some(references) = references {
-            self.rekey_chunk(&mut tx, range, references, ctx, &mut progress, budget)
-                .await?;
+        let mut done = Progress::default();
+        let mut tx = r.db.begin().await?;
+        if let Some(references) = self.references {
+            self.rekeys(&mut tx, range, references, &mut done).await?;
         }
         for repair in [
             SetRepair::CreateMissing,
@@ -379,48 +475,55 @@ impl Reconciler {
             SetRepair::DeleteOrphaned,
         ] {
             let kind = repair.kind();
-            let action = self.policies.action(kind);
             let expected = match repair {
                 SetRepair::CreateMissing => Action::Create,
                 SetRepair::UpdateStale => Action::Update,
                 SetRepair::DeleteDeleted | SetRepair::DeleteOrphaned => Action::Delete,
             };
-            if action != expected || !run.options.kinds.contains(&kind) {
+            if !r.wants(&self.options, kind, expected) {
                 continue;
             }
-            let deleting = action == Action::Delete;
-            let limit = budget.limit(deleting);
+            let deleting = expected == Action::Delete;
+            let limit = self.limit(deleting);
             if limit.is_some_and(|l| l <= 0) {
                 continue;
             }
-            let repaired = repair::apply(&mut *tx, &self.bound, repair, range, ctx, limit).await?;
-            budget.spend(repaired, deleting);
-            progress.repaired(kind, repaired as u64);
+            let repaired =
+                repair::apply(&mut *tx, &r.bound, repair, range, self.context(), limit).await?;
+            self.state().budget.spend(repaired, deleting);
+            done.repaired(kind, repaired as u64);
         }
-        progress.chunks += 1;
-        progress.walked += rows as u64;
-        progress.cursor = Some(range.last);
-        runs::set_progress(&mut *tx, run.id, &progress).await?;
+        // Progress commits with the chunk's repairs. Locking the run's row first makes
+        // concurrent chunks take turns from here to their commit, so that each writes a total
+        // that includes every chunk committed before it.
+        runs::lock(&mut *tx, self.run_id).await?;
+        let progress = {
+            let mut state = self.state();
+            state.progress.merge(done);
+            state.progress.chunks += 1;
+            state.progress.walked += rows as u64;
+            state.committed(index, range.last);
+            state.progress.clone()
+        };
+        runs::set_progress(&mut *tx, self.run_id, &progress).await?;
         tx.commit().await?;
-        run.progress = progress;
         Ok(())
     }
 
     /// Re-keys the mismatched pairs whose source id is in the range, each under a savepoint so
     /// that one refused pair does not undo the chunk.
-    async fn rekey_chunk(
+    async fn rekeys(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         range: KeyRange,
         references: &Result<Vec<Reference>, String>,
-        ctx: RunContext<'_>,
-        progress: &mut Progress,
-        budget: &mut Budget,
+        done: &mut Progress,
     ) -> Result<(), RunError> {
-        let pairs = repair::pairs(&mut **tx, &self.bound, range).await?;
+        let bound = &self.reconciler.bound;
+        let pairs = repair::pairs(&mut **tx, bound, range).await?;
         let mut failed_source = None;
         for pair in pairs {
-            if budget.exhausted() {
+            if self.state().budget.exhausted() {
                 break;
             }
             let refused = match references {
@@ -430,7 +533,7 @@ impl Reconciler {
             if let Some(reason) = refused {
                 // An ambiguous source is listed once per candidate; report it once.
                 if failed_source != Some(pair.source_id) {
-                    progress.failed(DriftKind::Mismatched, pair.source_id, reason);
+                    done.failed(DriftKind::Mismatched, pair.source_id, reason);
                     failed_source = Some(pair.source_id);
                 }
                 continue;
@@ -438,26 +541,26 @@ impl Reconciler {
             let references = references.as_ref().expect("checked above");
             // `begin` on a connection already in a transaction is a savepoint.
             let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
-            match rekey::rekey(
+            let moved = rekey::rekey(
                 &mut *savepoint,
-                &self.bound,
+                bound,
                 references,
                 pair.source_id,
                 pair.target_id,
-                ctx,
+                self.context(),
             )
-            .await
-            {
+            .await;
+            match moved {
                 Ok(moved) => {
                     savepoint.commit().await?;
                     if moved {
-                        progress.repaired(DriftKind::Mismatched, 1);
-                        budget.spend(1, false);
+                        done.repaired(DriftKind::Mismatched, 1);
+                        self.state().budget.spend(1, false);
                     }
                 }
                 Err(sqlx::Error::Database(e)) => {
                     savepoint.rollback().await?;
-                    progress.failed(
+                    done.failed(
                         DriftKind::Mismatched,
                         pair.source_id,
                         format!("re-keying {} failed: {}", pair.target_id, e.message()),
@@ -472,28 +575,21 @@ impl Reconciler {
     /// Creates the auth user of each orphaned row in the range through the admin API. Each
     /// success is recorded at once: the call cannot be undone, so its event must not wait for
     /// the chunk's transaction.
-    async fn provision(
-        &self,
-        run: &mut Run,
-        range: KeyRange,
-        budget: &mut Budget,
-    ) -> Result<(), RunError> {
-        let admin = self.admin.as_ref().ok_or(RunError::NoAdminApi)?;
-        let orphans = repair::orphans(&self.db, &self.bound, range, budget.limit(false)).await?;
-        let ctx = RunContext {
-            run_id: run.id,
-            caller: &run.caller,
-        };
+    async fn provision(&self, range: KeyRange) -> Result<(), RunError> {
+        let r = self.reconciler;
+        let admin = r.admin.as_ref().ok_or(RunError::NoAdminApi)?;
+        let limit = self.limit(false);
+        let orphans = repair::orphans(&r.db, &r.bound, range, limit).await?;
         for orphan in orphans {
-            let created = match auth_user_for(&self.bound.mapping, orphan.id, &orphan.row) {
+            let created = match auth_user_for(&r.bound.mapping, orphan.id, &orphan.row) {
                 Err(reason) => Err(reason),
                 Ok(user) => admin.create_user(&user).await.map_err(|e| e.to_string()),
             };
             match created {
                 Ok(()) => {
                     repair::record_event(
-                        &self.db,
-                        ctx,
+                        &r.db,
+                        self.context(),
                         orphan.id,
                         DriftKind::Orphaned,
                         "provisioned",
@@ -501,10 +597,14 @@ impl Reconciler {
                         None,
                     )
                     .await?;
-                    run.progress.repaired(DriftKind::Orphaned, 1);
-                    budget.spend(1, false);
+                    let mut state = self.state();
+                    state.progress.repaired(DriftKind::Orphaned, 1);
+                    state.budget.spend(1, false);
                 }
-                Err(reason) => run.progress.failed(DriftKind::Orphaned, orphan.id, reason),
+                Err(reason) => self
+                    .state()
+                    .progress
+                    .failed(DriftKind::Orphaned, orphan.id, reason),
             }
         }
         Ok(())

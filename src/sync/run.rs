@@ -189,6 +189,18 @@ impl Progress {
         }
     }
 
+    /// Adds another chunk's repairs and failures.
+    pub fn merge(&mut self, other: Progress) {
+        for (kind, rows) in other.repaired {
+            self.repaired(kind, rows);
+        }
+        for (kind, rows) in other.failed {
+            *self.failed.entry(kind).or_default() += rows;
+        }
+        let room = MAX_FAILURES.saturating_sub(self.failures.len());
+        self.failures.extend(other.failures.into_iter().take(room));
+    }
+
     pub fn total_repaired(&self) -> u64 {
         self.repaired.values().sum()
     }
