@@ -5,13 +5,17 @@ use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
-use crate::config::{DatabaseConfig, LogFormat, MappingConfig, ServeConfig};
+use crate::config::{DatabaseConfig, LogFormat, MappingConfig, ReconcileConfig, ServeConfig};
 use crate::startup::{self, Application};
+use crate::sync::drift::DriftKind;
 use crate::sync::mapping::Mapping;
+use crate::sync::reconcile::{Reconciler, StartError};
+use crate::sync::run::{Run, RunOptions, RunState};
 use crate::sync::target::BoundMapping;
 use crate::{db, dev, openapi, sync, telemetry};
 
@@ -48,12 +52,37 @@ enum Command {
         #[command(flatten)]
         mapping: MappingConfig,
     },
+    /// Plan, then repair drift chunk by chunk (one run at a time across all replicas); exits
+    /// non-zero unless the run succeeds.
+    Reconcile(Box<ReconcileArgs>),
     /// Print the OpenAPI document.
     Openapi,
     /// Mint a token with the configured JWT secret, for local use.
     Token(TokenArgs),
     /// Boot a throwaway Postgres with a Supabase-like auth schema and demo users, and serve.
     Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReconcileArgs {
+    #[command(flatten)]
+    database: DatabaseConfig,
+    #[command(flatten)]
+    mapping: MappingConfig,
+    #[command(flatten)]
+    reconcile: ReconcileConfig,
+    /// Plan only: count the drift and list the re-keys; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// A kind to reconcile; repeat for several. All five by default.
+    #[arg(long = "kind", value_name = "KIND")]
+    kinds: Vec<DriftKind>,
+    /// The most rows to repair.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Let the run delete more than USERSYNC_MAX_DELETE_SHARE of the target.
+    #[arg(long)]
+    allow_mass_delete: bool,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +158,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let status = sync::status::status(&pool, &bound).await?;
             print!("{}", render_status(&status));
         }
+        Command::Reconcile(args) => return reconcile(*args).await,
         Command::Openapi => {
             println!("{}", openapi::document().to_pretty_json()?);
         }
@@ -210,24 +240,165 @@ fn setting_name(arg: &str) -> String {
 
 use std::error::Error as _;
 
+/// `usersync reconcile`: the same engine the API runs, in this process, with a progress bar
+/// on a terminal and a summary table at the end.
+async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    args.reconcile.check().map_err(anyhow::Error::msg)?;
+    let pool = db::pool(&args.database);
+    let bound = BoundMapping::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?;
+    let reconciler = Reconciler::new(
+        pool,
+        std::sync::Arc::new(bound),
+        args.reconcile.policies(),
+        args.reconcile.walking(),
+        args.reconcile.admin_api(),
+    );
+    let options = RunOptions {
+        dry_run: args.dry_run,
+        kinds: if args.kinds.is_empty() {
+            DriftKind::ALL.to_vec()
+        } else {
+            args.kinds
+        },
+        limit: args.limit,
+        allow_mass_delete: args.allow_mass_delete,
+    };
+    let active = match reconciler.start("cli", options).await {
+        Ok(active) => active,
+        Err(StartError::InProgress { run_id }) => {
+            let which = run_id.map(|id| format!(" ({id})")).unwrap_or_default();
+            anyhow::bail!("another reconciliation run is in progress{which}");
+        }
+        Err(StartError::Database(e)) => return Err(e.into()),
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} source rows, {per_sec}, eta {eta} {msg}",
+        )
+        .expect("the template is valid"),
+    );
+    let progress_bar = bar.clone();
+    let run = reconciler
+        .execute(active, &move |run: &Run| {
+            if let Some(plan) = &run.plan {
+                progress_bar.set_length(plan.source_total.max(0) as u64);
+            }
+            progress_bar.set_position(run.progress.walked);
+            progress_bar.set_message(format!("{} repaired", run.progress.total_repaired()));
+        })
+        .await;
+    bar.finish_and_clear();
+    print!("{}", render_run(&run));
+    Ok(if run.state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A run as a table: per kind, the action, the drift planned and what was repaired or failed.
+fn render_run(run: &Run) -> String {
+    let mut out = format!(
+        "run {} {}{}\n",
+        run.id,
+        run.state.as_str(),
+        if run.options.dry_run {
+            " (dry run)"
+        } else {
+            ""
+        }
+    );
+    out.push_str(&format!(
+        "{:<12}{:<11}{:>10}{:>10}{:>8}\n",
+        "kind", "action", "drifted", "repaired", "failed"
+    ));
+    if let Some(plan) = &run.plan {
+        for (kind, planned) in &plan.kinds {
+            let action = serde_json::to_value(planned.action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{:<12}{:<11}{:>10}{:>10}{:>8}\n",
+                kind.as_str(),
+                action,
+                planned.count,
+                run.progress.repaired.get(kind).copied().unwrap_or(0),
+                run.progress.failed.get(kind).copied().unwrap_or(0),
+            ));
+        }
+        for rekey in &plan.rekeys {
+            let moves: Vec<String> = rekey
+                .references
+                .iter()
+                .map(|r| format!("{}.{} ({} rows)", r.table, r.column, r.rows))
+                .collect();
+            out.push_str(&format!(
+                "rekey {} -> {}: {}{}\n",
+                rekey.target_id,
+                rekey.source_id,
+                if moves.is_empty() {
+                    "no references".to_owned()
+                } else {
+                    moves.join(", ")
+                },
+                rekey
+                    .refused
+                    .as_deref()
+                    .map(|r| format!(" REFUSED: {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if plan.deletes > 0 {
+            out.push_str(&format!(
+                "deletes {} of {} target rows (at most {} without --allow-mass-delete)\n",
+                plan.deletes, plan.target_total, plan.max_deletes
+            ));
+        }
+    }
+    for failure in &run.progress.failures {
+        out.push_str(&format!(
+            "failed {} {}: {}\n",
+            failure.kind.as_str(),
+            failure.id,
+            failure.reason
+        ));
+    }
+    if let Some(error) = &run.error {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    out
+}
+
 fn render_status(status: &sync::status::Status) -> String {
-    let d = &status.drift;
+    let c = &status.counts;
+    let d = &c.drift;
     let rows = [
-        ("source users (auth.users)", status.source_total),
-        ("target users", status.target_total),
+        ("source users (auth.users)", c.source_total),
+        ("target users", c.target_total),
         ("missing", d.missing),
         ("stale", d.stale),
         ("mismatched", d.mismatched),
         ("orphaned", d.orphaned),
         ("deleted", d.deleted),
-        ("dead letters pending", status.dead_letters_pending),
+        ("dead letters pending", c.dead_letters_pending),
     ];
     let mut out = String::new();
     for (label, value) in rows {
         out.push_str(&format!("{label:<28}{value:>12}\n"));
     }
     let last = match &status.last_run {
-        Some(run) => format!("{} ({}, started {})", run.id, run.state, run.started_at),
+        Some(run) => format!(
+            "{} ({}, started {})",
+            run.id,
+            run.state.as_str(),
+            run.started_at
+        ),
         None => "never".to_owned(),
     };
     out.push_str(&format!("{:<28}{last}\n", "last run"));

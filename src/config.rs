@@ -14,6 +14,12 @@ use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgConnectOptions;
 
+use crate::supabase::AdminApi;
+use crate::sync::policy::{
+    DeletedPolicy, MismatchedPolicy, MissingPolicy, OrphanedPolicy, Policies, StalePolicy,
+};
+use crate::sync::reconcile::Walking;
+
 /// The port of Supabase's transaction-mode pooler (Supavisor), which does not support the
 /// prepared statements sqlx relies on.
 const TRANSACTION_POOLER_PORT: u16 = 6543;
@@ -352,6 +358,190 @@ pub enum MetricsAccess {
     Service,
 }
 
+/// Source rows per reconciliation chunk: large enough that per-statement costs vanish, small
+/// enough that one chunk's transaction stays short.
+pub const DEFAULT_CHUNK_SIZE: u32 = 50_000;
+
+/// Chunks in flight at once: the apply path is Postgres work, and two statements use two of the
+/// server's cores while leaving the rest to the application.
+pub const DEFAULT_WORKERS: u16 = 2;
+
+/// How reconciliation runs repair each kind of drift, and how they walk the tables.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileConfig {
+    /// A live auth user without a profile: `create` it, or only `report` it.
+    #[arg(
+        long = "policy-missing",
+        env = "USERSYNC_POLICY_MISSING",
+        value_name = "USERSYNC_POLICY_MISSING",
+        default_value = "create"
+    )]
+    pub missing: MissingPolicy,
+
+    /// A profile whose `always` columns differ from the auth user: `update` them, or `report`.
+    #[arg(
+        long = "policy-stale",
+        env = "USERSYNC_POLICY_STALE",
+        value_name = "USERSYNC_POLICY_STALE",
+        default_value = "update"
+    )]
+    pub stale: StalePolicy,
+
+    /// The same person under two ids: `report`, or `rekey` the profile (and every foreign key
+    /// pointing at it) to the auth user's id.
+    #[arg(
+        long = "policy-mismatched",
+        env = "USERSYNC_POLICY_MISMATCHED",
+        value_name = "USERSYNC_POLICY_MISMATCHED",
+        default_value = "report"
+    )]
+    pub mismatched: MismatchedPolicy,
+
+    /// A profile without an auth user: `report`, `delete` it, or `provision` the auth user
+    /// through the Supabase Auth admin API (needs USERSYNC_SUPABASE_URL and
+    /// USERSYNC_SUPABASE_SERVICE_KEY).
+    #[arg(
+        long = "policy-orphaned",
+        env = "USERSYNC_POLICY_ORPHANED",
+        value_name = "USERSYNC_POLICY_ORPHANED",
+        default_value = "report"
+    )]
+    pub orphaned: OrphanedPolicy,
+
+    /// The profile of a deleted auth user: `report`, or `delete` it.
+    #[arg(
+        long = "policy-deleted",
+        env = "USERSYNC_POLICY_DELETED",
+        value_name = "USERSYNC_POLICY_DELETED",
+        default_value = "report"
+    )]
+    pub deleted: DeletedPolicy,
+
+    /// The largest share of the target (0 to 1) one run may delete; a run that would delete
+    /// more stops as `needs_override` until started again with the override.
+    #[arg(long = "max-delete-share", env = "USERSYNC_MAX_DELETE_SHARE",
+          value_name = "USERSYNC_MAX_DELETE_SHARE", default_value = "0.05",
+          value_parser = parse_share)]
+    pub max_delete_share: f64,
+
+    /// Source rows per chunk: each chunk is one transaction of set-based statements.
+    #[arg(long = "chunk-size", env = "USERSYNC_RECONCILE_CHUNK_SIZE",
+          value_name = "USERSYNC_RECONCILE_CHUNK_SIZE", default_value_t = DEFAULT_CHUNK_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub chunk_size: u32,
+
+    /// Chunks a run repairs at once, each on its own connection. A run with a `limit`, or one
+    /// that deletes under the mass-delete bound, goes one chunk at a time so that it counts
+    /// exactly.
+    #[arg(long = "workers", env = "USERSYNC_RECONCILE_WORKERS",
+          value_name = "USERSYNC_RECONCILE_WORKERS", default_value_t = DEFAULT_WORKERS,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub workers: u16,
+
+    /// The project's API URL (`https://<ref>.supabase.co`), for the `provision` policy.
+    #[arg(long = "supabase-url", env = "USERSYNC_SUPABASE_URL",
+          value_name = "USERSYNC_SUPABASE_URL", value_parser = parse_http_url)]
+    pub supabase_url: Option<String>,
+
+    /// A secret key (`sb_secret_...`) or the legacy `service_role` key, for the `provision`
+    /// policy's admin API calls.
+    #[arg(
+        long = "supabase-service-key",
+        env = "USERSYNC_SUPABASE_SERVICE_KEY",
+        value_name = "USERSYNC_SUPABASE_SERVICE_KEY",
+        hide_env_values = true
+    )]
+    pub supabase_service_key: Option<SecretString>,
+}
+
+impl ReconcileConfig {
+    /// Refuses a `provision` policy with nowhere to provision.
+    pub fn check(&self) -> Result<(), String> {
+        if self.orphaned == OrphanedPolicy::Provision {
+            if self.supabase_url.is_none() {
+                return Err(
+                    "USERSYNC_SUPABASE_URL: is not set, and USERSYNC_POLICY_ORPHANED \
+                            is `provision`, which creates auth users through the admin API"
+                        .into(),
+                );
+            }
+            if self.supabase_service_key.is_none() {
+                return Err("USERSYNC_SUPABASE_SERVICE_KEY: is not set, and \
+                            USERSYNC_POLICY_ORPHANED is `provision`, which calls the admin API"
+                    .into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn policies(&self) -> Policies {
+        Policies {
+            missing: self.missing,
+            stale: self.stale,
+            mismatched: self.mismatched,
+            orphaned: self.orphaned,
+            deleted: self.deleted,
+            max_delete_share: self.max_delete_share,
+        }
+    }
+
+    pub fn walking(&self) -> Walking {
+        Walking {
+            chunk_size: self.chunk_size,
+            workers: usize::from(self.workers),
+        }
+    }
+
+    /// The admin API client, when one is configured.
+    pub fn admin_api(&self) -> Option<AdminApi> {
+        match (&self.supabase_url, &self.supabase_service_key) {
+            (Some(url), Some(key)) => Some(AdminApi::new(url, key.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The defaults of every flag above, for callers that build the config in code.
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        let p = Policies::default();
+        Self {
+            missing: p.missing,
+            stale: p.stale,
+            mismatched: p.mismatched,
+            orphaned: p.orphaned,
+            deleted: p.deleted,
+            max_delete_share: p.max_delete_share,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            workers: DEFAULT_WORKERS,
+            supabase_url: None,
+            supabase_service_key: None,
+        }
+    }
+}
+
+fn parse_share(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!(
+            "`{raw}` is not a share between 0 and 1, such as 0.05"
+        )),
+    }
+}
+
+fn parse_http_url(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+            Ok(trimmed.to_owned())
+        }
+        _ => Err("must be an http:// or https:// URL, such as https://<ref>.supabase.co".into()),
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -372,6 +562,8 @@ pub struct ServeConfig {
     pub mapping: MappingConfig,
     #[command(flatten)]
     pub http: HttpConfig,
+    #[command(flatten)]
+    pub reconcile: ReconcileConfig,
 }
 
 /// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
@@ -426,6 +618,31 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn shares_and_urls_are_checked() {
+        assert_eq!(parse_share("0.05").unwrap(), 0.05);
+        assert!(parse_share("1.5").is_err());
+        assert!(parse_share("five").is_err());
+        assert_eq!(
+            parse_http_url("https://ref.supabase.co/").unwrap(),
+            "https://ref.supabase.co"
+        );
+        assert!(parse_http_url("ref.supabase.co").is_err());
+    }
+
+    #[test]
+    fn provisioning_needs_somewhere_to_provision() {
+        let config = ReconcileConfig {
+            orphaned: OrphanedPolicy::Provision,
+            ..ReconcileConfig::default()
+        };
+        assert!(config
+            .check()
+            .unwrap_err()
+            .starts_with("USERSYNC_SUPABASE_URL"));
+        assert!(ReconcileConfig::default().check().is_ok());
     }
 
     #[test]

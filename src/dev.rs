@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
 use crate::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess, ServeConfig,
-    ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess,
+    ReconcileConfig, ServeConfig, ServiceKeys,
 };
 use crate::startup::{self, Application};
 
@@ -95,6 +95,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metrics_access: MetricsAccess::Public,
             metrics_refresh: std::time::Duration::from_secs(15),
         },
+        reconcile: ReconcileConfig::default(),
     };
     let pool = crate::db::pool(&config.database);
     crate::db::migrate(&pool).await?;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::sync::engine::SyncError;
+use crate::sync::reconcile::StartError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
@@ -37,6 +38,10 @@ pub enum ApiError {
     EmailConflict,
     #[error("no such route")]
     RouteNotFound,
+    #[error("no reconciliation run has this id")]
+    RunNotFound,
+    #[error("a reconciliation run is in progress (`run_id` names it); start another once it has finished")]
+    RunInProgress { run_id: Option<uuid::Uuid> },
     #[error("{0}")]
     Status(StatusCode),
     #[error("too many requests: retry after the time in `Retry-After`")]
@@ -80,6 +85,9 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub checks: Option<serde_json::Value>,
+    /// The run in progress, on a 409 `run_in_progress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<uuid::Uuid>,
 }
 
 impl ApiError {
@@ -96,9 +104,11 @@ impl ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotSelf | ApiError::ServiceOnly | ApiError::UserOnly => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::UserNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::UserNotFound | ApiError::RouteNotFound | ApiError::RunNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::UserDeleted => StatusCode::GONE,
-            ApiError::EmailConflict => StatusCode::CONFLICT,
+            ApiError::EmailConflict | ApiError::RunInProgress { .. } => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout
@@ -131,6 +141,8 @@ impl ApiError {
             ApiError::UserDeleted => "user_deleted",
             ApiError::EmailConflict => "email_conflict",
             ApiError::RouteNotFound => "not_found",
+            ApiError::RunNotFound => "run_not_found",
+            ApiError::RunInProgress { .. } => "run_in_progress",
             ApiError::Status(status) => status_code_name(*status),
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Timeout => "request_timeout",
@@ -153,6 +165,10 @@ impl ApiError {
             code: code.to_owned(),
             checks: match self {
                 ApiError::NotReady { checks, .. } => Some(checks.clone()),
+                _ => None,
+            },
+            run_id: match self {
+                ApiError::RunInProgress { run_id } => *run_id,
                 _ => None,
             },
         }
@@ -247,6 +263,15 @@ impl From<SyncError> for ApiError {
             SyncError::EmailConflict => ApiError::EmailConflict,
             SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::InProgress { run_id } => ApiError::RunInProgress { run_id },
+            StartError::Database(e) => e.into(),
         }
     }
 }

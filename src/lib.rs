@@ -5,7 +5,7 @@
 
 /// Token and secret-key verification; the `Caller` extractor.
 pub mod auth;
-/// The subcommands: serve, migrate, status, openapi, token, dev.
+/// The subcommands: serve, migrate, status, reconcile, openapi, token, dev.
 pub mod cli;
 /// Typed, validated settings from the environment.
 pub mod config;
@@ -27,7 +27,9 @@ pub mod repo;
 pub mod startup;
 /// What handlers share.
 pub mod state;
-/// The domain: mapping, drift kinds, sync decisions.
+/// The Supabase Auth admin API (the `provision` repair).
+pub mod supabase;
+/// The domain: mapping, drift kinds, sync decisions, reconciliation runs and their policies.
 pub mod sync;
 /// Logging set-up.
 pub mod telemetry;

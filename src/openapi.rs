@@ -14,7 +14,8 @@ use utoipa::{Modify, OpenApi};
     modifiers(&SecuritySchemes),
     tags(
         (name = "users", description = "Sync one user; one user's drift"),
-        (name = "status", description = "Project-wide drift status"),
+        (name = "status", description = "Project-wide drift status and the drifted rows"),
+        (name = "reconciliations", description = "Batch reconciliation runs"),
         (name = "health", description = "Probes"),
     )
 )]

@@ -15,6 +15,7 @@ use crate::http::{self, RateLimiter};
 use crate::meter::Meter;
 use crate::state::AppState;
 use crate::sync::mapping::Mapping;
+use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
 
 /// A bound, ready-to-serve application.
@@ -29,18 +30,26 @@ impl Application {
     /// router. Fails with a message naming what is wrong.
     pub async fn build(config: &ServeConfig, db: PgPool) -> anyhow::Result<Self> {
         config.auth.check().map_err(anyhow::Error::msg)?;
+        config.reconcile.check().map_err(anyhow::Error::msg)?;
         let mapping = Mapping::load(config.mapping.mapping.as_deref())?;
-        let bound = BoundMapping::bind(&db, mapping).await?;
+        let bound = Arc::new(BoundMapping::bind(&db, mapping).await?);
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
         let verifier = Verifier::from_config(&config.auth)?;
         verifier.load_keys().await;
+        let reconciler = Reconciler::new(
+            db.clone(),
+            bound.clone(),
+            config.reconcile.policies(),
+            config.reconcile.walking(),
+            config.reconcile.admin_api(),
+        );
         let state = AppState {
             db,
             verifier: Arc::new(verifier),
-            mapping: Arc::new(bound),
+            mapping: bound,
             rate_limiter: RateLimiter::new(
                 config.http.rate_limit_per_minute,
                 config.http.rate_limit_burst,
@@ -48,6 +57,7 @@ impl Application {
             .map(Arc::new),
             meter: Arc::new(Meter::new(config.http.metrics_refresh)),
             metrics_access: config.http.metrics_access,
+            reconciler,
         };
         let router = http::app(state, &config.http);
         Ok(Self {

@@ -8,6 +8,7 @@ use crate::auth::Verifier;
 use crate::config::MetricsAccess;
 use crate::http::RateLimiter;
 use crate::meter::Meter;
+use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
 
 /// Shared, cheaply cloned application state.
@@ -20,4 +21,6 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub meter: Arc<Meter>,
     pub metrics_access: MetricsAccess,
+    /// Starts reconciliation runs; they run as background tasks of this process.
+    pub reconciler: Reconciler,
 }

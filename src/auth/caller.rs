@@ -25,6 +25,14 @@ impl Caller {
         }
     }
 
+    /// Service-only endpoints: anyone else is 403 `service_only`, before any query runs.
+    pub fn require_service(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Service => Ok(()),
+            Caller::User(_) => Err(ApiError::ServiceOnly),
+        }
+    }
+
     /// How the audit log names this caller.
     pub fn audit_name(&self) -> String {
         match self {

@@ -2,11 +2,13 @@
 
 mod admin;
 mod dead_letters;
+mod drift;
 mod extract;
 mod health;
 mod limits;
 mod metrics;
 mod problem;
+mod reconciliations;
 mod status;
 mod users;
 
@@ -39,6 +41,8 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(status::router())
         .merge(dead_letters::router())
+        .merge(drift::router())
+        .merge(reconciliations::router())
 }
 
 /// The API, the probes and `/metrics`, and the OpenAPI document they describe.

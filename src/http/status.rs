@@ -28,8 +28,6 @@ async fn get_status(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Status>, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::ServiceOnly);
-    }
+    caller.require_service()?;
     Ok(Json(status::status(&state.db, &state.mapping).await?))
 }

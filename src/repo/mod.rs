@@ -2,7 +2,11 @@
 
 pub mod catalog;
 pub mod dead_letters;
+pub mod drift;
 pub mod health;
+pub mod rekey;
+pub mod repair;
+pub mod runs;
 pub mod sql;
 pub mod status;
 pub mod users;

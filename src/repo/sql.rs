@@ -2,10 +2,19 @@
 //!
 //! Every identifier comes from a validated `Ident`, every type from the catalog, every literal
 //! through `literal()`: nothing a request carries is ever spliced into SQL, only bound. The drift
-//! predicates live here once and are shared by sync-one, per-user drift and the status counts,
-//! so the three can never disagree about what "missing" means.
+//! predicates live here once and are shared by sync-one, per-user drift, the status counts, the
+//! drift listings and reconciliation runs, so none of them can disagree about what "missing"
+//! means.
+//!
+//! The predicates are built from a few named pieces (`live`, `lonely`, `stray`, `same_person`,
+//! `once_synced`). Each kind is written over those pieces in the shape the planner handles well
+//! where it is used: correlated `exists` for one id or one key range (the planner turns a
+//! top-level `not exists` into an anti-join), and one full join for the whole-table counts.
+
+use std::collections::BTreeMap;
 
 use crate::repo::catalog::TargetShape;
+use crate::sync::drift::DriftKind;
 use crate::sync::mapping::{AnonymousPolicy, ColumnMapping, JsonPath, Mapping, ValueSource};
 
 /// The statements a bound mapping runs.
@@ -15,11 +24,51 @@ pub struct RenderedSql {
     pub sync_one: String,
     /// The drift kinds of one id: `$1` user id.
     pub drift_one: String,
-    /// Totals and drift counts over both tables.
+    /// Totals and drift counts over both tables, in one statement.
     pub status: String,
     /// When the longest-waiting missing user was created (for the metrics' age gauge).
     pub oldest_missing: String,
+    /// One page of the drifted rows of a kind: `$1` lowest id (inclusive), `$2` page size.
+    pub drift_page: BTreeMap<DriftKind, String>,
+    /// The repairs a run applies to one key range; see `RepairSql`.
+    pub repair: RepairSql,
 }
+
+/// A run's statements. Each works on the ids in `[$1, $2]` of both tables, so that walking the
+/// source in key order covers every row of either table exactly once.
+///
+/// The writes share their parameters: `$1`/`$2` the range, `$3` the run id, `$4` the caller,
+/// `$5` the most rows to repair (null: no bound). Each re-checks its drift as it writes, records
+/// an event per row it changed in the same statement, and returns how many rows it changed.
+#[derive(Debug, Clone)]
+pub struct RepairSql {
+    /// The last source id of the next chunk: `$1` lowest id, `$2` chunk size; returns
+    /// `(last, rows)`.
+    pub chunk_end: String,
+    /// Insert the mapped row of every `missing` user.
+    pub create_missing: String,
+    /// Write the `always` columns of every `stale` row.
+    pub update_stale: String,
+    /// Delete every `deleted` row.
+    pub delete_deleted: String,
+    /// Delete every `orphaned` row.
+    pub delete_orphaned: String,
+    /// The `orphaned` rows of the range with their mapped columns: `$1`, `$2`, `$3` most rows.
+    pub orphans: String,
+    /// The mismatched pairs whose source id is in the range, with how many candidates each side
+    /// has (a re-key needs exactly one of each): `$1`, `$2`.
+    pub pairs: String,
+    /// The first CTEs of a re-key (`repo::rekey`): `old` (the row's mapped columns before) and
+    /// `moved` (the key update, only while the pair is still mismatched). `$1` the source id,
+    /// `$2` the target id.
+    pub rekey_moved: String,
+    /// The re-key's audit CTE: `$3` the run id, `$4` the caller.
+    pub rekey_audit: String,
+}
+
+/// Audit actions that mean "usersync wrote this row from an `auth.users` row": a target row
+/// with such a history had an auth user once, so if that user is gone now it was deleted.
+pub const SOURCE_WRITES: &[&str] = &["created", "updated", "rekeyed", "provisioned"];
 
 /// A SQL string literal.
 pub fn literal(value: &str) -> String {
@@ -90,6 +139,9 @@ impl<'a> Renderer<'a> {
         format!("({})::{sql_type}", value_expr(column, alias))
     }
 
+    // --- the pieces every kind is built from ------------------------------------------------
+
+    /// A source row usersync keeps a target row for.
     fn live(&self, s: &str) -> String {
         match self.mapping.anonymous {
             AnonymousPolicy::Sync => format!("{s}.deleted_at is null"),
@@ -111,47 +163,96 @@ impl<'a> Renderer<'a> {
         )
     }
 
-    /// A live, non-SSO source row with an email, without a target row of its id, whose email
-    /// a target row holds under an id that no source row has: the same person under two ids.
-    pub fn mismatched_source(&self, s: &str) -> String {
-        let Some(email) = self.mapping.email_column() else {
+    /// The source half a mismatch can have: live, not SSO (SSO users may share an email), with
+    /// an email, and no target row of its id.
+    fn lonely(&self, s: &str) -> String {
+        if self.mapping.email_column().is_none() {
             return "false".into();
-        };
+        }
         format!(
-            "({live} and not {s}.is_sso_user and {s}.email is not null and {no_row} \
-             and exists (select 1 from {table} m where lower(m.{email}) = lower({s}.email) \
-             and {m_orphan}))",
-            live = self.live(s),
-            no_row = self.no_target_row(s),
-            table = self.table,
-            email = email.quoted(),
-            m_orphan = self.not_in_source("m"),
-        )
-    }
-
-    /// The target side of a mismatch: a row whose id no source row has, holding the email of a
-    /// live, non-SSO source row that has no target row.
-    pub fn mismatched_target(&self, t: &str) -> String {
-        let Some(email) = self.mapping.email_column() else {
-            return "false".into();
-        };
-        format!(
-            "({t}.{email} is not null and {orphan} and exists (select 1 from auth.users s2 \
-             where {live} and not s2.is_sso_user and lower(s2.email) = lower({t}.{email}) \
-             and {no_row}))",
-            email = email.quoted(),
-            orphan = self.not_in_source(t),
-            live = self.live("s2"),
-            no_row = self.no_target_row("s2"),
-        )
-    }
-
-    pub fn missing(&self, s: &str) -> String {
-        format!(
-            "({} and {} and not {})",
+            "({} and not {s}.is_sso_user and {s}.email is not null and {})",
             self.live(s),
-            self.no_target_row(s),
-            self.mismatched_source(s)
+            self.no_target_row(s)
+        )
+    }
+
+    /// The target half a mismatch can have: an email, and an id no source row has.
+    fn stray(&self, t: &str) -> String {
+        match self.mapping.email_column() {
+            None => "false".into(),
+            Some(email) => format!(
+                "({t}.{} is not null and {})",
+                email.quoted(),
+                self.not_in_source(t)
+            ),
+        }
+    }
+
+    /// Source `s` and target `t` hold the same email, case-insensitively.
+    fn same_person(&self, s: &str, t: &str) -> String {
+        match self.mapping.email_column() {
+            None => "false".into(),
+            Some(email) => format!("lower({t}.{}) = lower({s}.email)", email.quoted()),
+        }
+    }
+
+    /// usersync once wrote target row `t` from an auth user (see `SOURCE_WRITES`).
+    fn once_synced(&self, t: &str) -> String {
+        let actions: Vec<String> = SOURCE_WRITES.iter().map(|a| literal(a)).collect();
+        format!(
+            "exists (select 1 from usersync.events e where e.user_id = {t}.{} \
+             and e.action in ({}))",
+            self.key,
+            actions.join(", ")
+        )
+    }
+
+    /// A stray target row some lonely source row claims by email.
+    fn claimed(&self, t: &str) -> String {
+        format!(
+            "exists (select 1 from auth.users s2 where {} and {})",
+            self.lonely("s2"),
+            self.same_person("s2", t)
+        )
+    }
+
+    // --- the kinds, correlated ------------------------------------------------------------------
+
+    /// A lonely source row whose email a stray target row holds: the same person under two ids.
+    pub fn mismatched_source(&self, s: &str) -> String {
+        format!(
+            "({} and exists (select 1 from {} m where {} and {}))",
+            self.lonely(s),
+            self.table,
+            self.stray("m"),
+            self.same_person(s, "m")
+        )
+    }
+
+    /// The target side of a mismatch: a stray row whose email a lonely source row has.
+    pub fn mismatched_target(&self, t: &str) -> String {
+        format!("({} and {})", self.stray(t), self.claimed(t))
+    }
+
+    /// Live, no target row of its id, and not mismatched. Given the first two, "not mismatched"
+    /// is "no stray row holds its email unless it is SSO", written as one top-level
+    /// `not exists` so that the planner makes it an anti-join.
+    pub fn missing(&self, s: &str) -> String {
+        self.missing_given(s, &self.no_target_row(s))
+    }
+
+    /// `missing`, with the "no target row" test given by the caller. A batch insert passes
+    /// `true` when it has no row limit: its `on conflict do nothing` makes that test row by row
+    /// through the primary key as it inserts, where a `not exists` would make the planner hash
+    /// the whole target table once per chunk.
+    fn missing_given(&self, s: &str, no_target_row: &str) -> String {
+        format!(
+            "({} and {no_target_row} and not exists (select 1 from {} m where {} and {} \
+             and not {s}.is_sso_user))",
+            self.live(s),
+            self.table,
+            self.stray("m"),
+            self.same_person(s, "m")
         )
     }
 
@@ -173,24 +274,33 @@ impl<'a> Renderer<'a> {
         )
     }
 
+    /// No source row has its id, it is not mismatched, and usersync never synced it from an
+    /// auth user (if it had, the user was deleted: see `deleted`).
     pub fn orphaned(&self, t: &str) -> String {
         format!(
-            "({} and not {})",
+            "({} and not {} and not {})",
             self.not_in_source(t),
-            self.mismatched_target(t)
+            self.claimed(t),
+            self.once_synced(t)
         )
     }
 
-    pub fn deleted(&self, s: &str) -> String {
+    /// The auth user is soft-deleted, or gone after usersync had synced it (a hard delete).
+    pub fn deleted(&self, t: &str) -> String {
         format!(
-            "({s}.deleted_at is not null and not {})",
-            self.no_target_row(s)
+            "(exists (select 1 from auth.users sd where sd.id = {t}.{key} \
+             and sd.deleted_at is not null) \
+             or ({} and not {} and {}))",
+            self.not_in_source(t),
+            self.claimed(t),
+            self.once_synced(t),
+            key = self.key,
         )
     }
 
     /// `jsonb_build_object` of the mapped columns of `t`: what audit events record (never
     /// the whole row, which may hold app data that is none of the audit's business).
-    fn mapped_json(&self, t: &str) -> String {
+    pub fn mapped_json(&self, t: &str) -> String {
         let pairs: Vec<String> = self
             .mapping
             .columns
@@ -200,22 +310,49 @@ impl<'a> Renderer<'a> {
         format!("jsonb_build_object({})", pairs.join(", "))
     }
 
+    /// The email of target row `t` as text, or null when the mapping has no email column.
+    fn target_email(&self, t: &str) -> String {
+        match self.mapping.email_column() {
+            Some(email) => format!("{t}.{}::text", email.quoted()),
+            None => "null::text".into(),
+        }
+    }
+
+    /// The target columns an insert writes, and their values from source row `s`.
+    fn insert_columns(&self, s: &str) -> (String, String) {
+        let names: Vec<String> = self
+            .mapping
+            .columns
+            .iter()
+            .map(|c| c.name.quoted())
+            .collect();
+        let values: Vec<String> = self
+            .mapping
+            .columns
+            .iter()
+            .map(|c| format!("{} as {}", self.typed_expr(c, s), c.name.quoted()))
+            .collect();
+        (names.join(", "), values.join(",\n           "))
+    }
+
+    /// The columns a repair of stale data rewrites: the compared ones and the `now` stamps.
+    fn refreshed_columns(&self) -> impl Iterator<Item = &ColumnMapping> {
+        self.mapping
+            .columns
+            .iter()
+            .filter(|c| c.is_compared() || c.source == ValueSource::Now)
+    }
+
     fn sync_one(&self) -> String {
         let m = self.mapping;
         let (table, key) = (&self.table, &self.key);
-        let columns: Vec<&ColumnMapping> = m.columns.iter().collect();
-        let names: Vec<String> = columns.iter().map(|c| c.name.quoted()).collect();
-        let src_values: Vec<String> = columns
-            .iter()
-            .map(|c| format!("{} as {}", self.typed_expr(c, "s"), c.name.quoted()))
-            .collect();
+        let (names, src_values) = self.insert_columns("s");
         let compared: Vec<&ColumnMapping> = m.always_columns().collect();
         let on_conflict = if compared.is_empty() {
             "do nothing".to_owned()
         } else {
-            let sets: Vec<String> = columns
-                .iter()
-                .filter(|c| c.is_compared() || c.source == ValueSource::Now)
+            let sets: Vec<String> = self
+                .refreshed_columns()
                 .map(|c| {
                     let n = c.name.quoted();
                     format!("{n} = excluded.{n}")
@@ -274,8 +411,6 @@ select exists (select 1 from src) as found,
            as row",
             mismatch = self.mismatched_source("s"),
             skip = m.anonymous == AnonymousPolicy::Skip,
-            src_values = src_values.join(",\n           "),
-            names = names.join(", "),
             after = self.mapped_json("t"),
             before = self.mapped_json("b"),
         )
@@ -292,34 +427,269 @@ select exists (select 1 from src) as found,
        exists (select 1 from auth.users s where s.id = $1 and {mismatched_s})
        or exists (select 1 from {table} t where t.{key} = $1 and {mismatched_t}) as mismatched,
        exists (select 1 from {table} t where t.{key} = $1 and {orphaned}) as orphaned,
-       exists (select 1 from auth.users s where s.id = $1 and {deleted}) as deleted",
+       exists (select 1 from {table} t where t.{key} = $1 and {deleted}) as deleted",
             missing = self.missing("s"),
             stale = self.stale("s", "t"),
             mismatched_s = self.mismatched_source("s"),
             mismatched_t = self.mismatched_target("t"),
             orphaned = self.orphaned("t"),
-            deleted = self.deleted("s"),
+            deleted = self.deleted("t"),
         )
     }
 
+    /// Every count in one statement: one full join of the two tables by id, plus the mismatched
+    /// pairs (lonely sources joined to stray targets by email, both found by anti-joins). In
+    /// the joined rows "no target row" is `t.key is null` and "in no source row" is
+    /// `s.id is null`; each count is the correlated kind above with those facts substituted.
     fn status(&self) -> String {
         let (table, key) = (&self.table, &self.key);
         format!(
-            "select (select count(*) from auth.users) as source_total,
-       (select count(*) from {table}) as target_total,
-       (select count(*) from auth.users s where {missing}) as missing,
-       (select count(*) from auth.users s join {table} t on t.{key} = s.id where {stale}) as stale,
-       (select count(*) from auth.users s where {mismatched}) as mismatched,
-       (select count(*) from {table} t where {orphaned}) as orphaned,
-       (select count(*) from auth.users s where {deleted}) as deleted,
+            "with pairs as (
+    select s.id as source_id, m.{key} as target_id
+      from auth.users s join {table} m on {same}
+     where {lonely} and {stray}
+)
+select count(s.id) as source_total,
+       count(t.{key}) as target_total,
+       count(*) filter (where s.id is not null and t.{key} is null and {live}
+                          and ms.source_id is null) as missing,
+       count(*) filter (where s.id is not null and t.{key} is not null and {stale}) as stale,
+       count(ms.source_id) as mismatched,
+       count(*) filter (where s.id is null and mt.target_id is null and not {once})
+           as orphaned,
+       count(*) filter (where t.{key} is not null and (s.deleted_at is not null
+                          or (s.id is null and mt.target_id is null and {once}))) as deleted,
        (select count(*) from usersync.dead_letters where resolved_at is null)
-           as dead_letters_pending",
-            missing = self.missing("s"),
+           as dead_letters_pending
+  from auth.users s
+  full join {table} t on t.{key} = s.id
+  left join (select distinct source_id from pairs) ms on ms.source_id = s.id
+  left join (select distinct target_id from pairs) mt on mt.target_id = t.{key}",
+            same = self.same_person("s", "m"),
+            lonely = self.lonely("s"),
+            stray = self.stray("m"),
+            live = self.live("s"),
             stale = self.stale("s", "t"),
-            mismatched = self.mismatched_source("s"),
-            orphaned = self.orphaned("t"),
-            deleted = self.deleted("s"),
+            once = self.once_synced("t"),
         )
+    }
+
+    /// One page of a kind, keyset-paginated by id. Every row says its id and email; stale rows
+    /// name the columns that differ, mismatched rows the target ids holding their email.
+    fn drift_page(&self, kind: DriftKind) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let target_side = |predicate: String| {
+            format!(
+                "select t.{key} as id, {email} as email, null::uuid[] as target_ids,
+       null::text[] as columns
+  from {table} t
+ where t.{key} >= $1 and {predicate}
+ order by t.{key}
+ limit $2",
+                email = self.target_email("t"),
+            )
+        };
+        match kind {
+            DriftKind::Missing => format!(
+                "select s.id, s.email::text as email, null::uuid[] as target_ids,
+       null::text[] as columns
+  from auth.users s
+ where s.id >= $1 and {}
+ order by s.id
+ limit $2",
+                self.missing("s")
+            ),
+            DriftKind::Stale => {
+                let differing: Vec<String> = self
+                    .mapping
+                    .always_columns()
+                    .map(|c| {
+                        format!(
+                            "case when t.{} is distinct from {} then {} end",
+                            c.name.quoted(),
+                            self.typed_expr(c, "s"),
+                            literal(c.name.as_str())
+                        )
+                    })
+                    .collect();
+                format!(
+                    "select s.id, s.email::text as email, null::uuid[] as target_ids,
+       array_remove(array[{}]::text[], null) as columns
+  from auth.users s join {table} t on t.{key} = s.id
+ where s.id >= $1 and {}
+ order by s.id
+ limit $2",
+                    differing.join(", "),
+                    self.stale("s", "t")
+                )
+            }
+            DriftKind::Mismatched => format!(
+                "select s.id, s.email::text as email,
+       array_agg(m.{key} order by m.{key}) as target_ids, null::text[] as columns
+  from auth.users s join {table} m on {}
+ where s.id >= $1 and {} and {}
+ group by s.id, s.email
+ order by s.id
+ limit $2",
+                self.same_person("s", "m"),
+                self.lonely("s"),
+                self.stray("m")
+            ),
+            DriftKind::Orphaned => target_side(self.orphaned("t")),
+            DriftKind::Deleted => target_side(self.deleted("t")),
+        }
+    }
+
+    fn audit_insert(&self, kind: DriftKind, action: &str, rows: &str) -> String {
+        format!(
+            "insert into usersync.events (run_id, user_id, caller, path, kind, action, before, after)
+    select $3, id, $4, 'batch', {}, {}, before, after from {rows}",
+            literal(kind.as_str()),
+            literal(action)
+        )
+    }
+
+    fn repair(&self) -> RepairSql {
+        let (table, key) = (&self.table, &self.key);
+        let (names, values) = self.insert_columns("s");
+        let create_missing = format!(
+            "with ins as (
+    insert into {table} as t ({key}, {names})
+    select s.id, {values}
+      from auth.users s
+     where s.id between $1 and $2 and {missing}
+     limit $5
+    on conflict ({key}) do nothing
+    returning t.{key} as id, null::jsonb as before, {after} as after
+),
+audit as (
+    {audit}
+)
+select count(*) from ins",
+            missing = self.missing_given(
+                "s",
+                &format!("($5::bigint is null or {})", self.no_target_row("s"))
+            ),
+            after = self.mapped_json("t"),
+            audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
+        );
+        let sets: Vec<String> = self
+            .refreshed_columns()
+            .map(|c| {
+                let value = match c.source {
+                    ValueSource::Now => "now()".to_owned(),
+                    _ => self.typed_expr(c, "s"),
+                };
+                format!("{} = {value}", c.name.quoted())
+            })
+            .collect();
+        // `b` is the same row read through the statement's snapshot: its values before the
+        // update, for the audit event.
+        let update_stale = format!(
+            "with candidates as (
+    select t.{key} as id
+      from {table} t join auth.users s on s.id = t.{key}
+     where t.{key} between $1 and $2 and {stale}
+     limit $5
+),
+upd as (
+    update {table} as t set {sets}
+      from candidates c, auth.users s, {table} b
+     where t.{key} = c.id and s.id = c.id and b.{key} = c.id and {stale}
+    returning t.{key} as id, {before} as before, {after} as after
+),
+audit as (
+    {audit}
+)
+select count(*) from upd",
+            stale = self.stale("s", "t"),
+            sets = sets.join(", "),
+            before = self.mapped_json("b"),
+            after = self.mapped_json("t"),
+            audit = self.audit_insert(DriftKind::Stale, "updated", "upd"),
+        );
+        let delete = |kind: DriftKind, predicate: &dyn Fn(&str) -> String| {
+            format!(
+                "with gone as (
+    delete from {table} t
+     where t.{key} in (select c.{key} from {table} c
+                        where c.{key} between $1 and $2 and {candidate} limit $5)
+       and {recheck}
+    returning t.{key} as id, {before} as before, null::jsonb as after
+),
+audit as (
+    {audit}
+)
+select count(*) from gone",
+                candidate = predicate("c"),
+                recheck = predicate("t"),
+                before = self.mapped_json("t"),
+                audit = self.audit_insert(kind, "deleted", "gone"),
+            )
+        };
+        RepairSql {
+            // uuid has no max(): the chunk is materialised once and read twice.
+            chunk_end: "with chunk as (
+    select id from auth.users where id >= $1 order by id limit $2
+)
+select (select id from chunk order by id desc limit 1) as last,
+       (select count(*) from chunk) as rows"
+                .to_owned(),
+            create_missing,
+            update_stale,
+            delete_deleted: delete(DriftKind::Deleted, &|t| self.deleted(t)),
+            delete_orphaned: delete(DriftKind::Orphaned, &|t| self.orphaned(t)),
+            orphans: format!(
+                "select t.{key} as id, {row} as row
+  from {table} t
+ where t.{key} between $1 and $2 and {orphaned}
+ order by t.{key}
+ limit $3",
+                row = self.mapped_json("t"),
+                orphaned = self.orphaned("t"),
+            ),
+            pairs: format!(
+                "select s.id as source_id, m.{key} as target_id,
+       (select count(*) from {table} m2 where {stray_m2} and {same_m2}) as targets,
+       (select count(*) from auth.users s2 where {lonely_s2} and {same_s2}) as sources
+  from auth.users s join {table} m on {same}
+ where s.id between $1 and $2 and {lonely} and {stray}
+ order by s.id, m.{key}",
+                stray_m2 = self.stray("m2"),
+                same_m2 = self.same_person("s", "m2"),
+                lonely_s2 = self.lonely("s2"),
+                same_s2 = self.same_person("s2", "m"),
+                same = self.same_person("s", "m"),
+                lonely = self.lonely("s"),
+                stray = self.stray("m"),
+            ),
+            rekey_moved: format!(
+                "old as (
+    select {before} as before from {table} o where o.{key} = $2
+),
+moved as (
+    update {table} t set {key} = $1
+     where t.{key} = $2 and {stray}
+       and exists (select 1 from auth.users s where s.id = $1 and {lonely} and {same})
+    returning t.{key} as id, {after} as after
+)",
+                before = self.mapped_json("o"),
+                stray = self.stray("t"),
+                lonely = self.lonely("s"),
+                same = self.same_person("s", "t"),
+                after = self.mapped_json("t"),
+            ),
+            rekey_audit: format!(
+                "audit as (
+    insert into usersync.events (run_id, user_id, caller, path, kind, action, before, after)
+    select $3, id, $4, 'batch', 'mismatched', 'rekeyed',
+           (select before from old) || jsonb_build_object({key_name}, $2::uuid),
+           after || jsonb_build_object({key_name}, $1::uuid)
+      from moved
+)",
+                key_name = literal(self.mapping.target.key.as_str()),
+            ),
+        }
     }
 
     pub fn render(&self) -> RenderedSql {
@@ -331,6 +701,11 @@ select exists (select 1 from src) as found,
                 "select min(s.created_at) from auth.users s where {}",
                 self.missing("s")
             ),
+            drift_page: DriftKind::ALL
+                .iter()
+                .map(|k| (*k, self.drift_page(*k)))
+                .collect(),
+            repair: self.repair(),
         }
     }
 }
@@ -359,5 +734,39 @@ mod tests {
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{expr}");
         assert!(expr.contains("nullif("));
+    }
+}
+#[cfg(test)]
+mod tmp_print {
+    use super::*;
+    use crate::repo::catalog::{ColumnInfo, TargetShape};
+    #[test]
+    fn print_sql() {
+        let m = Mapping::default_mapping();
+        let mut shape = TargetShape::default();
+        for (n, t) in [
+            ("email", "text"),
+            ("full_name", "text"),
+            ("avatar_url", "text"),
+            ("role", "text"),
+            ("created_at", "timestamp with time zone"),
+            ("updated_at", "timestamp with time zone"),
+            ("id", "uuid"),
+        ] {
+            shape.columns.insert(
+                n.into(),
+                ColumnInfo {
+                    sql_type: t.into(),
+                    not_null: false,
+                    has_default: false,
+                    writable: true,
+                },
+            );
+        }
+        let r = Renderer::new(&m, &shape).render();
+        std::fs::write("/tmp/create_missing.sql", &r.repair.create_missing).unwrap();
+        std::fs::write("/tmp/status.sql", &r.status).unwrap();
+        std::fs::write("/tmp/update_stale.sql", &r.repair.update_stale).unwrap();
+        std::fs::write("/tmp/chunk_end.sql", &r.repair.chunk_end).unwrap();
     }
 }

@@ -1,8 +1,7 @@
-//! Totals and drift counts over both tables, and the last reconciliation run.
+//! Totals and drift counts over both tables.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
-use uuid::Uuid;
 
 use crate::sync::target::BoundMapping;
 
@@ -22,25 +21,6 @@ pub struct CountsRow {
 pub async fn counts(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<CountsRow> {
     sqlx::query_as(&bound.sql.status).fetch_one(db).await
 }
-
-#[derive(Debug, sqlx::FromRow)]
-pub struct LastRunRow {
-    pub id: Uuid,
-    pub state: String,
-    pub dry_run: bool,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-pub async fn last_run(db: impl PgExecutor<'_>) -> sqlx::Result<Option<LastRunRow>> {
-    sqlx::query_as(
-        "select id, state, dry_run, started_at, finished_at
-           from usersync.runs order by started_at desc limit 1",
-    )
-    .fetch_optional(db)
-    .await
-}
-
 /// When the longest-waiting missing user was created; `None` when no user is missing.
 pub async fn oldest_missing(
     db: impl PgExecutor<'_>,

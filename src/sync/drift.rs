@@ -1,9 +1,28 @@
-//! The five ways the two tables disagree. Their SQL definitions live in `repo::sql`.
+//! The five ways the two tables disagree, and the listing of drifted rows. Their SQL
+//! definitions live in `repo::sql`.
 
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::repo::{drift, repair};
+use crate::sync::target::BoundMapping;
 
 /// A kind of drift between `auth.users` (source) and the target table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftKind {
     /// A live source row with no target row of its id (and not mismatched).
@@ -15,7 +34,8 @@ pub enum DriftKind {
     Mismatched,
     /// A target row whose id is in no source row (and that is not mismatched).
     Orphaned,
-    /// A soft-deleted source row whose target row still exists.
+    /// A target row whose auth user was deleted: soft-deleted (`deleted_at` set), or gone from
+    /// `auth.users` after usersync had synced it (its audit trail says the user existed).
     Deleted,
 }
 
@@ -27,4 +47,87 @@ impl DriftKind {
         DriftKind::Orphaned,
         DriftKind::Deleted,
     ];
+
+    /// The name used on the wire, in the audit log and in SQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::Missing => "missing",
+            DriftKind::Stale => "stale",
+            DriftKind::Mismatched => "mismatched",
+            DriftKind::Orphaned => "orphaned",
+            DriftKind::Deleted => "deleted",
+        }
+    }
+}
+
+impl std::fmt::Display for DriftKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One drifted row.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DriftItem {
+    /// The source id (missing, stale, mismatched) or the target id (orphaned, deleted).
+    pub id: Uuid,
+    pub email: Option<String>,
+    /// Mismatched only: the target rows holding this user's email under another id (more than
+    /// one makes the pair ambiguous).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ids: Option<Vec<Uuid>>,
+    /// Stale only: the `always` columns that differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
+
+/// A page of drifted rows of one kind, in id order.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DriftPage {
+    pub kind: DriftKind,
+    pub items: Vec<DriftItem>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next: Option<Uuid>,
+}
+
+/// Up to `limit` rows of `kind` whose id sorts after `after`.
+pub async fn page(
+    db: &PgPool,
+    bound: &BoundMapping,
+    kind: DriftKind,
+    after: Option<Uuid>,
+    limit: u32,
+) -> sqlx::Result<DriftPage> {
+    let from = match after {
+        None => Uuid::nil(),
+        Some(id) => match repair::successor(id) {
+            Some(next) => next,
+            None => {
+                return Ok(DriftPage {
+                    kind,
+                    items: Vec::new(),
+                    next: None,
+                })
+            }
+        },
+    };
+    // One row more than asked says whether there is a next page.
+    let mut rows = drift::drift_page(db, bound, kind, from, i64::from(limit) + 1).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let items: Vec<DriftItem> = rows
+        .into_iter()
+        .map(|r| DriftItem {
+            id: r.id,
+            email: r.email,
+            target_ids: r.target_ids,
+            columns: r.columns,
+        })
+        .collect();
+    let next = if more {
+        items.last().map(|i| i.id)
+    } else {
+        None
+    };
+    Ok(DriftPage { kind, items, next })
 }

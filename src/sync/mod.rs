@@ -3,5 +3,9 @@
 pub mod drift;
 pub mod engine;
 pub mod mapping;
+pub mod policy;
+pub mod provision;
+pub mod reconcile;
+pub mod run;
 pub mod status;
 pub mod target;

@@ -146,3 +146,70 @@ fn migrate_can_run_any_number_of_times() {
         assert!(!in_public);
     });
 }
+
+#[test]
+fn reconcile_prints_a_summary_and_fails_unless_the_run_succeeds() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let app = spawn_app().await;
+        let s = crate::drift::seed(&app).await;
+        let url = app.db.url();
+        let db = [("DATABASE_URL", url.as_str())];
+
+        let (code, stdout, stderr) = usersync(&["reconcile", "--dry-run"], &db);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("succeeded (dry run)"), "{stdout}");
+        let missing = stdout.lines().find(|l| l.starts_with("missing")).unwrap();
+        assert_eq!(
+            missing.split_whitespace().collect::<Vec<_>>(),
+            ["missing", "create", "1", "0", "0"]
+        );
+        assert!(app.target_row(s.missing).await.is_none());
+
+        let (code, stdout, stderr) =
+            usersync(&["reconcile", "--kind", "missing", "--kind", "stale"], &db);
+        assert_eq!(code, 0, "{stderr}");
+        let missing = stdout.lines().find(|l| l.starts_with("missing")).unwrap();
+        assert_eq!(
+            missing.split_whitespace().collect::<Vec<_>>(),
+            ["missing", "create", "1", "1", "0"]
+        );
+        assert!(app.target_row(s.missing).await.is_some());
+
+        // Deleting the orphan would delete a fifth of the target: the guard stops the run.
+        let (code, stdout, _) = usersync(
+            &["reconcile", "--kind", "orphaned"],
+            &[
+                ("DATABASE_URL", &url),
+                ("USERSYNC_POLICY_ORPHANED", "delete"),
+            ],
+        );
+        assert_eq!(code, 1, "{stdout}");
+        assert!(stdout.contains("needs_override"), "{stdout}");
+        assert!(app.target_row(s.orphaned).await.is_some());
+
+        let (code, _, stderr) = usersync(
+            &["reconcile", "--kind", "orphaned", "--allow-mass-delete"],
+            &[
+                ("DATABASE_URL", &url),
+                ("USERSYNC_POLICY_ORPHANED", "delete"),
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(app.target_row(s.orphaned).await.is_none());
+    });
+}
+
+#[test]
+fn provisioning_without_an_admin_api_refuses_to_start() {
+    let (code, _, stderr) = usersync(
+        &["reconcile", "--dry-run"],
+        &[
+            ("DATABASE_URL", "postgres://localhost/db"),
+            ("USERSYNC_POLICY_ORPHANED", "provision"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("USERSYNC_SUPABASE_URL"), "{stderr}");
+}

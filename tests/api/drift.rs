@@ -5,18 +5,18 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// One user per drift kind, plus one in sync.
-struct Seeded {
-    in_sync: Uuid,
-    missing: Uuid,
-    stale: Uuid,
-    mismatched_source: Uuid,
-    mismatched_target: Uuid,
-    orphaned: Uuid,
-    deleted: Uuid,
+/// One user per drift kind, plus one in sync (shared with the reconciliation tests).
+pub struct Seeded {
+    pub in_sync: Uuid,
+    pub missing: Uuid,
+    pub stale: Uuid,
+    pub mismatched_source: Uuid,
+    pub mismatched_target: Uuid,
+    pub orphaned: Uuid,
+    pub deleted: Uuid,
 }
 
-async fn seed(app: &TestApp) -> Seeded {
+pub async fn seed(app: &TestApp) -> Seeded {
     let db = &app.db.pool;
     let in_sync = app.insert_auth_user(&AuthUser::new("ok@example.com")).await;
     assert_eq!(
@@ -153,4 +153,109 @@ async fn syncing_a_missing_user_clears_its_drift_from_the_status() {
     let after: Value = app.status(&service_token()).await.json().await.unwrap();
     assert_eq!(after["drift"]["missing"], 0);
     assert_eq!(after["target_total"], 1);
+}
+
+async fn page(app: &TestApp, query: &str) -> Value {
+    let response = app.list_drift(query, &secret_key()).await;
+    assert_eq!(response.status(), 200, "{query}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn each_kind_lists_its_rows() {
+    let app = spawn_app().await;
+    let s = seed(&app).await;
+    for (kind, id) in [
+        ("missing", s.missing),
+        ("stale", s.stale),
+        ("mismatched", s.mismatched_source),
+        ("orphaned", s.orphaned),
+        ("deleted", s.deleted),
+    ] {
+        let body = page(&app, &format!("?kind={kind}")).await;
+        assert_eq!(body["kind"], kind);
+        assert_eq!(body["next"], Value::Null);
+        let items = body["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{kind}: {body}");
+        assert_eq!(items[0]["id"], id.to_string(), "{kind}");
+    }
+    let stale = page(&app, "?kind=stale").await;
+    assert_eq!(stale["items"][0]["columns"], json!(["email"]));
+    assert_eq!(stale["items"][0]["email"], "stale-new@example.com");
+    let mismatched = page(&app, "?kind=mismatched").await;
+    assert_eq!(
+        mismatched["items"][0]["target_ids"],
+        json!([s.mismatched_target.to_string()])
+    );
+}
+
+#[tokio::test]
+async fn drift_pages_follow_the_cursor_in_id_order() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            app.insert_auth_user(&AuthUser::new(&format!("p{i}@example.com")))
+                .await,
+        );
+    }
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut query = "?kind=missing&limit=2".to_owned();
+    loop {
+        let body = page(&app, &query).await;
+        for item in body["items"].as_array().unwrap() {
+            seen.push(Uuid::parse_str(item["id"].as_str().unwrap()).unwrap());
+        }
+        match body["next"].as_str() {
+            Some(next) => query = format!("?kind=missing&limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+}
+
+#[tokio::test]
+async fn listing_counts_agree_with_the_status_counts() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    // A second lonely user whose email two stray profiles hold is one mismatch, ambiguous.
+    app.insert_auth_user(&AuthUser::new("dup@example.com"))
+        .await;
+    app.insert_profile(Uuid::new_v4(), Some("dup@example.com"))
+        .await;
+    app.insert_profile(Uuid::new_v4(), Some("DUP@example.com"))
+        .await;
+    let status: Value = app.status(&secret_key()).await.json().await.unwrap();
+    for kind in ["missing", "stale", "mismatched", "orphaned", "deleted"] {
+        let listed = page(&app, &format!("?kind={kind}&limit=1000")).await["items"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(
+            status["drift"][kind].as_i64().unwrap(),
+            listed as i64,
+            "{kind}"
+        );
+    }
+    assert_eq!(status["drift"]["mismatched"], 2);
+}
+
+#[tokio::test]
+async fn bad_drift_queries_are_400_and_users_are_403() {
+    let app = spawn_app().await;
+    for query in [
+        "",
+        "?kind=bogus",
+        "?kind=missing&limit=0",
+        "?kind=missing&limit=1001",
+        "?kind=missing&after=not-a-uuid",
+        "?kind=missing&colour=blue",
+    ] {
+        let response = app.list_drift(query, &secret_key()).await;
+        assert_problem(response, 400, "invalid_query").await;
+    }
+    let id = app.insert_auth_user(&AuthUser::new("u@example.com")).await;
+    let response = app.list_drift("?kind=missing", &user_token(id)).await;
+    assert_problem(response, 403, "service_only").await;
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use usersync::config::{
     AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess,
-    ServeConfig, ServiceKeys,
+    ReconcileConfig, ServeConfig, ServiceKeys,
 };
 use usersync::dev::fixtures;
 use usersync::startup::Application;
@@ -209,6 +209,8 @@ pub struct AppOptions {
     pub header_limit: u32,
     pub cors_origins: Option<&'static str>,
     pub metrics_access: Option<MetricsAccess>,
+    /// Repair policies, chunk size, admin API.
+    pub reconcile: ReconcileConfig,
 }
 
 impl Default for AppOptions {
@@ -229,6 +231,7 @@ impl Default for AppOptions {
             header_limit: 16 * 1024,
             cors_origins: None,
             metrics_access: None,
+            reconcile: ReconcileConfig::default(),
         }
     }
 }
@@ -275,6 +278,7 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
             metrics_refresh: Duration::from_secs(15),
         },
+        reconcile: options.reconcile.clone(),
     }
 }
 
@@ -377,6 +381,93 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    pub async fn start_run(&self, body: &Value, auth: &Auth) -> Response {
+        self.request(Method::POST, "/v1/reconciliations", auth)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_run(&self, id: &str, auth: &Auth) -> Response {
+        self.request(Method::GET, &format!("/v1/reconciliations/{id}"), auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn list_runs(&self, query: &str, auth: &Auth) -> Response {
+        self.request(Method::GET, &format!("/v1/reconciliations{query}"), auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn list_drift(&self, query: &str, auth: &Auth) -> Response {
+        self.request(Method::GET, &format!("/v1/drift{query}"), auth)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls a run until it has stopped, and returns it.
+    pub async fn wait_for_run(&self, id: &str) -> Value {
+        for _ in 0..400 {
+            let run: Value = self.get_run(id, &secret_key()).await.json().await.unwrap();
+            if !matches!(run["state"].as_str(), Some("planning" | "running")) {
+                return run;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("run {id} did not finish");
+    }
+
+    /// Starts a run (it must be accepted) and waits for it to stop.
+    pub async fn reconcile(&self, body: Value) -> Value {
+        let response = self.start_run(&body, &secret_key()).await;
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        let run: Value = response.json().await.unwrap();
+        self.wait_for_run(run["id"].as_str().unwrap()).await
+    }
+
+    /// A target row written by the app itself (no auth user behind it unless one is made).
+    pub async fn insert_profile(&self, id: Uuid, email: Option<&str>) {
+        sqlx::query("insert into public.users (id, email, full_name) values ($1, $2, 'App Made')")
+            .bind(id)
+            .bind(email)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+    }
+
+    /// Audit events of one user: `(kind, action)` in order.
+    pub async fn events_of(&self, id: Uuid) -> Vec<(String, String)> {
+        sqlx::query_as("select kind, action from usersync.events where user_id = $1 order by id")
+            .bind(id)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from usersync.events")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The target table as JSON rows, in id order: to compare before and after.
+    pub async fn target_snapshot(&self) -> Vec<Value> {
+        sqlx::query_scalar("select to_jsonb(u) from public.users u order by id")
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.db.pool).await.unwrap();
     }
 
     /// The target row as JSON, or `None`.

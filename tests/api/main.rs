@@ -12,5 +12,8 @@ mod jwks;
 mod keys;
 mod limits;
 mod observability;
+mod provision;
+mod reconcile;
+mod rekey;
 mod secrets;
 mod sync_one;

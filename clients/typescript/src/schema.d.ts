@@ -86,6 +86,62 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/drift": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The drifted rows of one kind, in id order, a page at a time. */
+        get: operations["list_drift"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/reconciliations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The most recent runs, newest first. */
+        get: operations["list_runs"];
+        put?: never;
+        /**
+         * Start a reconciliation run.
+         * @description The run plans (counts per kind and action) and, unless it is a dry run, repairs in chunks
+         *     in the background; poll its `Location` for progress. One run at a time across all replicas.
+         */
+        post: operations["start_run"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/reconciliations/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One run: its state, plan, progress and errors. */
+        get: operations["get_run"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/status": {
         parameters: {
             query?: never;
@@ -166,6 +222,30 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * @description The repair a run applies to one kind, as runs report it.
+         * @enum {string}
+         */
+        Action: "create" | "update" | "rekey" | "delete" | "provision" | "report";
+        /** @description Totals, drift counts and pending dead letters, from one statement (see `repo::sql`). */
+        Counts: {
+            /**
+             * Format: int64
+             * @description Failed trigger syncs not yet healed.
+             */
+            dead_letters_pending: number;
+            drift: components["schemas"]["DriftCounts"];
+            /**
+             * Format: int64
+             * @description Rows in `auth.users`.
+             */
+            source_total: number;
+            /**
+             * Format: int64
+             * @description Rows in the target table.
+             */
+            target_total: number;
+        };
         /** @description A dead letter as admins see it: who, what failed and why, and when it is retried. */
         DeadLetter: {
             /** Format: int32 */
@@ -201,11 +281,44 @@ export interface components {
             /** Format: int64 */
             stale: number;
         };
+        /** @description One drifted row. */
+        DriftItem: {
+            /** @description Stale only: the `always` columns that differ. */
+            columns?: string[] | null;
+            email?: string | null;
+            /**
+             * Format: uuid
+             * @description The source id (missing, stale, mismatched) or the target id (orphaned, deleted).
+             */
+            id: string;
+            /**
+             * @description Mismatched only: the target rows holding this user's email under another id (more than
+             *     one makes the pair ambiguous).
+             */
+            target_ids?: string[] | null;
+        };
         /**
          * @description A kind of drift between `auth.users` (source) and the target table.
          * @enum {string}
          */
         DriftKind: "missing" | "stale" | "mismatched" | "orphaned" | "deleted";
+        /** @description A page of drifted rows of one kind, in id order. */
+        DriftPage: {
+            items: components["schemas"]["DriftItem"][];
+            kind: components["schemas"]["DriftKind"];
+            /**
+             * Format: uuid
+             * @description Pass as `after` for the next page; null on the last page.
+             */
+            next?: string | null;
+        };
+        /** @description One row a run could not repair, and why. */
+        Failure: {
+            /** Format: uuid */
+            id: string;
+            kind: components["schemas"]["DriftKind"];
+            reason: string;
+        };
         Health: {
             checks?: Record<string, never> | null;
             /**
@@ -213,6 +326,50 @@ export interface components {
              *     not stop the service yet (the signing keys are stale).
              */
             status: string;
+        };
+        /** @description One foreign key a re-key moves, and how many rows it moves. */
+        MovedReference: {
+            column: string;
+            /** @description The foreign key constraint. */
+            constraint: string;
+            /**
+             * Format: int64
+             * @description Rows that point at the old id.
+             */
+            rows: number;
+            /** @description The referencing table, schema-qualified. */
+            table: string;
+        };
+        /** @description What a run found before repairing anything. */
+        Plan: {
+            /**
+             * Format: int64
+             * @description Target rows the plan deletes (kinds whose policy is `delete`, bounded by `limit`).
+             */
+            deletes: number;
+            /** @description Per requested kind: the action and the number of drifted rows. */
+            kinds: {
+                [key: string]: components["schemas"]["PlannedKind"];
+            };
+            /**
+             * Format: int64
+             * @description The most deletes allowed without `allow_mass_delete`.
+             */
+            max_deletes: number;
+            /** @description The plan deletes more than allowed and the run did not ask for the override. */
+            needs_override: boolean;
+            /** @description The re-keys (policy `rekey`), the first 100. */
+            rekeys?: components["schemas"]["RekeyPlan"][];
+            /** Format: int64 */
+            source_total: number;
+            /** Format: int64 */
+            target_total: number;
+        };
+        /** @description The plan of one kind: the repair the policy chose and how many rows drifted. */
+        PlannedKind: {
+            action: components["schemas"]["Action"];
+            /** Format: int64 */
+            count: number;
         };
         /**
          * @description The problem+json body.
@@ -230,25 +387,148 @@ export interface components {
             /** @description Stable and machine-readable: branch on this, not on `title` or `detail`. */
             code: string;
             detail: string;
+            /**
+             * Format: uuid
+             * @description The run in progress, on a 409 `run_in_progress`.
+             */
+            run_id?: string | null;
             /** Format: int32 */
             status: number;
             title: string;
             /** @description A URI naming the problem type: `urn:usersync:problem:<code>`. */
             type: string;
         };
-        /** @description The most recent reconciliation run, if any. */
-        RunSummary: {
-            dry_run: boolean;
+        /** @description How far a run got: updated in the same transaction as each chunk's repairs. */
+        Progress: {
+            /**
+             * Format: int64
+             * @default 0
+             */
+            chunks: number;
+            /**
+             * Format: uuid
+             * @description The last source id of the last committed chunk.
+             * @default null
+             */
+            cursor: string | null;
+            /**
+             * @description Rows that could not be repaired, per kind (`failures` says why, for the first 100).
+             * @default {}
+             */
+            failed: {
+                [key: string]: number;
+            };
+            /** @default [] */
+            failures: components["schemas"]["Failure"][];
+            /**
+             * @description Rows repaired, per kind.
+             * @default {}
+             */
+            repaired: {
+                [key: string]: number;
+            };
+            /**
+             * Format: int64
+             * @description Source rows walked so far.
+             * @default 0
+             */
+            walked: number;
+        };
+        /** @description One re-key: the target row `target_id` moves to `source_id`, with its references. */
+        RekeyPlan: {
+            references: components["schemas"]["MovedReference"][];
+            /** @description Why this pair cannot be re-keyed, when it cannot. */
+            refused?: string | null;
+            /** Format: uuid */
+            source_id: string;
+            /** Format: uuid */
+            target_id: string;
+        };
+        /** @description A reconciliation run. */
+        Run: {
+            /** @description Who started it (`service`, `cli`). */
+            caller: string;
+            /** @description Why it failed or needs the override. */
+            error?: string | null;
             /** Format: date-time */
             finished_at?: string | null;
             /** Format: uuid */
             id: string;
+            options: components["schemas"]["RunOptions"];
+            plan?: null | components["schemas"]["Plan"];
+            progress: components["schemas"]["Progress"];
+            /**
+             * Format: uuid
+             * @description The abandoned run whose work this one took over.
+             */
+            resumed_from?: string | null;
             /** Format: date-time */
             started_at: string;
-            state: string;
+            state: components["schemas"]["RunState"];
+            /** Format: date-time */
+            updated_at: string;
+        };
+        /** @description The recent runs, newest first. */
+        RunList: {
+            runs: components["schemas"]["Run"][];
         };
         /**
-         * @description Totals, drift counts, pending dead letters and the last run.
+         * @description What a run was asked to do. Missing fields read as their defaults, so that a row written
+         *     by hand (or by an older version) still reads.
+         */
+        RunOptions: {
+            /**
+             * @description Let the run delete more than the configured share of the target.
+             * @default false
+             */
+            allow_mass_delete: boolean;
+            /**
+             * @description Plan only: count and list, write nothing to the target.
+             * @default false
+             */
+            dry_run: boolean;
+            /**
+             * @description The kinds to plan and repair, in the order runs apply them.
+             * @default [
+             *       "missing",
+             *       "stale",
+             *       "mismatched",
+             *       "orphaned",
+             *       "deleted"
+             *     ]
+             */
+            kinds: components["schemas"]["DriftKind"][];
+            /**
+             * Format: int64
+             * @description The most rows to repair; none means all.
+             * @default null
+             */
+            limit: number | null;
+        };
+        /**
+         * @description Where a run is in its life.
+         * @enum {string}
+         */
+        RunState: "planning" | "running" | "succeeded" | "failed" | "abandoned" | "needs_override";
+        /** @description What to reconcile. */
+        StartRun: {
+            /** @description Let the run delete more than USERSYNC_MAX_DELETE_SHARE of the target. */
+            allow_mass_delete?: boolean;
+            /**
+             * @description Plan only: count and list the drift, write nothing. Required, so that nobody applies a
+             *     run by leaving it out.
+             */
+            dry_run: boolean;
+            /** @description The kinds to reconcile; all five when absent. */
+            kinds?: components["schemas"]["DriftKind"][] | null;
+            /**
+             * Format: int64
+             * @description The most rows to repair in this run.
+             */
+            limit?: number | null;
+        };
+        /**
+         * @description The counts and the last run.
          * @example {
          *       "dead_letters_pending": 0,
          *       "drift": {
@@ -258,35 +538,13 @@ export interface components {
          *         "orphaned": 1,
          *         "stale": 2
          *       },
-         *       "last_run": {
-         *         "dry_run": false,
-         *         "finished_at": "2026-11-21T03:00:04Z",
-         *         "id": "4f7d7a52-3c55-4e8e-9a55-0c2f6c1f1a10",
-         *         "started_at": "2026-11-21T03:00:00Z",
-         *         "state": "succeeded"
-         *       },
+         *       "last_run": null,
          *       "source_total": 1204,
          *       "target_total": 1199
          *     }
          */
-        Status: {
-            /**
-             * Format: int64
-             * @description Failed trigger syncs not yet healed.
-             */
-            dead_letters_pending: number;
-            drift: components["schemas"]["DriftCounts"];
-            last_run?: null | components["schemas"]["RunSummary"];
-            /**
-             * Format: int64
-             * @description Rows in `auth.users`.
-             */
-            source_total: number;
-            /**
-             * Format: int64
-             * @description Rows in the target table.
-             */
-            target_total: number;
+        Status: components["schemas"]["Counts"] & {
+            last_run?: null | components["schemas"]["Run"];
         };
         /**
          * @description What a sync did.
@@ -514,6 +772,343 @@ export interface operations {
             };
             /** @description Not the service */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Overloaded, timed out, or the database is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_drift: {
+        parameters: {
+            query: {
+                /** @description The kind to list. */
+                kind: components["schemas"]["DriftKind"];
+                /** @description The last id of the previous page (its `next`). */
+                after?: string;
+                /** @description Rows per page, 1 to 1000 (default 100). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DriftPage"];
+                };
+            };
+            /** @description Unknown kind, bad cursor or limit */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Database unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_runs: {
+        parameters: {
+            query?: {
+                /** @description How many runs, 1 to 100 (default 20). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Recent runs */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunList"];
+                };
+            };
+            /** @description Bad limit */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Overloaded, timed out, or the database is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    start_run: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StartRun"];
+            };
+        };
+        responses: {
+            /** @description Started */
+            202: {
+                headers: {
+                    /** @description The run's URL */
+                    location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Run"];
+                };
+            };
+            /** @description Malformed body or unknown field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A run is in progress; `run_id` names it */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Database unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_run: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The run's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The run */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Run"];
+                };
+            };
+            /** @description The id is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No run has this id */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,0 +1,169 @@
+//! The set-based statements of a reconciliation run (rendered in `repo::sql::RepairSql`).
+//!
+//! Each write covers one key range in one statement, with its audit events written by the same
+//! statement: no round trip per user.
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::sync::drift::DriftKind;
+use crate::sync::target::BoundMapping;
+
+/// An inclusive range of ids, `first..=last`, in the order Postgres sorts uuids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRange {
+    pub first: Uuid,
+    pub last: Uuid,
+}
+
+impl KeyRange {
+    /// Every id.
+    pub const ALL: KeyRange = KeyRange {
+        first: Uuid::nil(),
+        last: Uuid::max(),
+    };
+}
+
+/// The id right after `id` in uuid order, if any. Postgres compares uuids as 16 big-endian
+/// bytes, which is the order of `Uuid::as_u128`.
+pub fn successor(id: Uuid) -> Option<Uuid> {
+    id.as_u128().checked_add(1).map(Uuid::from_u128)
+}
+
+/// The next chunk of at most `size` source rows from `first` on: its last id and row count.
+pub async fn chunk_end(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    first: Uuid,
+    size: i64,
+) -> sqlx::Result<(Option<Uuid>, i64)> {
+    sqlx::query_as(&bound.sql.repair.chunk_end)
+        .bind(first)
+        .bind(size)
+        .fetch_one(db)
+        .await
+}
+
+/// Who and what a run's writes are recorded under.
+#[derive(Debug, Clone, Copy)]
+pub struct RunContext<'a> {
+    pub run_id: Uuid,
+    pub caller: &'a str,
+}
+
+/// The repairs that are one statement per key range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetRepair {
+    CreateMissing,
+    UpdateStale,
+    DeleteDeleted,
+    DeleteOrphaned,
+}
+
+impl SetRepair {
+    pub fn kind(self) -> DriftKind {
+        match self {
+            SetRepair::CreateMissing => DriftKind::Missing,
+            SetRepair::UpdateStale => DriftKind::Stale,
+            SetRepair::DeleteDeleted => DriftKind::Deleted,
+            SetRepair::DeleteOrphaned => DriftKind::Orphaned,
+        }
+    }
+}
+
+/// Applies `repair` to `range`, repairing at most `limit` rows (`None`: no bound), and returns
+/// how many rows it repaired.
+pub async fn apply(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    repair: SetRepair,
+    range: KeyRange,
+    run: RunContext<'_>,
+    limit: Option<i64>,
+) -> sqlx::Result<i64> {
+    let sql = &bound.sql.repair;
+    let statement = match repair {
+        SetRepair::CreateMissing => &sql.create_missing,
+        SetRepair::UpdateStale => &sql.update_stale,
+        SetRepair::DeleteDeleted => &sql.delete_deleted,
+        SetRepair::DeleteOrphaned => &sql.delete_orphaned,
+    };
+    sqlx::query_scalar(statement)
+        .bind(range.first)
+        .bind(range.last)
+        .bind(run.run_id)
+        .bind(run.caller)
+        .bind(limit)
+        .fetch_one(db)
+        .await
+}
+
+/// An orphaned target row and its mapped columns.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OrphanRow {
+    pub id: Uuid,
+    pub row: serde_json::Value,
+}
+
+pub async fn orphans(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    range: KeyRange,
+    limit: Option<i64>,
+) -> sqlx::Result<Vec<OrphanRow>> {
+    sqlx::query_as(&bound.sql.repair.orphans)
+        .bind(range.first)
+        .bind(range.last)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
+/// A lonely source row and a stray target row holding its email, with how many stray rows its
+/// email matches and how many lonely source rows the target's email matches.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PairRow {
+    pub source_id: Uuid,
+    pub target_id: Uuid,
+    pub targets: i64,
+    pub sources: i64,
+}
+
+pub async fn pairs(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    range: KeyRange,
+) -> sqlx::Result<Vec<PairRow>> {
+    sqlx::query_as(&bound.sql.repair.pairs)
+        .bind(range.first)
+        .bind(range.last)
+        .fetch_all(db)
+        .await
+}
+
+/// Records one repair done outside a set-based statement (a re-key, a provisioned auth user).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_event(
+    db: impl PgExecutor<'_>,
+    run: RunContext<'_>,
+    user_id: Uuid,
+    kind: DriftKind,
+    action: &str,
+    before: Option<&serde_json::Value>,
+    after: Option<&serde_json::Value>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into usersync.events (run_id, user_id, caller, path, kind, action, before, after)
+         values ($1, $2, $3, 'batch', $4, $5, $6, $7)",
+    )
+    .bind(run.run_id)
+    .bind(user_id)
+    .bind(run.caller)
+    .bind(kind.as_str())
+    .bind(action)
+    .bind(before)
+    .bind(after)
+    .execute(db)
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,170 @@
+//! What a reconciliation run does about each kind of drift.
+//!
+//! Only `missing` and `stale` are repaired by default: both write what `auth.users` already
+//! says. Everything that destroys or merges data (`delete`, `rekey`) or writes to Supabase Auth
+//! (`provision`) has to be chosen by the operator, and deletes are further bounded by
+//! `max_delete_share` (the mass-delete guard).
+
+use serde::{Deserialize, Serialize};
+
+use crate::sync::drift::DriftKind;
+
+/// What to do about a `missing` user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MissingPolicy {
+    /// Insert the mapped row.
+    #[default]
+    Create,
+    /// Count and list it; change nothing.
+    Report,
+}
+
+/// What to do about a `stale` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StalePolicy {
+    /// Write the `always` columns that differ.
+    #[default]
+    Update,
+    /// Count and list it; change nothing.
+    Report,
+}
+
+/// What to do about the same person under two ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MismatchedPolicy {
+    /// Count and list it; change nothing.
+    #[default]
+    Report,
+    /// Move the target row, and every foreign key pointing at it, to the source id.
+    Rekey,
+}
+
+/// What to do about a target row with no auth user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OrphanedPolicy {
+    /// Count and list it; change nothing.
+    #[default]
+    Report,
+    /// Delete the target row (bounded by the mass-delete guard).
+    Delete,
+    /// Create the missing auth user through the Supabase Auth admin API.
+    Provision,
+}
+
+/// What to do about the target row of a deleted auth user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeletedPolicy {
+    /// Count and list it; change nothing.
+    #[default]
+    Report,
+    /// Delete the target row (bounded by the mass-delete guard).
+    Delete,
+}
+
+/// The repair a run applies to one kind, as runs report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    Rekey,
+    Delete,
+    Provision,
+    Report,
+}
+
+impl Action {
+    /// Whether the repair writes anything (a `report` does not).
+    pub fn repairs(self) -> bool {
+        self != Action::Report
+    }
+}
+
+/// The policy for every kind, and the mass-delete guard's bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Policies {
+    pub missing: MissingPolicy,
+    pub stale: StalePolicy,
+    pub mismatched: MismatchedPolicy,
+    pub orphaned: OrphanedPolicy,
+    pub deleted: DeletedPolicy,
+    /// The largest share of the target (0..=1) a run may delete without an explicit override.
+    pub max_delete_share: f64,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self {
+            missing: MissingPolicy::default(),
+            stale: StalePolicy::default(),
+            mismatched: MismatchedPolicy::default(),
+            orphaned: OrphanedPolicy::default(),
+            deleted: DeletedPolicy::default(),
+            max_delete_share: 0.05,
+        }
+    }
+}
+
+impl Policies {
+    /// The repair this configuration applies to `kind`.
+    pub fn action(&self, kind: DriftKind) -> Action {
+        match kind {
+            DriftKind::Missing => match self.missing {
+                MissingPolicy::Create => Action::Create,
+                MissingPolicy::Report => Action::Report,
+            },
+            DriftKind::Stale => match self.stale {
+                StalePolicy::Update => Action::Update,
+                StalePolicy::Report => Action::Report,
+            },
+            DriftKind::Mismatched => match self.mismatched {
+                MismatchedPolicy::Report => Action::Report,
+                MismatchedPolicy::Rekey => Action::Rekey,
+            },
+            DriftKind::Orphaned => match self.orphaned {
+                OrphanedPolicy::Report => Action::Report,
+                OrphanedPolicy::Delete => Action::Delete,
+                OrphanedPolicy::Provision => Action::Provision,
+            },
+            DriftKind::Deleted => match self.deleted {
+                DeletedPolicy::Report => Action::Report,
+                DeletedPolicy::Delete => Action::Delete,
+            },
+        }
+    }
+
+    /// The most rows a run may delete from a target of `target_total` rows without the
+    /// override.
+    pub fn max_deletes(&self, target_total: i64) -> i64 {
+        (self.max_delete_share * target_total as f64).floor() as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_repair_only_what_the_source_already_says() {
+        let p = Policies::default();
+        let actions: Vec<Action> = DriftKind::ALL.iter().map(|k| p.action(*k)).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Create,
+                Action::Update,
+                Action::Report,
+                Action::Report,
+                Action::Report
+            ]
+        );
+    }
+
+    #[test]
+    fn the_delete_bound_rounds_down() {
+        let p = Policies::default();
+        assert_eq!(p.max_deletes(100), 5);
+        assert_eq!(p.max_deletes(19), 0);
+        assert_eq!(p.max_deletes(0), 0);
+    }
+}

@@ -1,0 +1,630 @@
+//! Reconciliation runs: plan, guard, then walk the source in chunks and repair.
+//!
+//! One run at a time across every replica: a run holds a session-level advisory lock on a
+//! connection of its own for its whole life. A run whose process dies loses the lock with its
+//! session; the next start finds its row still `running`, marks it `abandoned`, and walks the
+//! whole source again. That is safe because every repair re-checks its drift as it writes, and
+//! each chunk commits its repairs, their audit events and the run's progress in one
+//! transaction: a row repaired before the crash is simply no longer drifted.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::repo::rekey::{self, Reference};
+use crate::repo::repair::{self, KeyRange, PairRow, RunContext, SetRepair};
+use crate::repo::runs;
+use crate::supabase::AdminApi;
+use crate::sync::drift::DriftKind;
+use crate::sync::policy::{Action, Policies};
+use crate::sync::provision::auth_user_for;
+use crate::sync::run::{
+    MovedReference, Plan, PlannedKind, Progress, RekeyPlan, Run, RunOptions, RunState,
+};
+use crate::sync::status;
+use crate::sync::target::BoundMapping;
+
+/// How many re-keys a plan lists in full.
+const PLANNED_REKEYS: usize = 100;
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another run holds the lock; its id, when its row is already written.
+    #[error("a reconciliation run is in progress")]
+    InProgress { run_id: Option<Uuid> },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("lost the database session that holds the run lock; stopped so that no other run overlaps this one")]
+    LostLock,
+    #[error("the orphaned policy is `provision`, but no Supabase admin API is configured")]
+    NoAdminApi,
+}
+
+/// A started run: its row, and the connection that holds the run lock.
+pub struct ActiveRun {
+    lock: PgConnection,
+    run: Run,
+}
+
+impl ActiveRun {
+    pub fn run(&self) -> &Run {
+        &self.run
+    }
+}
+
+/// Plans and applies runs for one bound mapping.
+#[derive(Clone)]
+pub struct Reconciler {
+    db: PgPool,
+    bound: Arc<BoundMapping>,
+    policies: Policies,
+    chunk_size: i64,
+    workers: usize,
+    admin: Option<AdminApi>,
+}
+
+/// How a run walks the source.
+#[derive(Debug, Clone, Copy)]
+pub struct Walking {
+    /// Source rows per chunk (one transaction each).
+    pub chunk_size: u32,
+    /// Chunks in flight at once, each on its own connection.
+    pub workers: usize,
+}
+
+/// How many more rows the run may repair, and how many more it may delete.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    repairs: Option<i64>,
+    deletes: Option<i64>,
+}
+
+impl Budget {
+    fn limit(&self, deleting: bool) -> Option<i64> {
+        match (self.repairs, self.deletes.filter(|_| deleting)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn spend(&mut self, rows: i64, deleting: bool) {
+        if let Some(r) = &mut self.repairs {
+            *r -= rows;
+        }
+        if deleting {
+            if let Some(d) = &mut self.deletes {
+                *d -= rows;
+            }
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.repairs.is_some_and(|r| r <= 0)
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        db: PgPool,
+        bound: Arc<BoundMapping>,
+        policies: Policies,
+        walking: Walking,
+        admin: Option<AdminApi>,
+    ) -> Self {
+        Self {
+            db,
+            bound,
+            policies,
+            chunk_size: i64::from(walking.chunk_size),
+            workers: walking.workers.max(1),
+            admin,
+        }
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// Takes the run lock, marks runs left over by dead processes abandoned, and records the
+    /// new run. Returns at once; `execute` does the work.
+    #[tracing::instrument(skip_all)]
+    pub async fn start(&self, caller: &str, options: RunOptions) -> Result<ActiveRun, StartError> {
+        // A connection of its own, out of the pool: the lock lives exactly as long as it does.
+        let mut lock = self.db.acquire().await?.detach();
+        if !runs::try_lock(&mut lock).await? {
+            let run_id = runs::active(&self.db).await?;
+            return Err(StartError::InProgress { run_id });
+        }
+        let resumed_from = runs::abandon_active(&mut lock).await?;
+        if let Some(old) = resumed_from {
+            tracing::warn!(abandoned_run = %old, "a previous run stopped midway; this run takes over its work");
+        }
+        let run = runs::insert(
+            &mut lock,
+            Uuid::new_v4(),
+            caller,
+            &options.normalized(),
+            resumed_from,
+        )
+        .await?;
+        tracing::info!(run_id = %run.id, dry_run = run.options.dry_run, "reconciliation run started");
+        Ok(ActiveRun { lock, run })
+    }
+
+    /// Plans, then (unless a dry run or stopped by the guard) repairs chunk by chunk, calling
+    /// `on_progress` after the plan and after each chunk. Always returns the run as it ended;
+    /// the lock is released when this returns.
+    #[tracing::instrument(skip_all, fields(run_id = %active.run.id))]
+    pub async fn execute(
+        &self,
+        active: ActiveRun,
+        on_progress: &(dyn Fn(&Run) + Send + Sync),
+    ) -> Run {
+        let ActiveRun { mut lock, mut run } = active;
+        let outcome = self.drive(&mut lock, &mut run, on_progress).await;
+        let (state, error) = match outcome {
+            Ok(state) => (state, run.error.clone()),
+            Err(e) => {
+                tracing::error!(error = %e, "reconciliation run failed");
+                (RunState::Failed, Some(e.to_string()))
+            }
+        };
+        run.state = state;
+        run.error = error;
+        match runs::finish(&self.db, run.id, state, &run.progress, run.error.as_deref()).await {
+            Ok(finished) => run = finished,
+            Err(e) => tracing::error!(error = %e, "cannot record the end of the run"),
+        }
+        // Closing the session would release the lock too; unlocking first says so explicitly.
+        let _ = runs::unlock(&mut lock).await;
+        drop(lock);
+        tracing::info!(
+            state = state.as_str(),
+            repaired = run.progress.total_repaired(),
+            failed = run.progress.total_failed(),
+            "reconciliation run ended"
+        );
+        run
+    }
+
+    pub async fn get(&self, id: Uuid) -> sqlx::Result<Option<Run>> {
+        runs::get(&self.db, id).await
+    }
+
+    pub async fn recent(&self, limit: i64) -> sqlx::Result<Vec<Run>> {
+        runs::recent(&self.db, limit).await
+    }
+
+    async fn drive(
+        &self,
+        lock: &mut PgConnection,
+        run: &mut Run,
+        on_progress: &(dyn Fn(&Run) + Send + Sync),
+    ) -> Result<RunState, RunError> {
+        let plan = self.plan(&run.options).await?;
+        let proceed = !run.options.dry_run && !plan.needs_override;
+        let next = if proceed {
+            RunState::Running
+        } else {
+            RunState::Planning
+        };
+        runs::set_plan(&self.db, run.id, &plan, next).await?;
+        run.plan = Some(plan.clone());
+        run.state = next;
+        on_progress(run);
+        if run.options.dry_run {
+            return Ok(RunState::Succeeded);
+        }
+        if plan.needs_override {
+            run.error = Some(format!(
+                "this run would delete {} of {} target rows, more than the configured share \
+                 (USERSYNC_MAX_DELETE_SHARE allows {}); check the plan, then start it again \
+                 with allow_mass_delete",
+                plan.deletes, plan.target_total, plan.max_deletes
+            ));
+            return Ok(RunState::NeedsOverride);
+        }
+        self.walk(lock, run, &plan, on_progress).await
+    }
+
+    /// Counts every requested kind (one statement) and, for re-keys, lists the moves.
+    async fn plan(&self, options: &RunOptions) -> Result<Plan, RunError> {
+        let counts = status::counts(&self.db, &self.bound).await?;
+        let kinds: BTreeMap<DriftKind, PlannedKind> = options
+            .kinds
+            .iter()
+            .map(|k| {
+                let planned = PlannedKind {
+                    action: self.policies.action(*k),
+                    count: counts.drift.of(*k),
+                };
+                (*k, planned)
+            })
+            .collect();
+        let all_deletes: i64 = kinds
+            .values()
+            .filter(|p| p.action == Action::Delete)
+            .map(|p| p.count)
+            .sum();
+        let deletes = match options.limit {
+            Some(limit) => all_deletes.min(i64::try_from(limit).unwrap_or(i64::MAX)),
+            None => all_deletes,
+        };
+        let max_deletes = self.policies.max_deletes(counts.target_total);
+        let rekeys = match kinds.get(&DriftKind::Mismatched) {
+            Some(p) if p.action == Action::Rekey && p.count > 0 => self.rekey_plan().await?,
+            _ => Vec::new(),
+        };
+        Ok(Plan {
+            source_total: counts.source_total,
+            target_total: counts.target_total,
+            kinds,
+            deletes,
+            max_deletes,
+            needs_override: deletes > max_deletes && !options.allow_mass_delete,
+            rekeys,
+        })
+    }
+
+    async fn rekey_plan(&self) -> Result<Vec<RekeyPlan>, RunError> {
+        let references = rekey::references(&self.db, &self.bound).await?;
+        let pairs = repair::pairs(&self.db, &self.bound, KeyRange::ALL).await?;
+        let mut plans = Vec::new();
+        for pair in pairs.into_iter().take(PLANNED_REKEYS) {
+            let (moved, refused) = match &references {
+                Err(reason) => (Vec::new(), Some(reason.clone())),
+                Ok(refs) => {
+                    let mut moved = Vec::with_capacity(refs.len());
+                    for r in refs {
+                        moved.push(MovedReference {
+                            constraint: r.constraint.clone(),
+                            table: r.table_name(),
+                            column: r.column.clone(),
+                            rows: rekey::count_references(&self.db, r, pair.target_id).await?,
+                        });
+                    }
+                    (moved, ambiguity(&pair))
+                }
+            };
+            plans.push(RekeyPlan {
+                source_id: pair.source_id,
+                target_id: pair.target_id,
+                references: moved,
+                refused,
+            });
+        }
+        Ok(plans)
+    }
+
+    fn wants(&self, options: &RunOptions, kind: DriftKind, action: Action) -> bool {
+        options.kinds.contains(&kind) && self.policies.action(kind) == action
+    }
+
+    /// Walks the source in chunks, up to `workers` chunks at a time (one at a time when a
+    /// limit or the delete bound must be counted exactly).
+    async fn walk(
+        &self,
+        lock: &mut PgConnection,
+        run: &mut Run,
+        plan: &Plan,
+        on_progress: &(dyn Fn(&Run) + Send + Sync),
+    ) -> Result<RunState, RunError> {
+        if self.wants(&run.options, DriftKind::Orphaned, Action::Provision) && self.admin.is_none()
+        {
+            return Err(RunError::NoAdminApi);
+        }
+        let references = if self.wants(&run.options, DriftKind::Mismatched, Action::Rekey) {
+            Some(rekey::references(&self.db, &self.bound).await?)
+        } else {
+            None
+        };
+        let deletes_planned = plan.kinds.values().any(|p| p.action == Action::Delete);
+        let budget = Budget {
+            repairs: run
+                .options
+                .limit
+                .map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
+            deletes: (!run.options.allow_mass_delete && deletes_planned)
+                .then_some(plan.max_deletes),
+        };
+        let workers = if budget.repairs.is_some() || budget.deletes.is_some() {
+            1
+        } else {
+            self.workers
+        };
+        let walk = Walk {
+            reconciler: self,
+            run_id: run.id,
+            caller: run.caller.clone(),
+            options: run.options.clone(),
+            references: references.as_ref(),
+            state: Mutex::new(WalkState {
+                progress: run.progress.clone(),
+                budget,
+                done: BTreeMap::new(),
+                next_to_commit: 0,
+            }),
+        };
+        let mut in_flight = FuturesUnordered::new();
+        let mut next_first = Some(Uuid::nil());
+        let mut index = 0;
+        loop {
+            while in_flight.len() < workers {
+                let Some(first) = next_first else { break };
+                if walk.state().budget.exhausted() {
+                    next_first = None;
+                    break;
+                }
+                // The lock is only as good as its session: if that is gone, another run may
+                // start, so stop before the next chunk.
+                sqlx::query("select 1")
+                    .execute(&mut *lock)
+                    .await
+                    .map_err(|_| RunError::LostLock)?;
+                let (last, rows) =
+                    repair::chunk_end(&self.db, &self.bound, first, self.chunk_size).await?;
+                let final_chunk = rows < self.chunk_size;
+                let range = KeyRange {
+                    first,
+                    last: match last {
+                        Some(last) if !final_chunk => last,
+                        _ => Uuid::max(),
+                    },
+                };
+                next_first = if final_chunk {
+                    None
+                } else {
+                    Some(
+                        repair::successor(range.last)
+                            .expect("a chunk that is not the last ends below the largest id"),
+                    )
+                };
+                in_flight.push(walk.chunk(index, range, rows));
+                index += 1;
+            }
+            match in_flight.next().await {
+                None => break,
+                Some(result) => {
+                    result?;
+                    run.progress = walk.state().progress.clone();
+                    on_progress(run);
+                }
+            }
+        }
+        Ok(RunState::Succeeded)
+    }
+}
+
+/// One walk over the source: what its chunks share.
+struct Walk<'a> {
+    reconciler: &'a Reconciler,
+    run_id: Uuid,
+    caller: String,
+    options: RunOptions,
+    references: Option<&'a Result<Vec<Reference>, String>>,
+    /// Never held across an await: the chunks run as futures of one task.
+    state: Mutex<WalkState>,
+}
+
+/// The run's progress and budget, and which chunks have committed (for the cursor).
+struct WalkState {
+    progress: Progress,
+    budget: Budget,
+    /// Committed chunks past `next_to_commit`, by index, with their last id.
+    done: BTreeMap<u64, Uuid>,
+    /// The first chunk not yet committed: the cursor is the end of the one before it.
+    next_to_commit: u64,
+}
+
+impl WalkState {
+    fn committed(&mut self, index: u64, last: Uuid) {
+        self.done.insert(index, last);
+        while let Some(last) = self.done.remove(&self.next_to_commit) {
+            self.progress.cursor = Some(last);
+            self.next_to_commit += 1;
+        }
+    }
+}
+
+impl Walk<'_> {
+    fn context(&self) -> RunContext<'_> {
+        RunContext {
+            run_id: self.run_id,
+            caller: &self.caller,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WalkState> {
+        self.state
+            .lock()
+            .expect("no chunk panics while holding the walk state")
+    }
+
+    /// The budget left for a statement.
+    fn limit(&self, deleting: bool) -> Option<i64> {
+        self.state().budget.limit(deleting)
+    }
+
+    /// One chunk: provisioning first (HTTP calls cannot join a transaction), then one
+    /// transaction with the re-keys, the set-based repairs and the run's progress.
+    async fn chunk(&self, index: u64, range: KeyRange, rows: i64) -> Result<(), RunError> {
+        let r = self.reconciler;
+        if r.wants(&self.options, DriftKind::Orphaned, Action::Provision) {
+            self.provision(range).await?;
+        }
+        let mut done = Progress::default();
+        let mut tx = r.db.begin().await?;
+        if let Some(references) = self.references {
+            self.rekeys(&mut tx, range, references, &mut done).await?;
+        }
+        for repair in [
+            SetRepair::CreateMissing,
+            SetRepair::UpdateStale,
+            SetRepair::DeleteDeleted,
+            SetRepair::DeleteOrphaned,
+        ] {
+            let kind = repair.kind();
+            let expected = match repair {
+                SetRepair::CreateMissing => Action::Create,
+                SetRepair::UpdateStale => Action::Update,
+                SetRepair::DeleteDeleted | SetRepair::DeleteOrphaned => Action::Delete,
+            };
+            if !r.wants(&self.options, kind, expected) {
+                continue;
+            }
+            let deleting = expected == Action::Delete;
+            let limit = self.limit(deleting);
+            if limit.is_some_and(|l| l <= 0) {
+                continue;
+            }
+            let repaired =
+                repair::apply(&mut *tx, &r.bound, repair, range, self.context(), limit).await?;
+            self.state().budget.spend(repaired, deleting);
+            done.repaired(kind, repaired as u64);
+        }
+        // Progress commits with the chunk's repairs. Locking the run's row first makes
+        // concurrent chunks take turns from here to their commit, so that each writes a total
+        // that includes every chunk committed before it.
+        runs::lock(&mut *tx, self.run_id).await?;
+        let progress = {
+            let mut state = self.state();
+            state.progress.merge(done);
+            state.progress.chunks += 1;
+            state.progress.walked += rows as u64;
+            state.committed(index, range.last);
+            state.progress.clone()
+        };
+        runs::set_progress(&mut *tx, self.run_id, &progress).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Re-keys the mismatched pairs whose source id is in the range, each under a savepoint so
+    /// that one refused pair does not undo the chunk.
+    async fn rekeys(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        range: KeyRange,
+        references: &Result<Vec<Reference>, String>,
+        done: &mut Progress,
+    ) -> Result<(), RunError> {
+        let bound = &self.reconciler.bound;
+        let pairs = repair::pairs(&mut **tx, bound, range).await?;
+        let mut failed_source = None;
+        for pair in pairs {
+            if self.state().budget.exhausted() {
+                break;
+            }
+            let refused = match references {
+                Err(reason) => Some(reason.clone()),
+                Ok(_) => ambiguity(&pair),
+            };
+            if let Some(reason) = refused {
+                // An ambiguous source is listed once per candidate; report it once.
+                if failed_source != Some(pair.source_id) {
+                    done.failed(DriftKind::Mismatched, pair.source_id, reason);
+                    failed_source = Some(pair.source_id);
+                }
+                continue;
+            }
+            let references = references.as_ref().expect("checked above");
+            // `begin` on a connection already in a transaction is a savepoint.
+            let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+            let moved = rekey::rekey(
+                &mut *savepoint,
+                bound,
+                references,
+                pair.source_id,
+                pair.target_id,
+                self.context(),
+            )
+            .await;
+            match moved {
+                Ok(moved) => {
+                    savepoint.commit().await?;
+                    if moved {
+                        done.repaired(DriftKind::Mismatched, 1);
+                        self.state().budget.spend(1, false);
+                    }
+                }
+                Err(sqlx::Error::Database(e)) => {
+                    savepoint.rollback().await?;
+                    done.failed(
+                        DriftKind::Mismatched,
+                        pair.source_id,
+                        format!("re-keying {} failed: {}", pair.target_id, e.message()),
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the auth user of each orphaned row in the range through the admin API. Each
+    /// success is recorded at once: the call cannot be undone, so its event must not wait for
+    /// the chunk's transaction.
+    async fn provision(&self, range: KeyRange) -> Result<(), RunError> {
+        let r = self.reconciler;
+        let admin = r.admin.as_ref().ok_or(RunError::NoAdminApi)?;
+        let limit = self.limit(false);
+        let orphans = repair::orphans(&r.db, &r.bound, range, limit).await?;
+        for orphan in orphans {
+            let created = match auth_user_for(&r.bound.mapping, orphan.id, &orphan.row) {
+                Err(reason) => Err(reason),
+                Ok(user) => admin.create_user(&user).await.map_err(|e| e.to_string()),
+            };
+            match created {
+                Ok(()) => {
+                    repair::record_event(
+                        &r.db,
+                        self.context(),
+                        orphan.id,
+                        DriftKind::Orphaned,
+                        "provisioned",
+                        Some(&orphan.row),
+                        None,
+                    )
+                    .await?;
+                    let mut state = self.state();
+                    state.progress.repaired(DriftKind::Orphaned, 1);
+                    state.budget.spend(1, false);
+                }
+                Err(reason) => self
+                    .state()
+                    .progress
+                    .failed(DriftKind::Orphaned, orphan.id, reason),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a pair cannot be re-keyed without guessing: its email matches more than one profile, or
+/// more than one user.
+fn ambiguity(pair: &PairRow) -> Option<String> {
+    if pair.targets > 1 {
+        return Some(format!(
+            "ambiguous: {} profiles without an auth user hold this email",
+            pair.targets
+        ));
+    }
+    if pair.sources > 1 {
+        return Some(format!(
+            "ambiguous: {} auth users without a profile hold the email of profile {}",
+            pair.sources, pair.target_id
+        ));
+    }
+    None
+}
