@@ -74,13 +74,18 @@ function ago(iso) {
 
 const number = (n) => Number(n).toLocaleString("en");
 
+// Charts are drawn at their on-screen width, so that their text stays readable on a phone.
+function chartWidth(svg) {
+  return Math.max(280, Math.round(svg.parentElement.clientWidth) || 640);
+}
+
 // ---- drift by kind: a labelled horizontal bar chart --------------------------------------
 
 function drawDrift(drift) {
   const svg = $("#drift-chart");
   svg.replaceChildren();
   const rowHeight = 34;
-  const width = 640;
+  const width = chartWidth(svg);
   const labelWidth = 110;
   const max = Math.max(1, ...KINDS.map((k) => drift[k] || 0));
   svg.setAttribute("viewBox", `0 0 ${width} ${KINDS.length * rowHeight + 8}`);
@@ -114,7 +119,7 @@ function drawHistory(runs) {
     .filter((r) => r.plan)
     .map((r) => ({ at: new Date(r.started_at).getTime(), plan: r.plan }))
     .sort((a, b) => a.at - b.at);
-  const width = 640;
+  const width = chartWidth(svg);
   const height = 200;
   const pad = { left: 48, right: 12, top: 10, bottom: 28 };
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -144,7 +149,8 @@ function drawHistory(runs) {
     for (const p of points) {
       svg.append(el("svg:circle", { cx: x(p.at), cy: y(value(p, kind)), r: 3, fill: COLORS[kind] }));
     }
-    legend.append(el("span", {}, [el("span", { class: "swatch", style: `background:${COLORS[kind]}` }), kind]));
+    // A class, not a style attribute: the page's CSP allows no inline styles.
+    legend.append(el("span", {}, [el("span", { class: `swatch swatch-${kind}` }), kind]));
   }
 }
 
@@ -209,6 +215,13 @@ function drawDeadLetters(letters) {
 }
 
 let pollTimer = null;
+let lastDrawn = null;
+
+window.addEventListener("resize", () => {
+  if (!lastDrawn) return;
+  drawDrift(lastDrawn.drift);
+  drawHistory(lastDrawn.runs);
+});
 
 async function refresh() {
   const [status, runList, dead] = await Promise.all([
@@ -226,6 +239,7 @@ async function refresh() {
   drawHistory(runs);
   drawRuns(runs);
   drawDeadLetters(dead.dead_letters);
+  lastDrawn = { drift: status.drift, runs };
   document.body.dataset.loaded = "true";
   const active = runs.some((r) => r.state === "planning" || r.state === "running");
   clearTimeout(pollTimer);

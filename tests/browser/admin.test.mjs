@@ -112,8 +112,12 @@ test("a dry run from the page plans and writes nothing", async () => {
   assert.equal(await row.getAttribute("data-state"), "succeeded");
   assert.match(await row.textContent(), /dry run/);
   assert.match(await row.textContent(), new RegExp(`missing: ${before.drift.missing}`));
-  // The run is a point of the drift-over-time chart.
+  // The run is a point of the drift-over-time chart, with a coloured legend entry per kind.
   assert.equal(await page.locator("#history-chart polyline").count(), KINDS.length);
+  const swatches = await page.$$eval("#history-caption .swatch", (els) =>
+    els.map((e) => getComputedStyle(e).backgroundColor),
+  );
+  assert.equal(new Set(swatches).size, KINDS.length, `legend colours: ${swatches}`);
 });
 
 test("apply shows the plan's counts first, then repairs", async () => {
