@@ -301,3 +301,125 @@ async fn sigterm_lets_in_flight_requests_finish() {
         .unwrap();
     assert_eq!(email, "term2@example.com");
 }
+
+/// Seeds `n` auth users with no profile (all `missing`), the way a backfill finds them.
+async fn seed_missing(db: &TestDb, n: i32) {
+    sqlx::query(
+        "insert into auth.users (instance_id, id, aud, role, email, raw_app_meta_data,
+             raw_user_meta_data, confirmation_token, recovery_token, email_change_token_new,
+             email_change, created_at, updated_at)
+         select '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated',
+                'authenticated', 'bulk' || i || '@example.com', '{\"provider\":\"email\"}', '{}',
+                '', '', '', '', now(), now()
+           from generate_series(1, $1) i",
+    )
+    .bind(n)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+async fn run_state(client: &reqwest::Client, address: &str, id: &str) -> Value {
+    client
+        .get(format!("{address}/v1/reconciliations/{id}"))
+        .header("apikey", SERVICE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sigkill_in_the_middle_of_a_reconciliation_is_finished_by_the_next_run_nothing_twice() {
+    const USERS: i32 = 30_000;
+    let db = TestDb::new().await;
+    seed_missing(&db, USERS).await;
+    let env = [("USERSYNC_RECONCILE_CHUNK_SIZE", "200")];
+    let client = reqwest::Client::new();
+
+    let first = ServeProcess::start(&db.url(), &env).await;
+    let started: Value = client
+        .post(format!("{}/v1/reconciliations", first.address))
+        .header("apikey", SERVICE_KEY)
+        .json(&serde_json::json!({"dry_run": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let killed_id = started["id"].as_str().unwrap().to_owned();
+    // Kill it as soon as some chunks are committed, while most of the work is still ahead.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: i64 = sqlx::query_scalar("select count(*) from public.users")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if done > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never started repairing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    let (status, _) = first.wait();
+    assert!(!status.success(), "the process was killed");
+    let repaired_before: i64 = sqlx::query_scalar("select count(*) from public.users")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        repaired_before > 0 && repaired_before < i64::from(USERS),
+        "the kill did not land mid-run ({repaired_before} of {USERS} repaired)"
+    );
+
+    // A new process: the killed run is abandoned, and the next run completes the job.
+    let second = ServeProcess::start(&db.url(), &env).await;
+    let next: Value = client
+        .post(format!("{}/v1/reconciliations", second.address))
+        .header("apikey", SERVICE_KEY)
+        .json(&serde_json::json!({"dry_run": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next_id = next["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let finished = loop {
+        let run = run_state(&client, &second.address, &next_id).await;
+        if !matches!(run["state"].as_str(), Some("planning" | "running")) {
+            break run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second run did not finish: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(finished["resumed_from"], killed_id.as_str());
+    let killed = run_state(&client, &second.address, &killed_id).await;
+    assert_eq!(killed["state"], "abandoned", "{killed}");
+
+    // Everyone has exactly one profile and exactly one `created` event: nothing done twice.
+    let (profiles, events, users_with_two): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from public.users),
+                (select count(*) from usersync.events where action = 'created'),
+                (select count(*) from (select user_id from usersync.events
+                   group by user_id having count(*) > 1) twice)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(profiles, i64::from(USERS));
+    assert_eq!(events, i64::from(USERS));
+    assert_eq!(users_with_two, 0);
+}
