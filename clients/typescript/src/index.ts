@@ -12,6 +12,8 @@ export type SyncOutcome = components["schemas"]["SyncOutcome"];
 export type Status = components["schemas"]["Status"];
 export type UserDrift = components["schemas"]["UserDrift"];
 export type Problem = components["schemas"]["Problem"];
+export type Run = components["schemas"]["Run"];
+export type StartRun = components["schemas"]["StartRun"];
 
 /** An API error, carrying the problem+json body; branch on `code`, not on the message. */
 export class UsersyncError extends Error {
@@ -98,6 +100,27 @@ export function createUsersync(options: UsersyncOptions) {
     /** Drift counts per kind, totals, dead letters and the last run (service only). */
     async status(): Promise<Status> {
       return unwrap(await client.GET("/v1/status", { headers: serviceHeaders() }));
+    },
+
+    /**
+     * Starts a reconciliation run (service only) and, unless `wait` is false, polls it until it
+     * stops. A dry run plans and writes nothing. While another run is in progress this throws a
+     * `UsersyncError` with code `run_in_progress`.
+     */
+    async reconcile(options: StartRun, wait = true): Promise<Run> {
+      let run = unwrap(
+        await client.POST("/v1/reconciliations", { headers: serviceHeaders(), body: options }),
+      );
+      while (wait && (run.state === "planning" || run.state === "running")) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        run = unwrap(
+          await client.GET("/v1/reconciliations/{id}", {
+            params: { path: { id: run.id } },
+            headers: serviceHeaders(),
+          }),
+        );
+      }
+      return run;
     },
   };
 }

@@ -89,3 +89,17 @@ test("status needs the secret key and reports the demo drift", async () => {
   assert.equal(status.drift.orphaned, 1);
   assert.ok(status.drift.missing >= 3);
 });
+
+test("reconcile plans with a dry run, then repairs the missing users", async () => {
+  const admin = createUsersync({ baseUrl: banner.USERSYNC_URL, secretKey: banner.SECRET_KEY });
+  const before = await admin.status();
+  const plan = await admin.reconcile({ dry_run: true, kinds: ["missing"] });
+  assert.equal(plan.state, "succeeded");
+  assert.equal(plan.plan?.kinds.missing?.count, before.drift.missing);
+  assert.equal((await admin.status()).target_total, before.target_total);
+  const applied = await admin.reconcile({ dry_run: false, kinds: ["missing"] });
+  assert.equal(applied.state, "succeeded");
+  const after = await admin.status();
+  assert.equal(after.drift.missing, 0);
+  assert.equal(after.target_total, before.target_total + before.drift.missing);
+});
