@@ -28,6 +28,10 @@ pub struct RenderedSql {
     pub status: String,
     /// One page of the drifted rows of a kind: `$1` lowest id (inclusive), `$2` page size.
     pub drift_page: BTreeMap<DriftKind, String>,
+    /// The count of one kind alone: cheaper than `status` when a run plans only some kinds.
+    pub count: BTreeMap<DriftKind, String>,
+    /// `(source_total, target_total)`.
+    pub totals: String,
     /// The repairs a run applies to one key range; see `RepairSql`.
     pub repair: RepairSql,
 }
@@ -236,22 +240,45 @@ impl<'a> Renderer<'a> {
     /// is "no stray row holds its email unless it is SSO", written as one top-level
     /// `not exists` so that the planner makes it an anti-join.
     pub fn missing(&self, s: &str) -> String {
-        self.missing_given(s, &self.no_target_row(s))
+        format!(
+            "({} and {} and {})",
+            self.live(s),
+            self.no_target_row(s),
+            self.no_stray_namesake(s)
+        )
     }
 
-    /// `missing`, with the "no target row" test given by the caller. A batch insert passes
-    /// `true` when it has no row limit: its `on conflict do nothing` makes that test row by row
-    /// through the primary key as it inserts, where a `not exists` would make the planner hash
-    /// the whole target table once per chunk.
-    fn missing_given(&self, s: &str, no_target_row: &str) -> String {
+    /// No stray target row holds the email of source row `s` (unless `s` is SSO): given live
+    /// and no target row, "not mismatched". One top-level `not exists`, which the planner
+    /// makes an anti-join: the right shape for whole-table statements.
+    fn no_stray_namesake(&self, s: &str) -> String {
         format!(
-            "({} and {no_target_row} and not exists (select 1 from {} m where {} and {} \
-             and not {s}.is_sso_user))",
-            self.live(s),
+            "not exists (select 1 from {} m where {} and {} and not {s}.is_sso_user)",
             self.table,
             self.stray("m"),
             self.same_person(s, "m")
         )
+    }
+
+    /// `no_stray_namesake` for a chunk of source rows. As an anti-join (or a hashed subplan)
+    /// the planner finds every stray row of the whole target once per chunk, so a run would
+    /// cost chunks x table size. Inside a `case`, and correlated beyond the email equality
+    /// (`m.key <> s.id` always holds for a stray row, which no source row has), it stays a
+    /// per-row probe of the `lower(email)` index, when the target has one.
+    fn no_stray_namesake_per_row(&self, s: &str) -> String {
+        match self.mapping.email_column() {
+            Some(email) if self.shape.lower_indexed.iter().any(|c| c == email.as_str()) => {
+                format!(
+                    "case when {s}.is_sso_user or {s}.email is null then true \
+                     else not exists (select 1 from {} m where {} and m.{} <> {s}.id and {}) end",
+                    self.table,
+                    self.same_person(s, "m"),
+                    self.key,
+                    self.stray("m")
+                )
+            }
+            _ => self.no_stray_namesake(s),
+        }
     }
 
     /// Source `s` and target `t` share the id and an `always` column differs.
@@ -472,6 +499,35 @@ select count(s.id) as source_total,
         )
     }
 
+    /// How many rows of one kind there are, with the correlated predicates (each a join the
+    /// planner can hash).
+    fn count(&self, kind: DriftKind) -> String {
+        let (table, key) = (&self.table, &self.key);
+        match kind {
+            DriftKind::Missing => format!(
+                "select count(*) from auth.users s where {}",
+                self.missing("s")
+            ),
+            DriftKind::Stale => format!(
+                "select count(*) from auth.users s join {table} t on t.{key} = s.id where {}",
+                self.stale("s", "t")
+            ),
+            DriftKind::Mismatched => format!(
+                "select count(*) from auth.users s where {}",
+                self.mismatched_source("s")
+            ),
+            DriftKind::Orphaned => {
+                format!(
+                    "select count(*) from {table} t where {}",
+                    self.orphaned("t")
+                )
+            }
+            DriftKind::Deleted => {
+                format!("select count(*) from {table} t where {}", self.deleted("t"))
+            }
+        }
+    }
+
     /// One page of a kind, keyset-paginated by id. Every row says its id and email; stale rows
     /// name the columns that differ, mismatched rows the target ids holding their email.
     fn drift_page(&self, kind: DriftKind) -> String {
@@ -564,9 +620,15 @@ audit as (
     {audit}
 )
 select count(*) from ins",
-            missing = self.missing_given(
-                "s",
-                &format!("($5::bigint is null or {})", self.no_target_row("s"))
+            // `missing`, with two changes for speed. The "no target row" test is left to
+            // `on conflict do nothing`, which makes it through the primary key as it inserts
+            // (a `not exists` would hash the whole target per chunk); only a run with a row
+            // limit needs it up front, so that the limit counts rows really inserted.
+            missing = format!(
+                "({} and ($5::bigint is null or {}) and {})",
+                self.live("s"),
+                self.no_target_row("s"),
+                self.no_stray_namesake_per_row("s")
             ),
             after = self.mapped_json("t"),
             audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
@@ -699,6 +761,15 @@ moved as (
                 .iter()
                 .map(|k| (*k, self.drift_page(*k)))
                 .collect(),
+            count: DriftKind::ALL
+                .iter()
+                .map(|k| (*k, self.count(*k)))
+                .collect(),
+            totals: format!(
+                "select (select count(*) from auth.users) as source_total,
+       (select count(*) from {}) as target_total",
+                self.table
+            ),
             repair: self.repair(),
         }
     }
@@ -728,39 +799,5 @@ mod tests {
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{expr}");
         assert!(expr.contains("nullif("));
-    }
-}
-#[cfg(test)]
-mod tmp_print {
-    use super::*;
-    use crate::repo::catalog::{ColumnInfo, TargetShape};
-    #[test]
-    fn print_sql() {
-        let m = Mapping::default_mapping();
-        let mut shape = TargetShape::default();
-        for (n, t) in [
-            ("email", "text"),
-            ("full_name", "text"),
-            ("avatar_url", "text"),
-            ("role", "text"),
-            ("created_at", "timestamp with time zone"),
-            ("updated_at", "timestamp with time zone"),
-            ("id", "uuid"),
-        ] {
-            shape.columns.insert(
-                n.into(),
-                ColumnInfo {
-                    sql_type: t.into(),
-                    not_null: false,
-                    has_default: false,
-                    writable: true,
-                },
-            );
-        }
-        let r = Renderer::new(&m, &shape).render();
-        std::fs::write("/tmp/create_missing.sql", &r.repair.create_missing).unwrap();
-        std::fs::write("/tmp/status.sql", &r.status).unwrap();
-        std::fs::write("/tmp/update_stale.sql", &r.repair.update_stale).unwrap();
-        std::fs::write("/tmp/chunk_end.sql", &r.repair.chunk_end).unwrap();
     }
 }

@@ -2,6 +2,7 @@
 
 use sqlx::PgExecutor;
 
+use crate::sync::drift::DriftKind;
 use crate::sync::target::BoundMapping;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -19,4 +20,20 @@ pub struct CountsRow {
 #[tracing::instrument(skip_all)]
 pub async fn counts(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<CountsRow> {
     sqlx::query_as(&bound.sql.status).fetch_one(db).await
+}
+
+/// The number of rows of one kind.
+pub async fn count(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    kind: DriftKind,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(&bound.sql.count[&kind])
+        .fetch_one(db)
+        .await
+}
+
+/// `(source_total, target_total)`.
+pub async fn totals(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(&bound.sql.totals).fetch_one(db).await
 }

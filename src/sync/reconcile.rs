@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::repo::rekey::{self, Reference};
 use crate::repo::repair::{self, KeyRange, PairRow, RunContext, SetRepair};
 use crate::repo::runs;
+use crate::repo::status as status_repo;
 use crate::supabase::AdminApi;
 use crate::sync::drift::DriftKind;
 use crate::sync::policy::{Action, Policies};
@@ -238,16 +239,29 @@ impl Reconciler {
         self.walk(lock, run, &plan, on_progress).await
     }
 
-    /// Counts every requested kind (one statement) and, for re-keys, lists the moves.
+    /// Counts every requested kind and, for re-keys, lists the moves. All five kinds are one
+    /// statement (one pass over both tables); a few kinds are cheaper counted one by one.
     async fn plan(&self, options: &RunOptions) -> Result<Plan, RunError> {
-        let counts = status::counts(&self.db, &self.bound).await?;
+        let (source_total, target_total, counts) = if options.kinds.len() == DriftKind::ALL.len() {
+            let c = status::counts(&self.db, &self.bound).await?;
+            let counts: Vec<i64> = options.kinds.iter().map(|k| c.drift.of(*k)).collect();
+            (c.source_total, c.target_total, counts)
+        } else {
+            let (source_total, target_total) = status_repo::totals(&self.db, &self.bound).await?;
+            let mut counts = Vec::with_capacity(options.kinds.len());
+            for kind in &options.kinds {
+                counts.push(status_repo::count(&self.db, &self.bound, *kind).await?);
+            }
+            (source_total, target_total, counts)
+        };
         let kinds: BTreeMap<DriftKind, PlannedKind> = options
             .kinds
             .iter()
-            .map(|k| {
+            .zip(counts)
+            .map(|(k, count)| {
                 let planned = PlannedKind {
                     action: self.policies.action(*k),
-                    count: counts.drift.of(*k),
+                    count,
                 };
                 (*k, planned)
             })
@@ -261,14 +275,14 @@ impl Reconciler {
             Some(limit) => all_deletes.min(i64::try_from(limit).unwrap_or(i64::MAX)),
             None => all_deletes,
         };
-        let max_deletes = self.policies.max_deletes(counts.target_total);
+        let max_deletes = self.policies.max_deletes(target_total);
         let rekeys = match kinds.get(&DriftKind::Mismatched) {
             Some(p) if p.action == Action::Rekey && p.count > 0 => self.rekey_plan().await?,
             _ => Vec::new(),
         };
         Ok(Plan {
-            source_total: counts.source_total,
-            target_total: counts.target_total,
+            source_total,
+            target_total,
             kinds,
             deletes,
             max_deletes,
@@ -465,6 +479,7 @@ impl Walk<'_> {
         }
         let mut done = Progress::default();
         let mut tx = r.db.begin().await?;
+        repair::tune_chunk(&mut *tx).await?;
         if let Some(references) = self.references {
             self.rekeys(&mut tx, range, references, &mut done).await?;
         }
