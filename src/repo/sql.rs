@@ -606,6 +606,16 @@ select count(s.id) as source_total,
     fn repair(&self) -> RepairSql {
         let (table, key) = (&self.table, &self.key);
         let (names, values) = self.insert_columns("s");
+        // `missing`, with two changes for speed. The "no target row" test is left to
+        // `on conflict do nothing`, which makes it through the primary key as it inserts (a
+        // `not exists` would hash the whole target per chunk); only a run with a row limit
+        // needs it up front, so that the limit counts rows really inserted.
+        let missing = format!(
+            "({} and ($5::bigint is null or {}) and {})",
+            self.live("s"),
+            self.no_target_row("s"),
+            self.no_stray_namesake_per_row("s")
+        );
         let create_missing = format!(
             "with ins as (
     insert into {table} as t ({key}, {names})
@@ -620,16 +630,6 @@ audit as (
     {audit}
 )
 select count(*) from ins",
-            // `missing`, with two changes for speed. The "no target row" test is left to
-            // `on conflict do nothing`, which makes it through the primary key as it inserts
-            // (a `not exists` would hash the whole target per chunk); only a run with a row
-            // limit needs it up front, so that the limit counts rows really inserted.
-            missing = format!(
-                "({} and ($5::bigint is null or {}) and {})",
-                self.live("s"),
-                self.no_target_row("s"),
-                self.no_stray_namesake_per_row("s")
-            ),
             after = self.mapped_json("t"),
             audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
         );
