@@ -10,7 +10,7 @@
 # Usage:  scripts/bench/run.sh            (DATABASE_URL names the server; N=1000000, ROUNDS=2)
 #         N=100000 ROUNDS=3 KEEP_DB=1 scripts/bench/run.sh
 #
-# It creates (and at the end drops) the database `usersync_bench` on that server. Each side
+# It creates (and at the end drops) the database BENCH_DB (usersync_bench_reconcile) on that server. Each side
 # runs ROUNDS times, alternating, from the same starting state; the best round of each side is
 # compared (the machine is shared, so the minimum is the least noisy estimate).
 set -euo pipefail
@@ -20,7 +20,7 @@ N="${N:-1000000}"
 ROUNDS="${ROUNDS:-2}"
 SERVER_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 BASE_URL="${SERVER_URL%/*}"
-DB=usersync_bench
+DB="${BENCH_DB:-usersync_bench_reconcile}"
 BENCH_URL="$BASE_URL/$DB"
 KEY="sb_secret_bench_0123456789abcdef"
 PORT="${BENCH_PORT:-18080}"

@@ -47,8 +47,14 @@ pub struct RepairSql {
     /// The last source id of the next chunk: `$1` lowest id, `$2` chunk size; returns
     /// `(last, rows)`.
     pub chunk_end: String,
-    /// Insert the mapped row of every `missing` user.
+    /// Insert the mapped row of every `missing` user, probing the target for a stray row with
+    /// each user's email.
     pub create_missing: String,
+    /// The same, given the stray rows' emails (`$6`, lower-cased): for a run that found few of
+    /// them when it started (see `sync::reconcile`).
+    pub create_missing_known_strays: String,
+    /// The lower-cased emails of the stray target rows, at most `$1` of them.
+    pub stray_emails: String,
     /// Write the `always` columns of every `stale` row.
     pub update_stale: String,
     /// Delete every `deleted` row.
@@ -609,19 +615,16 @@ select count(s.id) as source_total,
         // `missing`, with two changes for speed. The "no target row" test is left to
         // `on conflict do nothing`, which makes it through the primary key as it inserts (a
         // `not exists` would hash the whole target per chunk); only a run with a row limit
-        // needs it up front, so that the limit counts rows really inserted.
-        let missing = format!(
-            "({} and ($5::bigint is null or {}) and {})",
-            self.live("s"),
-            self.no_target_row("s"),
-            self.no_stray_namesake_per_row("s")
-        );
-        let create_missing = format!(
-            "with ins as (
+        // needs it up front, so that the limit counts rows really inserted. And "no stray
+        // namesake" is either a per-row index probe or a check against a list of emails.
+        let create = |no_namesake: String| {
+            format!(
+                "with ins as (
     insert into {table} as t ({key}, {names})
     select s.id, {values}
       from auth.users s
-     where s.id between $1 and $2 and {missing}
+     where s.id between $1 and $2 and {live} and ($5::bigint is null or {no_row})
+       and {no_namesake}
      limit $5
     on conflict ({key}) do nothing
     returning t.{key} as id, null::jsonb as before, {after} as after
@@ -630,8 +633,15 @@ audit as (
     {audit}
 )
 select count(*) from ins",
-            after = self.mapped_json("t"),
-            audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
+                live = self.live("s"),
+                no_row = self.no_target_row("s"),
+                after = self.mapped_json("t"),
+                audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
+            )
+        };
+        let create_missing = create(self.no_stray_namesake_per_row("s"));
+        let create_missing_known_strays = create(
+            "(s.is_sso_user or s.email is null or lower(s.email) <> all($6::text[]))".into(),
         );
         let sets: Vec<String> = self
             .refreshed_columns()
@@ -688,6 +698,15 @@ select count(*) from gone",
             )
         };
         RepairSql {
+            stray_emails: format!(
+                "select array(select distinct {email} from {table} m where {stray} limit $1)",
+                email = match self.mapping.email_column() {
+                    Some(e) => format!("lower(m.{})", e.quoted()),
+                    None => "null::text".into(),
+                },
+                stray = self.stray("m"),
+            ),
+            create_missing_known_strays,
             // uuid has no max(): the chunk is materialised once and read twice.
             chunk_end: "with chunk as (
     select id from auth.users where id >= $1 order by id limit $2

@@ -31,6 +31,15 @@ use crate::sync::target::BoundMapping;
 /// How many re-keys a plan lists in full.
 const PLANNED_REKEYS: usize = 100;
 
+/// Up to this many stray target rows (rows no auth user has, holding an email), a run reads
+/// their emails once when it starts and its inserts check each user against that list; with
+/// more, each insert probes the target's `lower(email)` index per user. The list spares a
+/// backfill a probe per row, and above all the plan Postgres makes for such probes while the
+/// target is still (nearly) empty: it may then scan the rows the statement itself is
+/// inserting, once per row. The price: a stray row the app writes while the run is going is
+/// not seen by that run (the user gets a profile; the stray row then shows as orphaned).
+const KNOWN_STRAYS_MAX: i64 = 100;
+
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -343,6 +352,11 @@ impl Reconciler {
         } else {
             None
         };
+        let strays = if self.wants(&run.options, DriftKind::Missing, Action::Create) {
+            repair::stray_emails(&self.db, &self.bound, KNOWN_STRAYS_MAX).await?
+        } else {
+            None
+        };
         let deletes_planned = plan.kinds.values().any(|p| p.action == Action::Delete);
         let budget = Budget {
             repairs: run
@@ -363,6 +377,7 @@ impl Reconciler {
             caller: run.caller.clone(),
             options: run.options.clone(),
             references: references.as_ref(),
+            strays: strays.as_deref(),
             state: Mutex::new(WalkState {
                 progress: run.progress.clone(),
                 budget,
@@ -427,6 +442,8 @@ struct Walk<'a> {
     caller: String,
     options: RunOptions,
     references: Option<&'a Result<Vec<Reference>, String>>,
+    /// The stray rows' emails, when there are few (see `KNOWN_STRAYS_MAX`).
+    strays: Option<&'a [String]>,
     /// Never held across an await: the chunks run as futures of one task.
     state: Mutex<WalkState>,
 }
@@ -503,8 +520,16 @@ impl Walk<'_> {
             if limit.is_some_and(|l| l <= 0) {
                 continue;
             }
-            let repaired =
-                repair::apply(&mut *tx, &r.bound, repair, range, self.context(), limit).await?;
+            let repaired = repair::apply(
+                &mut *tx,
+                &r.bound,
+                repair,
+                range,
+                self.context(),
+                limit,
+                self.strays,
+            )
+            .await?;
             self.state().budget.spend(repaired, deleting);
             done.repaired(kind, repaired as u64);
         }
