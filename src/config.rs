@@ -360,7 +360,7 @@ pub enum MetricsAccess {
 
 /// Source rows per reconciliation chunk: large enough that per-statement costs vanish, small
 /// enough that one chunk's transaction stays short.
-pub const DEFAULT_CHUNK_SIZE: u32 = 50_000;
+pub const DEFAULT_CHUNK_SIZE: u32 = 100_000;
 
 /// Chunks in flight at once: the apply path is Postgres work, and two statements use two of the
 /// server's cores while leaving the rest to the application.

@@ -8,9 +8,9 @@
 #   2. GET /v1/status over N users vs the bare anti-join counts in psql.
 #
 # Usage:  scripts/bench/run.sh            (DATABASE_URL names the server; N=1000000, ROUNDS=2)
-#         N=100000 ROUNDS=3 scripts/bench/run.sh
+#         N=100000 ROUNDS=3 KEEP_DB=1 scripts/bench/run.sh
 #
-# It creates (and at the end drops) the database `usersync_bench` on that server. Each side
+# It creates (and at the end drops) the database BENCH_DB (usersync_bench_reconcile) on that server. Each side
 # runs ROUNDS times, alternating, from the same starting state; the best round of each side is
 # compared (the machine is shared, so the minimum is the least noisy estimate).
 set -euo pipefail
@@ -20,7 +20,7 @@ N="${N:-1000000}"
 ROUNDS="${ROUNDS:-2}"
 SERVER_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 BASE_URL="${SERVER_URL%/*}"
-DB=usersync_bench
+DB="${BENCH_DB:-usersync_bench_reconcile}"
 BENCH_URL="$BASE_URL/$DB"
 KEY="sb_secret_bench_0123456789abcdef"
 PORT="${BENCH_PORT:-18080}"
@@ -79,7 +79,7 @@ reset_target() {
 
 start_service() {
   DATABASE_URL="$BENCH_URL" USERSYNC_SERVICE_KEYS="$KEY" USERSYNC_LISTEN="127.0.0.1:$PORT" \
-    USERSYNC_LOG_FORMAT=json RUST_LOG=warn "$BIN" serve &
+    USERSYNC_LOG_FORMAT=json RUST_LOG="usersync=warn,sqlx=error" "$BIN" serve &
   SERVICE_PID=$!
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0
@@ -93,7 +93,12 @@ stop_service() {
   kill "$SERVICE_PID" 2>/dev/null || true
   wait "$SERVICE_PID" 2>/dev/null || true
 }
-trap 'stop_service; psql_admin -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true' EXIT
+cleanup() {
+  stop_service
+  # KEEP_DB=1 leaves the database for a closer look (EXPLAIN ANALYZE, say).
+  [ -n "${KEEP_DB:-}" ] || psql_admin -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 # One reconciliation through the API; prints its duration in ms (the run's own timestamps).
 service_reconcile() {

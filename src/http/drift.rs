@@ -6,15 +6,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{Json, Query};
+use super::extract::{page_limit, Json, Query};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 use crate::sync::drift::{self, DriftKind, DriftPage};
 
 /// The largest page.
-const MAX_LIMIT: u32 = 1000;
-const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: i64 = 1000;
+const DEFAULT_LIMIT: i64 = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_drift))
@@ -29,7 +29,7 @@ pub struct DriftQuery {
     /// The last id of the previous page (its `next`).
     after: Option<Uuid>,
     /// Rows per page, 1 to 1000 (default 100).
-    limit: Option<u32>,
+    limit: Option<i64>,
 }
 
 /// The drifted rows of one kind, in id order, a page at a time.
@@ -52,13 +52,7 @@ async fn list_drift(
     Query(query): Query<DriftQuery>,
 ) -> Result<Json<DriftPage>, ApiError> {
     caller.require_service()?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = page_limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let page = drift::page(&state.db, &state.mapping, query.kind, query.after, limit).await?;
     Ok(Json(page))
 }

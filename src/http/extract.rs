@@ -67,3 +67,15 @@ impl From<QueryRejection> for ApiError {
         ApiError::bad_request("invalid_query", rejection.body_text())
     }
 }
+
+/// A `limit` query parameter: `default` when absent, 400 `invalid_query` outside `1..=max`.
+pub fn page_limit(raw: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = raw.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    Ok(limit)
+}

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{Json, Path, Query};
+use super::extract::{page_limit, Json, Path, Query};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
@@ -165,13 +165,7 @@ async fn list_runs(
     Query(query): Query<RecentQuery>,
 ) -> Result<Json<RunList>, ApiError> {
     caller.require_service()?;
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=MAX_RECENT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_RECENT}"),
-        ));
-    }
+    let limit = page_limit(query.limit, 20, MAX_RECENT)?;
     Ok(Json(RunList {
         runs: state.reconciler.recent(limit).await?,
     }))

@@ -24,6 +24,8 @@ pub struct TargetShape {
     /// Unique indexes (and constraints) on the target other than its primary key, so that a
     /// unique violation can be reported as the conflict it is.
     pub unique_indexes: Vec<UniqueIndex>,
+    /// Columns with an index on `lower(column)`: a case-insensitive email lookup can probe it.
+    pub lower_indexed: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,11 +87,27 @@ pub async fn target_shape(
     .bind(target.table.as_str())
     .fetch_all(db)
     .await?;
+    let lower_indexed: Vec<String> = sqlx::query_scalar(
+        "select distinct a.attname::text
+           from pg_index i
+           join pg_class c on c.oid = i.indrelid
+           join pg_namespace n on n.oid = c.relnamespace
+           join pg_attribute a on a.attrelid = i.indrelid and a.attnum > 0
+          where n.nspname = $1 and c.relname = $2 and i.indnatts = 1 and i.indpred is null
+            and pg_get_expr(i.indexprs, i.indrelid) in (
+                'lower(' || quote_ident(a.attname) || ')',
+                'lower((' || quote_ident(a.attname) || ')::text)')",
+    )
+    .bind(target.schema.as_str())
+    .bind(target.table.as_str())
+    .fetch_all(db)
+    .await?;
     Ok(Some(TargetShape {
         columns,
         unique_indexes: unique
             .into_iter()
             .map(|(name, columns)| UniqueIndex { name, columns })
             .collect(),
+        lower_indexed,
     }))
 }

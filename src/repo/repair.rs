@@ -44,6 +44,29 @@ pub async fn chunk_end(
         .await
 }
 
+/// Memory for the rest of a chunk's transaction: each write holds the chunk's changed rows and
+/// their audit images between its CTEs (tens of megabytes at the default chunk size), which the
+/// server's default `work_mem` would send through temporary files.
+pub async fn tune_chunk(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query("select set_config('work_mem', '64MB', true)")
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+/// The lower-cased emails of the target rows no source row has, if there are at most `most`.
+pub async fn stray_emails(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    most: i64,
+) -> sqlx::Result<Option<Vec<String>>> {
+    let emails: Vec<String> = sqlx::query_scalar(&bound.sql.repair.stray_emails)
+        .bind(most + 1)
+        .fetch_one(db)
+        .await?;
+    Ok((emails.len() as i64 <= most).then_some(emails))
+}
+
 /// Who and what a run's writes are recorded under.
 #[derive(Debug, Clone, Copy)]
 pub struct RunContext<'a> {
@@ -72,7 +95,9 @@ impl SetRepair {
 }
 
 /// Applies `repair` to `range`, repairing at most `limit` rows (`None`: no bound), and returns
-/// how many rows it repaired.
+/// how many rows it repaired. `strays`, when known, are the emails of the stray target rows
+/// (see `stray_emails`), which spare the insert a probe per row.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
@@ -80,22 +105,26 @@ pub async fn apply(
     range: KeyRange,
     run: RunContext<'_>,
     limit: Option<i64>,
+    strays: Option<&[String]>,
 ) -> sqlx::Result<i64> {
     let sql = &bound.sql.repair;
     let statement = match repair {
+        SetRepair::CreateMissing if strays.is_some() => &sql.create_missing_known_strays,
         SetRepair::CreateMissing => &sql.create_missing,
         SetRepair::UpdateStale => &sql.update_stale,
         SetRepair::DeleteDeleted => &sql.delete_deleted,
         SetRepair::DeleteOrphaned => &sql.delete_orphaned,
     };
-    sqlx::query_scalar(statement)
+    let query = sqlx::query_scalar(statement)
         .bind(range.first)
         .bind(range.last)
         .bind(run.run_id)
         .bind(run.caller)
-        .bind(limit)
-        .fetch_one(db)
-        .await
+        .bind(limit);
+    match (repair, strays) {
+        (SetRepair::CreateMissing, Some(strays)) => query.bind(strays).fetch_one(db).await,
+        _ => query.fetch_one(db).await,
+    }
 }
 
 /// An orphaned target row and its mapped columns.

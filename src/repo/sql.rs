@@ -30,6 +30,10 @@ pub struct RenderedSql {
     pub oldest_missing: String,
     /// One page of the drifted rows of a kind: `$1` lowest id (inclusive), `$2` page size.
     pub drift_page: BTreeMap<DriftKind, String>,
+    /// The count of one kind alone: cheaper than `status` when a run plans only some kinds.
+    pub count: BTreeMap<DriftKind, String>,
+    /// `(source_total, target_total)`.
+    pub totals: String,
     /// The repairs a run applies to one key range; see `RepairSql`.
     pub repair: RepairSql,
 }
@@ -45,8 +49,14 @@ pub struct RepairSql {
     /// The last source id of the next chunk: `$1` lowest id, `$2` chunk size; returns
     /// `(last, rows)`.
     pub chunk_end: String,
-    /// Insert the mapped row of every `missing` user.
+    /// Insert the mapped row of every `missing` user, probing the target for a stray row with
+    /// each user's email.
     pub create_missing: String,
+    /// The same, given the stray rows' emails (`$6`, lower-cased): for a run that found few of
+    /// them when it started (see `sync::reconcile`).
+    pub create_missing_known_strays: String,
+    /// The lower-cased emails of the stray target rows, at most `$1` of them.
+    pub stray_emails: String,
     /// Write the `always` columns of every `stale` row.
     pub update_stale: String,
     /// Delete every `deleted` row.
@@ -238,22 +248,45 @@ impl<'a> Renderer<'a> {
     /// is "no stray row holds its email unless it is SSO", written as one top-level
     /// `not exists` so that the planner makes it an anti-join.
     pub fn missing(&self, s: &str) -> String {
-        self.missing_given(s, &self.no_target_row(s))
+        format!(
+            "({} and {} and {})",
+            self.live(s),
+            self.no_target_row(s),
+            self.no_stray_namesake(s)
+        )
     }
 
-    /// `missing`, with the "no target row" test given by the caller. A batch insert passes
-    /// `true` when it has no row limit: its `on conflict do nothing` makes that test row by row
-    /// through the primary key as it inserts, where a `not exists` would make the planner hash
-    /// the whole target table once per chunk.
-    fn missing_given(&self, s: &str, no_target_row: &str) -> String {
+    /// No stray target row holds the email of source row `s` (unless `s` is SSO): given live
+    /// and no target row, "not mismatched". One top-level `not exists`, which the planner
+    /// makes an anti-join: the right shape for whole-table statements.
+    fn no_stray_namesake(&self, s: &str) -> String {
         format!(
-            "({} and {no_target_row} and not exists (select 1 from {} m where {} and {} \
-             and not {s}.is_sso_user))",
-            self.live(s),
+            "not exists (select 1 from {} m where {} and {} and not {s}.is_sso_user)",
             self.table,
             self.stray("m"),
             self.same_person(s, "m")
         )
+    }
+
+    /// `no_stray_namesake` for a chunk of source rows. As an anti-join (or a hashed subplan)
+    /// the planner finds every stray row of the whole target once per chunk, so a run would
+    /// cost chunks x table size. Inside a `case`, and correlated beyond the email equality
+    /// (`m.key <> s.id` always holds for a stray row, which no source row has), it stays a
+    /// per-row probe of the `lower(email)` index, when the target has one.
+    fn no_stray_namesake_per_row(&self, s: &str) -> String {
+        match self.mapping.email_column() {
+            Some(email) if self.shape.lower_indexed.iter().any(|c| c == email.as_str()) => {
+                format!(
+                    "case when {s}.is_sso_user or {s}.email is null then true \
+                     else not exists (select 1 from {} m where {} and m.{} <> {s}.id and {}) end",
+                    self.table,
+                    self.same_person(s, "m"),
+                    self.key,
+                    self.stray("m")
+                )
+            }
+            _ => self.no_stray_namesake(s),
+        }
     }
 
     /// Source `s` and target `t` share the id and an `always` column differs.
@@ -474,6 +507,35 @@ select count(s.id) as source_total,
         )
     }
 
+    /// How many rows of one kind there are, with the correlated predicates (each a join the
+    /// planner can hash).
+    fn count(&self, kind: DriftKind) -> String {
+        let (table, key) = (&self.table, &self.key);
+        match kind {
+            DriftKind::Missing => format!(
+                "select count(*) from auth.users s where {}",
+                self.missing("s")
+            ),
+            DriftKind::Stale => format!(
+                "select count(*) from auth.users s join {table} t on t.{key} = s.id where {}",
+                self.stale("s", "t")
+            ),
+            DriftKind::Mismatched => format!(
+                "select count(*) from auth.users s where {}",
+                self.mismatched_source("s")
+            ),
+            DriftKind::Orphaned => {
+                format!(
+                    "select count(*) from {table} t where {}",
+                    self.orphaned("t")
+                )
+            }
+            DriftKind::Deleted => {
+                format!("select count(*) from {table} t where {}", self.deleted("t"))
+            }
+        }
+    }
+
     /// One page of a kind, keyset-paginated by id. Every row says its id and email; stale rows
     /// name the columns that differ, mismatched rows the target ids holding their email.
     fn drift_page(&self, kind: DriftKind) -> String {
@@ -552,12 +614,19 @@ select count(s.id) as source_total,
     fn repair(&self) -> RepairSql {
         let (table, key) = (&self.table, &self.key);
         let (names, values) = self.insert_columns("s");
-        let create_missing = format!(
-            "with ins as (
+        // `missing`, with two changes for speed. The "no target row" test is left to
+        // `on conflict do nothing`, which makes it through the primary key as it inserts (a
+        // `not exists` would hash the whole target per chunk); only a run with a row limit
+        // needs it up front, so that the limit counts rows really inserted. And "no stray
+        // namesake" is either a per-row index probe or a check against a list of emails.
+        let create = |no_namesake: String| {
+            format!(
+                "with ins as (
     insert into {table} as t ({key}, {names})
     select s.id, {values}
       from auth.users s
-     where s.id between $1 and $2 and {missing}
+     where s.id between $1 and $2 and {live} and ($5::bigint is null or {no_row})
+       and {no_namesake}
      limit $5
     on conflict ({key}) do nothing
     returning t.{key} as id, null::jsonb as before, {after} as after
@@ -566,12 +635,15 @@ audit as (
     {audit}
 )
 select count(*) from ins",
-            missing = self.missing_given(
-                "s",
-                &format!("($5::bigint is null or {})", self.no_target_row("s"))
-            ),
-            after = self.mapped_json("t"),
-            audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
+                live = self.live("s"),
+                no_row = self.no_target_row("s"),
+                after = self.mapped_json("t"),
+                audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
+            )
+        };
+        let create_missing = create(self.no_stray_namesake_per_row("s"));
+        let create_missing_known_strays = create(
+            "(s.is_sso_user or s.email is null or lower(s.email) <> all($6::text[]))".into(),
         );
         let sets: Vec<String> = self
             .refreshed_columns()
@@ -628,6 +700,15 @@ select count(*) from gone",
             )
         };
         RepairSql {
+            stray_emails: format!(
+                "select array(select distinct {email} from {table} m where {stray} limit $1)",
+                email = match self.mapping.email_column() {
+                    Some(e) => format!("lower(m.{})", e.quoted()),
+                    None => "null::text".into(),
+                },
+                stray = self.stray("m"),
+            ),
+            create_missing_known_strays,
             // uuid has no max(): the chunk is materialised once and read twice.
             chunk_end: "with chunk as (
     select id from auth.users where id >= $1 order by id limit $2
@@ -705,6 +786,15 @@ moved as (
                 .iter()
                 .map(|k| (*k, self.drift_page(*k)))
                 .collect(),
+            count: DriftKind::ALL
+                .iter()
+                .map(|k| (*k, self.count(*k)))
+                .collect(),
+            totals: format!(
+                "select (select count(*) from auth.users) as source_total,
+       (select count(*) from {}) as target_total",
+                self.table
+            ),
             repair: self.repair(),
         }
     }
@@ -734,39 +824,5 @@ mod tests {
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{expr}");
         assert!(expr.contains("nullif("));
-    }
-}
-#[cfg(test)]
-mod tmp_print {
-    use super::*;
-    use crate::repo::catalog::{ColumnInfo, TargetShape};
-    #[test]
-    fn print_sql() {
-        let m = Mapping::default_mapping();
-        let mut shape = TargetShape::default();
-        for (n, t) in [
-            ("email", "text"),
-            ("full_name", "text"),
-            ("avatar_url", "text"),
-            ("role", "text"),
-            ("created_at", "timestamp with time zone"),
-            ("updated_at", "timestamp with time zone"),
-            ("id", "uuid"),
-        ] {
-            shape.columns.insert(
-                n.into(),
-                ColumnInfo {
-                    sql_type: t.into(),
-                    not_null: false,
-                    has_default: false,
-                    writable: true,
-                },
-            );
-        }
-        let r = Renderer::new(&m, &shape).render();
-        std::fs::write("/tmp/create_missing.sql", &r.repair.create_missing).unwrap();
-        std::fs::write("/tmp/status.sql", &r.status).unwrap();
-        std::fs::write("/tmp/update_stale.sql", &r.repair.update_stale).unwrap();
-        std::fs::write("/tmp/chunk_end.sql", &r.repair.chunk_end).unwrap();
     }
 }

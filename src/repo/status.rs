@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
+use crate::sync::drift::DriftKind;
 use crate::sync::target::BoundMapping;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -21,6 +22,7 @@ pub struct CountsRow {
 pub async fn counts(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<CountsRow> {
     sqlx::query_as(&bound.sql.status).fetch_one(db).await
 }
+
 /// When the longest-waiting missing user was created; `None` when no user is missing.
 pub async fn oldest_missing(
     db: impl PgExecutor<'_>,
@@ -31,9 +33,25 @@ pub async fn oldest_missing(
         .await
 }
 
+/// The number of rows of one kind.
+pub async fn count(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    kind: DriftKind,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(&bound.sql.count[&kind])
+        .fetch_one(db)
+        .await
+}
+
 /// When the last successful (applied or dry) run finished.
 pub async fn last_successful_run(db: impl PgExecutor<'_>) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar("select max(finished_at) from usersync.runs where state = 'succeeded'")
         .fetch_one(db)
         .await
+}
+
+/// `(source_total, target_total)`.
+pub async fn totals(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(&bound.sql.totals).fetch_one(db).await
 }

@@ -96,7 +96,7 @@ pub async fn page(
     bound: &BoundMapping,
     kind: DriftKind,
     after: Option<Uuid>,
-    limit: u32,
+    limit: i64,
 ) -> sqlx::Result<DriftPage> {
     let from = match after {
         None => Uuid::nil(),
@@ -112,9 +112,10 @@ pub async fn page(
         },
     };
     // One row more than asked says whether there is a next page.
-    let mut rows = drift::drift_page(db, bound, kind, from, i64::from(limit) + 1).await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
+    let mut rows = drift::drift_page(db, bound, kind, from, limit + 1).await?;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
     let items: Vec<DriftItem> = rows
         .into_iter()
         .map(|r| DriftItem {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::repo::rekey::{self, Reference};
 use crate::repo::repair::{self, KeyRange, PairRow, RunContext, SetRepair};
 use crate::repo::runs;
+use crate::repo::status as status_repo;
 use crate::supabase::AdminApi;
 use crate::sync::drift::DriftKind;
 use crate::sync::policy::{Action, Policies};
@@ -29,6 +30,15 @@ use crate::sync::target::BoundMapping;
 
 /// How many re-keys a plan lists in full.
 const PLANNED_REKEYS: usize = 100;
+
+/// Up to this many stray target rows (rows no auth user has, holding an email), a run reads
+/// their emails once when it starts and its inserts check each user against that list; with
+/// more, each insert probes the target's `lower(email)` index per user. The list spares a
+/// backfill a probe per row, and above all the plan Postgres makes for such probes while the
+/// target is still (nearly) empty: it may then scan the rows the statement itself is
+/// inserting, once per row. The price: a stray row the app writes while the run is going is
+/// not seen by that run (the user gets a profile; the stray row then shows as orphaned).
+const KNOWN_STRAYS_MAX: i64 = 100;
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -238,16 +248,29 @@ impl Reconciler {
         self.walk(lock, run, &plan, on_progress).await
     }
 
-    /// Counts every requested kind (one statement) and, for re-keys, lists the moves.
+    /// Counts every requested kind and, for re-keys, lists the moves. All five kinds are one
+    /// statement (one pass over both tables); a few kinds are cheaper counted one by one.
     async fn plan(&self, options: &RunOptions) -> Result<Plan, RunError> {
-        let counts = status::counts(&self.db, &self.bound).await?;
+        let (source_total, target_total, counts) = if options.kinds.len() == DriftKind::ALL.len() {
+            let c = status::counts(&self.db, &self.bound).await?;
+            let counts: Vec<i64> = options.kinds.iter().map(|k| c.drift.of(*k)).collect();
+            (c.source_total, c.target_total, counts)
+        } else {
+            let (source_total, target_total) = status_repo::totals(&self.db, &self.bound).await?;
+            let mut counts = Vec::with_capacity(options.kinds.len());
+            for kind in &options.kinds {
+                counts.push(status_repo::count(&self.db, &self.bound, *kind).await?);
+            }
+            (source_total, target_total, counts)
+        };
         let kinds: BTreeMap<DriftKind, PlannedKind> = options
             .kinds
             .iter()
-            .map(|k| {
+            .zip(counts)
+            .map(|(k, count)| {
                 let planned = PlannedKind {
                     action: self.policies.action(*k),
-                    count: counts.drift.of(*k),
+                    count,
                 };
                 (*k, planned)
             })
@@ -261,14 +284,14 @@ impl Reconciler {
             Some(limit) => all_deletes.min(i64::try_from(limit).unwrap_or(i64::MAX)),
             None => all_deletes,
         };
-        let max_deletes = self.policies.max_deletes(counts.target_total);
+        let max_deletes = self.policies.max_deletes(target_total);
         let rekeys = match kinds.get(&DriftKind::Mismatched) {
             Some(p) if p.action == Action::Rekey && p.count > 0 => self.rekey_plan().await?,
             _ => Vec::new(),
         };
         Ok(Plan {
-            source_total: counts.source_total,
-            target_total: counts.target_total,
+            source_total,
+            target_total,
             kinds,
             deletes,
             max_deletes,
@@ -329,6 +352,11 @@ impl Reconciler {
         } else {
             None
         };
+        let strays = if self.wants(&run.options, DriftKind::Missing, Action::Create) {
+            repair::stray_emails(&self.db, &self.bound, KNOWN_STRAYS_MAX).await?
+        } else {
+            None
+        };
         let deletes_planned = plan.kinds.values().any(|p| p.action == Action::Delete);
         let budget = Budget {
             repairs: run
@@ -349,6 +377,7 @@ impl Reconciler {
             caller: run.caller.clone(),
             options: run.options.clone(),
             references: references.as_ref(),
+            strays: strays.as_deref(),
             state: Mutex::new(WalkState {
                 progress: run.progress.clone(),
                 budget,
@@ -413,6 +442,8 @@ struct Walk<'a> {
     caller: String,
     options: RunOptions,
     references: Option<&'a Result<Vec<Reference>, String>>,
+    /// The stray rows' emails, when there are few (see `KNOWN_STRAYS_MAX`).
+    strays: Option<&'a [String]>,
     /// Never held across an await: the chunks run as futures of one task.
     state: Mutex<WalkState>,
 }
@@ -465,6 +496,7 @@ impl Walk<'_> {
         }
         let mut done = Progress::default();
         let mut tx = r.db.begin().await?;
+        repair::tune_chunk(&mut *tx).await?;
         if let Some(references) = self.references {
             self.rekeys(&mut tx, range, references, &mut done).await?;
         }
@@ -488,8 +520,16 @@ impl Walk<'_> {
             if limit.is_some_and(|l| l <= 0) {
                 continue;
             }
-            let repaired =
-                repair::apply(&mut *tx, &r.bound, repair, range, self.context(), limit).await?;
+            let repaired = repair::apply(
+                &mut *tx,
+                &r.bound,
+                repair,
+                range,
+                self.context(),
+                limit,
+                self.strays,
+            )
+            .await?;
             self.state().budget.spend(repaired, deleting);
             done.repaired(kind, repaired as u64);
         }

@@ -501,3 +501,27 @@ async fn bad_run_requests_are_400_and_only_the_service_may_start_runs() {
     assert_problem(response, 400, "invalid_query").await;
     assert_eq!(app.list_runs("", &secret_key()).await.status(), 200);
 }
+
+#[tokio::test]
+async fn with_many_stray_profiles_a_mismatched_user_is_still_left_alone() {
+    let app = spawn_app().await;
+    // More stray profiles than a run lists up front: the insert then probes per user.
+    app.exec(
+        "insert into public.users (id, email)
+         select gen_random_uuid(), 'stray' || g || '@example.com' from generate_series(1, 150) g",
+    )
+    .await;
+    let twin = app
+        .insert_auth_user(&AuthUser::new("STRAY7@example.com"))
+        .await;
+    let fresh = app
+        .insert_auth_user(&AuthUser::new("fresh@example.com"))
+        .await;
+
+    let run = app.reconcile(json!({"dry_run": false})).await;
+
+    assert_eq!(run["plan"]["kinds"]["mismatched"]["count"], 1, "{run}");
+    assert_eq!(run["progress"]["repaired"], json!({"missing": 1}), "{run}");
+    assert!(app.target_row(twin).await.is_none());
+    assert!(app.target_row(fresh).await.is_some());
+}
