@@ -9,7 +9,7 @@ use super::extract::{Json, Path};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-use crate::sync::engine::{self, SyncOutcome, UserDrift};
+use crate::sync::engine::{self, SyncOutcome, SyncPath, UserDrift};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -79,7 +79,14 @@ async fn sync_user(
 
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
     tracing::Span::current().record("user_id", tracing::field::display(id));
-    let outcome = engine::sync_one(&state.db, &state.mapping, id, &caller.audit_name()).await?;
+    let outcome = engine::sync_one(
+        &state.db,
+        &state.mapping,
+        id,
+        &caller.audit_name(),
+        SyncPath::Call,
+    )
+    .await?;
     tracing::info!(action = ?outcome.action, "synced");
     Ok(Json(outcome))
 }

@@ -22,6 +22,33 @@ pub enum SyncAction {
     Skipped,
 }
 
+/// Which path wrote, as the audit log (`usersync.events.path`) records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPath {
+    /// `POST /v1/users/{id}/sync`: the frontend or the OAuth callback.
+    Call,
+    /// A reconciliation run.
+    Batch,
+    /// The trigger on `auth.users`, inside the database.
+    Trigger,
+    /// The healing loop: a dead letter retried, or the periodic reconciliation.
+    Healing,
+    /// `POST /v1/hooks/database`: a Supabase Database Webhook.
+    Hook,
+}
+
+impl SyncPath {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SyncPath::Call => "call",
+            SyncPath::Batch => "batch",
+            SyncPath::Trigger => "trigger",
+            SyncPath::Healing => "healing",
+            SyncPath::Hook => "hook",
+        }
+    }
+}
+
 /// The result of a successful sync: the action and the target row as it now stands.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SyncOutcome {
@@ -58,9 +85,10 @@ pub async fn sync_one(
     bound: &BoundMapping,
     user_id: Uuid,
     caller: &str,
+    path: SyncPath,
 ) -> Result<SyncOutcome, SyncError> {
     for _ in 0..2 {
-        let row = users::sync_one(db, bound, user_id, caller)
+        let row = users::sync_one(db, bound, user_id, caller, path)
             .await
             .map_err(|e| unique_violation_to_conflict(e, bound))?;
         if let Some(outcome) = decide(row)? {

@@ -2,6 +2,8 @@
 
 pub mod drift;
 pub mod engine;
+pub mod heal;
 pub mod mapping;
+pub mod policy;
 pub mod status;
 pub mod target;
