@@ -2,23 +2,33 @@
 //! then serve until told to stop.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
 use crate::config::ServeConfig;
 use crate::http::{self, EdgeLimits};
 use crate::state::AppState;
 use crate::sync::mapping::Mapping;
 use crate::sync::target::BoundMapping;
+use crate::worker::{Healer, HealingRole};
+
+/// How long a stopping application waits for the healing loop to step down (and release its
+/// lock, so that a standby takes over at once).
+const HEALER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bound, ready-to-serve application.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     port: u16,
+    healer: Option<Healer>,
 }
 
 impl Application {
@@ -32,10 +42,21 @@ impl Application {
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
+        let mapping = Arc::new(bound);
+        let (healer, healing) = match config.healing.settings(&config.policy) {
+            Some(settings) => {
+                let (healer, role) = Healer::new(db.clone(), mapping.clone(), settings);
+                (Some(healer), role)
+            }
+            None => (None, watch::channel(HealingRole::Off).1),
+        };
         let state = AppState {
             db,
-            verifier: std::sync::Arc::new(Verifier::from_config(&config.auth)),
-            mapping: std::sync::Arc::new(bound),
+            verifier: Arc::new(Verifier::from_config(&config.auth)),
+            mapping,
+            policy: config.policy.deleted,
+            webhook_secret: config.hooks.webhook_secret.clone().map(WebhookSecret::new),
+            healing,
         };
         let router = http::app(
             state,
@@ -48,6 +69,7 @@ impl Application {
             listener,
             router,
             port,
+            healer,
         })
     }
 
@@ -55,15 +77,30 @@ impl Application {
         self.port
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves (and heals, when on) until `shutdown` resolves, then lets in-flight requests
+    /// finish and the healing loop step down.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let healer = self.healer.map(|healer| tokio::spawn(healer.run(stopped)));
         tracing::info!(port = self.port, "usersync listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        if let Some(healer) = healer {
+            if tokio::time::timeout(HEALER_STOP_TIMEOUT, healer)
+                .await
+                .is_err()
+            {
+                tracing::warn!("healing: did not step down in time");
+            }
+        }
+        served
     }
 }
 

@@ -39,7 +39,8 @@ async fn healthz() -> Json<Health> {
 }
 
 /// Readiness: the database answers, the usersync schema is migrated, and the mapping still fits
-/// the real target table.
+/// the real target table. `checks.healing` says whether this replica leads the healing loop
+/// (`leader`), stands by (`standby`), or does not heal (`off`); it never fails readiness.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -78,7 +79,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
         ("migrations", migrations),
         ("mapping", mapping),
     ];
-    let checks: serde_json::Map<String, serde_json::Value> = results
+    let mut checks: serde_json::Map<String, serde_json::Value> = results
         .iter()
         .map(|(name, r)| {
             let value = match r {
@@ -88,6 +89,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
             ((*name).to_owned(), value)
         })
         .collect();
+    checks.insert("healing".to_owned(), json!(state.healing.borrow().as_str()));
     match results.iter().find(|(_, r)| r.is_err()) {
         None => Ok(Json(Health {
             status: "ready",
