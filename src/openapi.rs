@@ -4,6 +4,8 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -15,6 +17,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "users", description = "Sync one user; one user's drift"),
         (name = "status", description = "Project-wide drift status"),
+        (name = "hooks", description = "Sync signals from Supabase"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -22,6 +25,7 @@ pub struct ApiDoc;
 
 /// `bearer`: a Supabase access token, a `service_role` key, or a secret key.
 /// `apikey`: a secret key (`sb_secret_...`) in the `apikey` header.
+/// `webhook_secret`: the configured `USERSYNC_WEBHOOK_SECRET` (database webhooks only).
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -39,6 +43,10 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             "apikey",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("apikey"))),
+        );
+        components.add_security_scheme(
+            "webhook_secret",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(WEBHOOK_SECRET_HEADER))),
         );
     }
 }

@@ -7,6 +7,7 @@ mod caller;
 mod error;
 pub mod mint;
 mod verifier;
+pub mod webhook;
 
 pub use caller::Caller;
 pub use error::AuthError;

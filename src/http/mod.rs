@@ -2,6 +2,7 @@
 
 mod extract;
 mod health;
+mod hooks;
 mod problem;
 mod status;
 mod users;
@@ -21,6 +22,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
@@ -32,6 +34,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(users::router())
         .merge(status::router())
+        .merge(hooks::router())
         .merge(health::router())
         .split_for_parts()
 }
@@ -60,6 +63,7 @@ pub fn app(state: AppState, limits: EdgeLimits) -> Router {
                 .layer(SetSensitiveRequestHeadersLayer::new([
                     axum::http::header::AUTHORIZATION,
                     HeaderName::from_static("apikey"),
+                    HeaderName::from_static(WEBHOOK_SECRET_HEADER),
                 ]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))

@@ -86,6 +86,7 @@ async fn the_openapi_document_is_served_and_matches_the_committed_file() {
         "/v1/users/{id}/sync",
         "/v1/users/{id}/drift",
         "/v1/status",
+        "/v1/hooks/database",
         "/healthz",
         "/readyz",
     ] {
