@@ -5,7 +5,7 @@
 
 /// Token and secret-key verification; the `Caller` extractor.
 pub mod auth;
-/// The subcommands: serve, migrate, status, openapi, token, dev.
+/// The subcommands: serve, migrate, triggers, status, doctor, openapi, token, dev.
 pub mod cli;
 /// Typed, validated settings from the environment.
 pub mod config;
@@ -13,19 +13,23 @@ pub mod config;
 pub mod db;
 /// `usersync dev`: a throwaway Postgres with a Supabase-like `auth` schema and demo users.
 pub mod dev;
+/// `usersync doctor`: the risks a live project carries for sign-up, sync and deletion.
+pub mod doctor;
 /// The API error type and its problem+json form.
 pub mod error;
 /// Routes, extractors and the middleware stack.
 pub mod http;
 /// The OpenAPI document.
 pub mod openapi;
-/// SQL: catalog reads, rendered statements, queries.
+/// SQL: catalog reads, rendered statements and triggers, queries.
 pub mod repo;
 /// Bind, serve, shut down gracefully.
 pub mod startup;
 /// What handlers share.
 pub mod state;
-/// The domain: mapping, drift kinds, sync decisions.
+/// The domain: mapping, drift kinds, sync decisions, healing, repair policies.
 pub mod sync;
 /// Logging set-up.
 pub mod telemetry;
+/// The healing loop: leader election, dead letters, periodic reconciliation.
+pub mod worker;

@@ -6,7 +6,9 @@
 //! its own database, cloned from a template that already holds the usersync migrations, the
 //! Supabase-compatible `auth` fixture and `public.users`; it is dropped when the test ends.
 
-use std::sync::OnceLock;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -15,14 +17,22 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, ServeConfig, ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig, MappingConfig,
+    PolicyConfig, ServeConfig, ServiceKeys, Switch,
 };
 use usersync::dev::fixtures;
+use usersync::repo::triggers;
 use usersync::startup::Application;
+use usersync::sync::mapping::Mapping;
+use usersync::sync::policy::DeletedPolicy;
+use usersync::sync::target::BoundMapping;
+use usersync::worker::retry::RetrySchedule;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-with-at-least-32-characters!!";
 pub const SERVICE_KEY: &str = "sb_secret_test_0123456789abcdef";
@@ -34,7 +44,14 @@ fn server_url() -> &'static str {
         Ok(url) if !url.is_empty() => url,
         _ => {
             // Kept for the life of the test binary; the OS reclaims it when the process exits.
-            let db = Box::leak(Box::new(pgtemp::PgTempDB::new()));
+            // pgtemp pipes the server's stderr and never reads it: once 64 KiB of log lines
+            // pile up, every backend blocks writing the next one. The collector writes the log
+            // to files in the throwaway data directory instead.
+            let db = Box::leak(Box::new(
+                pgtemp::PgTempDB::builder()
+                    .with_config_param("logging_collector", "on")
+                    .start(),
+            ));
             db.connection_uri()
         }
     })
@@ -64,50 +81,57 @@ async fn template() -> &'static str {
                 h.finish()
             };
             let name = format!("usersync_tpl_{digest:016x}");
-            let mut admin = PgConnection::connect_with(&options_for("postgres"))
-                .await
-                .expect("the test PostgreSQL server answers");
-            let exists: bool =
-                sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-                    .bind(&name)
-                    .fetch_one(&mut admin)
-                    .await
-                    .unwrap();
-            if !exists {
-                // Build under a private name, then rename: a half-built template is never used.
-                let building = format!("usersync_tpl_build_{}", Uuid::new_v4().simple());
-                sqlx::raw_sql(&format!("create database {building}"))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options_for(&building))
-                    .await
-                    .unwrap();
-                sqlx::raw_sql(fixtures::SUPABASE_AUTH)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                sqlx::raw_sql(fixtures::PUBLIC_USERS)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                usersync::db::migrate(&pool).await.unwrap();
-                pool.close().await;
-                let renamed = sqlx::raw_sql(&format!("alter database {building} rename to {name}"))
-                    .execute(&mut admin)
-                    .await;
-                if renamed.is_err() {
-                    // Another test binary won the race; its template is as good as ours.
-                    let _ = sqlx::raw_sql(&format!("drop database {building}"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            }
+            ensure_template(&name).await;
             name
         })
         .await
+}
+
+/// Builds the template `name` unless it exists. Also called when a template vanished under a
+/// running test binary (the server is shared, and someone may clean old templates up).
+async fn ensure_template(name: &str) {
+    let mut admin = PgConnection::connect_with(&options_for("postgres"))
+        .await
+        .expect("the test PostgreSQL server answers");
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    if exists {
+        return;
+    }
+    // Build under a private name, then rename: a half-built template is never used.
+    let building = format!("usersync_tpl_build_{}", Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!("create database {building}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options_for(&building))
+        .await
+        .unwrap();
+    sqlx::raw_sql(fixtures::SUPABASE_AUTH)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(fixtures::PUBLIC_USERS)
+        .execute(&pool)
+        .await
+        .unwrap();
+    usersync::db::migrate(&pool).await.unwrap();
+    pool.close().await;
+    let renamed = sqlx::raw_sql(&format!("alter database {building} rename to {name}"))
+        .execute(&mut admin)
+        .await;
+    if renamed.is_err() {
+        // Another test binary won the race; its template is as good as ours.
+        let _ = sqlx::raw_sql(&format!("drop database {building}"))
+            .execute(&mut admin)
+            .await;
+    }
 }
 
 /// A fresh database for one test, dropped when the value is dropped.
@@ -133,8 +157,11 @@ impl TestDb {
                 Ok(_) => break,
                 Err(e) if attempt < 50 => {
                     attempt += 1;
-                    let _ = e;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    if e.to_string().contains("does not exist") {
+                        ensure_template(template).await;
+                    } else {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
                 }
                 Err(e) => panic!("cannot create test database: {e}"),
             }
@@ -195,6 +222,16 @@ pub struct TestApp {
 pub struct AppOptions {
     pub mapping: Option<std::path::PathBuf>,
     pub issuer: Option<String>,
+    /// Run the healing loop (off by default, so that tests see drift stay put).
+    pub healing: bool,
+    /// The dead letters' retry schedule when healing (default: a fast one).
+    pub retry_schedule: Option<&'static str>,
+    /// The periodic reconciliation when healing (default: off).
+    pub reconcile_interval: Option<std::time::Duration>,
+    /// The dead letters' sweep when healing (default: 5 s).
+    pub sweep_interval: Option<std::time::Duration>,
+    pub policy: DeletedPolicy,
+    pub webhook_secret: Option<String>,
 }
 
 pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
@@ -218,6 +255,23 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             request_timeout: std::time::Duration::from_secs(10),
             body_limit: 64 * 1024,
+        },
+        healing: HealingConfig {
+            healing: if options.healing {
+                Switch::On
+            } else {
+                Switch::Off
+            },
+            sweep_interval: options.sweep_interval.unwrap_or(Duration::from_secs(5)),
+            retry_schedule: RetrySchedule::parse(options.retry_schedule.unwrap_or("200ms,500ms"))
+                .unwrap(),
+            reconcile_interval: options.reconcile_interval.unwrap_or_default(),
+        },
+        policy: PolicyConfig {
+            deleted: options.policy,
+        },
+        hooks: HooksConfig {
+            webhook_secret: options.webhook_secret.clone().map(SecretString::from),
         },
     }
 }
@@ -255,6 +309,8 @@ pub enum Auth {
     None,
     Bearer(String),
     ApiKey(String),
+    /// Any other header (a webhook secret).
+    Header(&'static str, String),
 }
 
 impl TestApp {
@@ -266,6 +322,7 @@ impl TestApp {
             Auth::None => builder,
             Auth::Bearer(t) => builder.bearer_auth(t),
             Auth::ApiKey(k) => builder.header("apikey", k),
+            Auth::Header(name, value) => builder.header(*name, value),
         }
     }
 
@@ -322,6 +379,63 @@ impl TestApp {
 
     pub async fn insert_auth_user(&self, user: &AuthUser) -> Uuid {
         user.insert(&self.db.pool).await
+    }
+
+    pub async fn hook(&self, payload: &Value, auth: &Auth) -> Response {
+        self.request(Method::POST, "/v1/hooks/database", auth)
+            .json(payload)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The `checks.healing` of `/readyz`: `leader`, `standby` or `off`.
+    pub async fn healing_role(&self) -> String {
+        let body: Value = self.get("/readyz").await.json().await.unwrap();
+        body["checks"]["healing"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Installs the trigger path for `mapping` (the built-in one when `None`), as `usersync
+/// triggers install` does.
+pub async fn install_triggers(
+    db: &PgPool,
+    mapping: Option<&std::path::Path>,
+    policy: DeletedPolicy,
+) {
+    let bound = BoundMapping::bind(db, Mapping::load(mapping).unwrap())
+        .await
+        .expect("the mapping binds");
+    triggers::install(db, &bound, policy)
+        .await
+        .expect("the triggers install");
+}
+
+/// The audit events of one user, oldest first: `(path, kind, action)`.
+pub async fn events_of(db: &PgPool, id: Uuid) -> Vec<(String, String, String)> {
+    sqlx::query_as("select path, kind, action from usersync.events where user_id = $1 order by id")
+        .bind(id)
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `within`; panics naming `what`.
+pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -477,4 +591,111 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
     assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
     body
+}
+
+/// Runs the real binary with only `env` (and `PATH`) set: `(exit code, stdout, stderr)`.
+pub fn usersync_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A real `usersync serve` process.
+pub struct Replica {
+    pub child: Child,
+    pub address: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    client: reqwest::Client,
+}
+
+impl Replica {
+    /// Starts the binary on `db_url` (with `env` on top of the test settings) and waits until
+    /// it listens.
+    pub async fn start(db_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_usersync"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("DATABASE_URL", db_url)
+            .env("USERSYNC_JWT_SECRET", JWT_SECRET)
+            .env("USERSYNC_SERVICE_KEYS", SERVICE_KEY)
+            .env("USERSYNC_LISTEN", "127.0.0.1:0")
+            .env("USERSYNC_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut port_tx = Some(port_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let parsed: Value = serde_json::from_str(&line).unwrap_or_default();
+                if parsed["fields"]["message"] == "usersync listening" {
+                    if let Some(tx) = port_tx.take() {
+                        let _ = tx.send(parsed["fields"]["port"].as_u64().unwrap());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let port = tokio::time::timeout(Duration::from_secs(10), port_rx)
+            .await
+            .expect("the replica listens")
+            .expect("the replica logged its port");
+        Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            logs,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// `checks.healing` of its `/readyz`.
+    pub async fn role(&self) -> String {
+        match self
+            .client
+            .get(format!("{}/readyz", self.address))
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let body: Value = response.json().await.unwrap_or_default();
+                body["checks"]["healing"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+            Err(_) => "unreachable".to_owned(),
+        }
+    }
+
+    /// How many log lines contain `text`.
+    pub fn logged(&self, text: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
 }
