@@ -15,6 +15,7 @@ pub const WEBHOOK_SECRET_HEADER: &str = "x-usersync-webhook-secret";
 pub struct WebhookSecret(SecretString);
 
 impl WebhookSecret {
+    /// Wraps the configured secret.
     pub fn new(secret: SecretString) -> Self {
         Self(secret)
     }

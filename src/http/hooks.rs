@@ -22,6 +22,7 @@ use crate::state::AppState;
 use crate::sync::engine::SyncPath;
 use crate::sync::heal::{self, HealAction};
 
+/// The webhook route.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(database_hook))
 }

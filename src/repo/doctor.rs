@@ -98,6 +98,7 @@ pub async fn functions_without_search_path(
 /// A foreign key that stops a referenced row from being deleted.
 #[derive(Debug, sqlx::FromRow)]
 pub struct BlockingForeignKey {
+    /// The constraint's name.
     pub constraint: String,
     /// The referencing table.
     pub table: String,

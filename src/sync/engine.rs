@@ -38,6 +38,7 @@ pub enum SyncPath {
 }
 
 impl SyncPath {
+    /// The value of `usersync.events.path` (its check constraint lists them).
     pub fn as_str(&self) -> &'static str {
         match self {
             SyncPath::Call => "call",

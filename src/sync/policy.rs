@@ -16,6 +16,7 @@ pub enum DeletedPolicy {
 }
 
 impl DeletedPolicy {
+    /// The setting's value, as `USERSYNC_POLICY_DELETED` spells it.
     pub fn as_str(&self) -> &'static str {
         match self {
             DeletedPolicy::Report => "report",

@@ -11,7 +11,9 @@
 //! Every heal re-reads `auth.users` and writes through the same statement as sync-one, whose
 //! audit event is written in the same statement as the row: a user healed twice shows one event.
 
+/// Leadership among replicas: the advisory lock and its connection.
 pub mod leader;
+/// The dead letters' retry schedule.
 pub mod retry;
 
 use std::sync::Arc;
@@ -56,6 +58,7 @@ pub enum HealingRole {
 }
 
 impl HealingRole {
+    /// The name `/readyz` reports.
     pub fn as_str(&self) -> &'static str {
         match self {
             HealingRole::Off => "off",
@@ -115,14 +118,15 @@ impl Healer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let options = self.db.connect_options();
         let mut standby: Option<LockConnection> = None;
-        let mut warned = false;
+        // Say once, not every second, that this replica stands by or cannot reach the database.
+        let mut announced = false;
         loop {
             if *stop.borrow() {
                 return;
             }
             match try_lead(&mut standby, &options).await {
                 Ok(true) => {
-                    warned = false;
+                    announced = false;
                     let mut lock = standby.take().expect("the lock connection is kept");
                     tracing::info!("healing: this replica leads");
                     self.role.send_replace(HealingRole::Leader);
@@ -139,12 +143,17 @@ impl Healer {
                         }
                     }
                 }
-                Ok(false) => {}
+                Ok(false) => {
+                    if !announced {
+                        tracing::info!("healing: another replica leads; standing by");
+                        announced = true;
+                    }
+                }
                 Err(e) => {
                     standby = None;
-                    if !warned {
+                    if !announced {
                         tracing::warn!(error = %e, "healing: cannot reach the database to lead; retrying");
-                        warned = true;
+                        announced = true;
                     }
                 }
             }

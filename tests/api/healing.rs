@@ -254,6 +254,10 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_kil
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(second.role().await, "standby");
     assert_eq!(first.role().await, "leader");
+    assert_eq!(
+        second.logged("healing: another replica leads; standing by"),
+        1
+    );
 
     // A sign-up fails to sync; the leader tries at once and fails too.
     let id = sign_up_into_a_broken_target(&db.pool).await;
