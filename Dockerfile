@@ -18,11 +18,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
  && cp target/release/usersync /usr/local/bin/usersync
 
-# ---- runtime -----------------------------------------------------------------------------------
+# ---- runtime (curl is there for the health check) -----------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 
 # target/release/usersync from the builder.
@@ -31,5 +31,7 @@ COPY --from=builder /usr/local/bin/usersync /usr/local/bin/usersync
 # nobody:nogroup
 USER 65534:65534
 EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=12 \
+  CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1
 ENTRYPOINT ["usersync"]
 CMD ["serve"]

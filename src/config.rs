@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgConnectOptions;
 
@@ -120,20 +121,88 @@ pub struct AuthConfig {
           value_name = "USERSYNC_SERVICE_KEYS", value_parser = parse_service_keys,
           hide_env_values = true)]
     pub service_keys: Option<ServiceKeys>,
+
+    /// Where the project publishes its asymmetric signing keys (ES256/RS256), e.g.
+    /// `https://<ref>.supabase.co/auth/v1/.well-known/jwks.json`.
+    #[arg(long = "jwks-url", env = "USERSYNC_JWKS_URL", value_name = "USERSYNC_JWKS_URL",
+          value_parser = parse_jwks_url)]
+    pub jwks_url: Option<Url>,
+
+    /// Take the JWKS from `<USERSYNC_JWT_ISSUER>/.well-known/jwks.json`, where Supabase Auth
+    /// publishes it, instead of naming it in `USERSYNC_JWKS_URL`.
+    #[arg(long = "jwks-from-issuer", env = "USERSYNC_JWKS_FROM_ISSUER",
+          value_name = "USERSYNC_JWKS_FROM_ISSUER", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub jwks_from_issuer: bool,
+
+    /// How long fetched keys are used before they are fetched again. Supabase caches its JWKS
+    /// for 10 minutes at every level; a longer cache delays the effect of a key's revocation.
+    #[arg(long = "jwks-cache-ttl", env = "USERSYNC_JWKS_CACHE_TTL",
+          value_name = "USERSYNC_JWKS_CACHE_TTL", default_value = "10m",
+          value_parser = parse_duration)]
+    pub jwks_cache_ttl: Duration,
+
+    /// Least time between two fetches of the JWKS outside the regular refresh: a token naming
+    /// an unknown `kid` (a key just rotated in) triggers at most one fetch per interval, so
+    /// forged `kid`s cannot turn the service into a flood of requests to Supabase. Also the
+    /// retry interval while the JWKS endpoint is failing.
+    #[arg(long = "jwks-refetch-interval", env = "USERSYNC_JWKS_REFETCH_INTERVAL",
+          value_name = "USERSYNC_JWKS_REFETCH_INTERVAL", default_value = "30s",
+          value_parser = parse_duration)]
+    pub jwks_refetch_interval: Duration,
 }
 
 impl AuthConfig {
-    /// Refuses a configuration under which nobody could authenticate.
+    /// Refuses a configuration under which nobody could authenticate, or whose JWKS source is
+    /// ambiguous or missing.
     pub fn check(&self) -> Result<(), String> {
-        if self.jwt_secret.is_none() && self.service_keys.is_none() {
+        self.resolved_jwks_url()?;
+        if self.jwt_secret.is_none() && self.service_keys.is_none() && !self.uses_jwks() {
             return Err(
-                "USERSYNC_JWT_SECRET: is not set, and neither is USERSYNC_SERVICE_KEYS: \
-                 no caller could authenticate"
+                "USERSYNC_JWT_SECRET: is not set, and neither is USERSYNC_JWKS_URL nor \
+                 USERSYNC_SERVICE_KEYS: no caller could authenticate"
                     .into(),
             );
         }
         Ok(())
     }
+
+    fn uses_jwks(&self) -> bool {
+        self.jwks_url.is_some() || self.jwks_from_issuer
+    }
+
+    /// The JWKS to fetch: the configured URL, or the one derived from the issuer.
+    pub fn resolved_jwks_url(&self) -> Result<Option<Url>, String> {
+        match (&self.jwks_url, self.jwks_from_issuer, &self.jwt_issuer) {
+            (None, false, _) => Ok(None),
+            (Some(url), false, _) => Ok(Some(url.clone())),
+            (Some(_), true, _) => Err(
+                "USERSYNC_JWKS_FROM_ISSUER: is set together with USERSYNC_JWKS_URL: set one".into(),
+            ),
+            (None, true, None) => Err(
+                "USERSYNC_JWKS_FROM_ISSUER: needs USERSYNC_JWT_ISSUER to derive the JWKS URL from"
+                    .into(),
+            ),
+            (None, true, Some(issuer)) => parse_jwks_url(&format!(
+                "{}/.well-known/jwks.json",
+                issuer.trim_end_matches('/')
+            ))
+            .map(Some)
+            .map_err(|e| format!("USERSYNC_JWT_ISSUER: as the base of the JWKS URL, {e}")),
+        }
+    }
+}
+
+/// An http(s) URL without credentials (it is logged and shown by `/readyz`).
+fn parse_jwks_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url)
 }
 
 /// A shared secret: at least 32 characters, as Supabase requires of its JWT secret.
@@ -181,7 +250,7 @@ pub struct MappingConfig {
     pub mapping: Option<PathBuf>,
 }
 
-/// The HTTP edge.
+/// The HTTP edge and its limits.
 #[derive(Debug, Clone, Args)]
 pub struct HttpConfig {
     /// Address to listen on.
@@ -203,6 +272,101 @@ pub struct HttpConfig {
     #[arg(long = "body-limit", env = "USERSYNC_BODY_LIMIT", value_name = "USERSYNC_BODY_LIMIT",
           default_value_t = 64 * 1024)]
     pub body_limit: usize,
+
+    /// Largest header section accepted (names and values of every header), in bytes; larger is
+    /// answered 431. No legitimate caller sends more than a token and a few headers.
+    #[arg(long = "header-limit", env = "USERSYNC_HEADER_LIMIT",
+          value_name = "USERSYNC_HEADER_LIMIT", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=256 * 1024))]
+    pub header_limit: u32,
+
+    /// Most API requests handled at once; beyond it a request is answered 503 (`overloaded`)
+    /// at once rather than queued, so that a burst cannot pile up behind the database pool.
+    /// The probes are not counted.
+    #[arg(long = "concurrency-limit", env = "USERSYNC_CONCURRENCY_LIMIT",
+          value_name = "USERSYNC_CONCURRENCY_LIMIT", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency_limit: u32,
+
+    /// Sync requests one caller may make per minute (a user by id; an unauthenticated caller by
+    /// IP address); beyond it, 429 with `Retry-After`. `0` turns the limit off. The service is
+    /// never limited: it is trusted, and syncs on behalf of everyone.
+    #[arg(
+        long = "rate-limit-per-minute",
+        env = "USERSYNC_RATE_LIMIT_PER_MINUTE",
+        value_name = "USERSYNC_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub rate_limit_per_minute: u32,
+
+    /// Sync requests one caller may make in a burst before the per-minute pace applies.
+    #[arg(long = "rate-limit-burst", env = "USERSYNC_RATE_LIMIT_BURST",
+          value_name = "USERSYNC_RATE_LIMIT_BURST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+
+    /// Comma-separated browser origins allowed to call the API (`https://app.example.com`), or
+    /// `*` for any. Unset: no CORS headers, so browsers allow only same-origin calls.
+    #[arg(long = "cors-origins", env = "USERSYNC_CORS_ORIGINS",
+          value_name = "USERSYNC_CORS_ORIGINS", value_parser = CorsOrigins::parse)]
+    pub cors_origins: Option<CorsOrigins>,
+
+    /// Who may read `/metrics`: `public` or `service`.
+    #[arg(
+        long = "metrics-access",
+        env = "USERSYNC_METRICS_ACCESS",
+        value_name = "USERSYNC_METRICS_ACCESS",
+        value_enum,
+        default_value = "public"
+    )]
+    pub metrics_access: MetricsAccess,
+
+    /// Drift counts in `/metrics` are recomputed at most this often (they scan both tables).
+    #[arg(long = "metrics-refresh", env = "USERSYNC_METRICS_REFRESH",
+          value_name = "USERSYNC_METRICS_REFRESH", default_value = "15s",
+          value_parser = parse_duration)]
+    pub metrics_refresh: Duration,
+}
+
+/// The origins CORS allows: any, or a list of exact `scheme://host[:port]` origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// Parses `*` or a comma-separated list of origins, each normalised the way browsers send
+    /// the `Origin` header (lower-case host, no default port, no trailing slash).
+    pub fn parse(raw: &str) -> Result<CorsOrigins, String> {
+        if raw.trim() == "*" {
+            return Ok(CorsOrigins::Any);
+        }
+        raw.split(',')
+            .map(|origin| {
+                let origin = origin.trim();
+                let url = Url::parse(origin)
+                    .map_err(|_| format!("`{origin}` is not an origin such as https://app.example.com"))?;
+                let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+                    return Err(format!(
+                        "`{origin}` is not an origin such as https://app.example.com (scheme and host, no path)"
+                    ));
+                }
+                Ok(url.origin().ascii_serialization())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(CorsOrigins::List)
+    }
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAccess {
+    /// Anyone who can reach the port (the usual set-up behind a private network).
+    Public,
+    /// Only the service (a `service_role` token or a secret key).
+    Service,
 }
 
 /// On or off.
@@ -389,6 +553,102 @@ mod tests {
                 .0
                 .len(),
             2
+        );
+    }
+
+    fn auth(jwks_url: Option<&str>, from_issuer: bool, issuer: Option<&str>) -> AuthConfig {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_issuer: issuer.map(str::to_owned),
+            service_keys: None,
+            jwks_url: jwks_url.map(|u| parse_jwks_url(u).unwrap()),
+            jwks_from_issuer: from_issuer,
+            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_refetch_interval: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_jwks_url_is_configured_or_derived_from_the_issuer_never_both() {
+        let issuer = Some("https://ref.supabase.co/auth/v1/");
+        assert_eq!(
+            auth(None, true, issuer)
+                .resolved_jwks_url()
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "https://ref.supabase.co/auth/v1/.well-known/jwks.json"
+        );
+        let explicit = auth(Some("https://keys.example/jwks.json"), false, issuer);
+        assert_eq!(
+            explicit.resolved_jwks_url().unwrap().unwrap().as_str(),
+            "https://keys.example/jwks.json"
+        );
+        assert!(
+            explicit.check().is_ok(),
+            "a JWKS alone can authenticate users"
+        );
+        assert!(auth(Some("https://keys.example/jwks.json"), true, issuer)
+            .check()
+            .is_err());
+        assert!(auth(None, true, None)
+            .check()
+            .unwrap_err()
+            .contains("USERSYNC_JWT_ISSUER"));
+        assert!(auth(None, false, None).check().is_err());
+    }
+
+    #[test]
+    fn jwks_urls_must_be_http_without_credentials() {
+        assert!(parse_jwks_url("https://ref.supabase.co/auth/v1/.well-known/jwks.json").is_ok());
+        for bad in [
+            "ftp://x/jwks.json",
+            "not a url",
+            "https://user:pw@x/jwks.json",
+            "file:///etc/passwd",
+        ] {
+            assert!(parse_jwks_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_normalised_the_way_browsers_send_them() {
+        assert_eq!(CorsOrigins::parse(" * ").unwrap(), CorsOrigins::Any);
+        assert_eq!(
+            CorsOrigins::parse(
+                "https://App.Example.com, http://localhost:3000/, https://x.dev:443"
+            )
+            .unwrap(),
+            CorsOrigins::List(vec![
+                "https://app.example.com".into(),
+                "http://localhost:3000".into(),
+                "https://x.dev".into(),
+            ])
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/path",
+            "https://a.com,",
+            "*,https://a.com",
+        ] {
+            assert!(CorsOrigins::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_secret_shows_in_the_configuration_debug_output() {
+        let config = AuthConfig {
+            jwt_secret: Some(parse_secret("jwt-secret-value-that-is-long-enough-0123").unwrap()),
+            service_keys: Some(
+                parse_service_keys("sb_secret_aaaaaaaaaaaaaaaa,sb_secret_bbbbbbbbbbbbbbbb")
+                    .unwrap(),
+            ),
+            ..auth(None, false, None)
+        };
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("jwt-secret-value") && !debug.contains("sb_secret_"),
+            "{debug}"
         );
     }
 }

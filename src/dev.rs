@@ -2,9 +2,11 @@
 //!
 //! It boots a throwaway Postgres from the machine's PostgreSQL binaries (pgtemp), loads a
 //! Supabase-compatible `auth` schema, a demo `public.users` and a few demo users, installs the
-//! triggers, prints tokens and curl lines, and serves (healing included). Nothing here runs in production: `auth.*` is Supabase Auth's.
+//! triggers, prints tokens and curl lines, and serves (healing included). Nothing here runs in
+//! production: `auth.*` is Supabase Auth's.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -17,7 +19,7 @@ use uuid::Uuid;
 use crate::auth::mint::{self, Subject};
 use crate::config::{
     AuthConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig, MappingConfig,
-    PolicyConfig, ServeConfig, ServiceKeys, Switch,
+    MetricsAccess, PolicyConfig, ServeConfig, ServiceKeys, Switch,
 };
 use crate::repo::triggers;
 use crate::startup::{self, Application};
@@ -79,7 +81,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         database: DatabaseConfig {
             url: DatabaseUrl::parse(&url).map_err(anyhow::Error::msg)?,
             pool_size: 16,
-            acquire_timeout: std::time::Duration::from_secs(3),
+            acquire_timeout: Duration::from_secs(3),
         },
         auth: AuthConfig {
             jwt_secret: Some(secret.clone()),
@@ -87,19 +89,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             service_keys: Some(ServiceKeys(vec![SecretString::from(
                 DEV_SERVICE_KEY.to_owned(),
             )])),
+            jwks_url: None,
+            jwks_from_issuer: false,
+            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_refetch_interval: Duration::from_secs(30),
         },
         mapping: MappingConfig { mapping: None },
         http: HttpConfig {
             listen: args.listen,
-            request_timeout: std::time::Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
             body_limit: 64 * 1024,
+            header_limit: 16 * 1024,
+            concurrency_limit: 256,
+            rate_limit_per_minute: 60,
+            rate_limit_burst: 10,
+            cors_origins: None,
+            metrics_access: MetricsAccess::Public,
+            metrics_refresh: std::time::Duration::from_secs(15),
         },
         healing: HealingConfig {
             healing: Switch::On,
-            sweep_interval: std::time::Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(30),
             retry_schedule: RetrySchedule::parse("5s,30s,2m").expect("a valid schedule"),
             // Off, so that the demo users stay "missing" until you sync them.
-            reconcile_interval: std::time::Duration::ZERO,
+            reconcile_interval: Duration::ZERO,
         },
         policy: PolicyConfig {
             deleted: DeletedPolicy::Report,
@@ -139,6 +152,7 @@ pub async fn seed(db: &PgPool) -> anyhow::Result<()> {
 }
 
 fn banner(base: &str, db_url: &str, user_token: &str, service_token: &str) -> String {
+    let secret = DEV_JWT_SECRET;
     let key = SecretString::from(DEV_SERVICE_KEY.to_owned());
     let key = key.expose_secret();
     format!(
@@ -155,6 +169,7 @@ export USERSYNC_URL={base}
 export USER_TOKEN={user_token}
 export SERVICE_TOKEN={service_token}
 export SECRET_KEY={key}
+export USERSYNC_JWT_SECRET={secret}   # mint more tokens: usersync token --sub <id>
 
 # sync Ada (the user token's own user)
 curl -s -X POST $USERSYNC_URL/v1/users/me/sync -H \"Authorization: Bearer $USER_TOKEN\"

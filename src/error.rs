@@ -4,6 +4,8 @@
 //! Nothing internal crosses this line: a 5xx is logged here, once, with its cause chain, and the
 //! client gets a fixed sentence.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -39,8 +41,14 @@ pub enum ApiError {
     RouteNotFound,
     #[error("{0}")]
     Status(StatusCode),
+    #[error("too many requests: retry after the time in `Retry-After`")]
+    RateLimited { retry_after: Duration },
     #[error("the request took too long")]
     Timeout,
+    #[error("the service is handling as many requests as it may; retry shortly")]
+    Overloaded,
+    #[error("the profile is being changed concurrently; retry")]
+    Contended,
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("not ready: {failing}")]
@@ -54,6 +62,13 @@ pub enum ApiError {
 
 /// The problem+json body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:usersync:problem:not_self",
+    "title": "Forbidden",
+    "status": 403,
+    "detail": "a user may only act on their own id",
+    "code": "not_self"
+}))]
 pub struct Problem {
     /// A URI naming the problem type: `urn:usersync:problem:<code>`.
     #[serde(rename = "type")]
@@ -87,9 +102,12 @@ impl ApiError {
             ApiError::UserDeleted => StatusCode::GONE,
             ApiError::EmailConflict => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
-            ApiError::Timeout | ApiError::Unavailable(_) | ApiError::NotReady { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout
+            | ApiError::Overloaded
+            | ApiError::Contended
+            | ApiError::Unavailable(_)
+            | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +117,7 @@ impl ApiError {
             ApiError::Auth(e) => match e {
                 AuthError::Missing => "missing_credentials",
                 AuthError::Invalid => "invalid_token",
+                AuthError::UnknownKey => "unknown_key",
                 AuthError::Expired => "token_expired",
                 AuthError::NotYetValid => "token_not_yet_valid",
                 AuthError::WrongAudience => "invalid_audience",
@@ -116,7 +135,10 @@ impl ApiError {
             ApiError::EmailConflict => "email_conflict",
             ApiError::RouteNotFound => "not_found",
             ApiError::Status(status) => status_code_name(*status),
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Timeout => "request_timeout",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Contended => "sync_contended",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::NotReady { .. } => "not_ready",
             ApiError::Internal(_) => "internal",
@@ -181,6 +203,11 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(challenge),
             );
         }
+        if let ApiError::RateLimited { retry_after } = &self {
+            // Whole seconds, rounded up: retrying at the advertised time must succeed.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(
                 header::RETRY_AFTER,
@@ -193,11 +220,24 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(error)
-            }
-            other => ApiError::Internal(other.into()),
+        // Connection-level failures (refused, reset, a proxy that hangs up mid-handshake), and
+        // SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutdown,
+        // restart, cannot connect now) mean "the database is away", not "we have a bug".
+        let database_away = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+            _ => false,
+        };
+        if database_away {
+            ApiError::Unavailable(error)
+        } else {
+            ApiError::Internal(error.into())
         }
     }
 }
@@ -208,6 +248,7 @@ impl From<SyncError> for ApiError {
             SyncError::UserNotFound => ApiError::UserNotFound,
             SyncError::UserDeleted => ApiError::UserDeleted,
             SyncError::EmailConflict => ApiError::EmailConflict,
+            SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
         }
     }

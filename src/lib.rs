@@ -19,6 +19,8 @@ pub mod doctor;
 pub mod error;
 /// Routes, extractors and the middleware stack.
 pub mod http;
+/// Metrics: what is recorded, and the Prometheus scrape.
+pub mod meter;
 /// The OpenAPI document.
 pub mod openapi;
 /// SQL: catalog reads, rendered statements and triggers, queries.

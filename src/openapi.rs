@@ -55,3 +55,60 @@ impl Modify for SecuritySchemes {
 pub fn document() -> utoipa::openapi::OpenApi {
     crate::http::router_and_openapi().1
 }
+
+/// Documents, on every operation, the answers the edge can give before a handler runs: 413
+/// (body limit) and 431 (header limit) anywhere, and 503 (overloaded, timed out, database
+/// unavailable) on the API routes. Handlers document what only they can say.
+pub fn document_edge_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type,
+    };
+
+    let problem = |description: &str, retry_after: bool| -> RefOr<Response> {
+        let mut response = ResponseBuilder::new().description(description).content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        );
+        if retry_after {
+            response = response.header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                    .description(Some("Seconds to wait before retrying"))
+                    .build(),
+            );
+        }
+        response.build().into()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let api = path.starts_with("/v1/");
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            responses
+                .entry("413".into())
+                .or_insert_with(|| problem("The request body is larger than the limit", false));
+            responses.entry("431".into()).or_insert_with(|| {
+                problem("The request's headers are larger than the limit", false)
+            });
+            if api {
+                responses.entry("503".into()).or_insert_with(|| {
+                    problem(
+                        "Overloaded, timed out, or the database is unavailable",
+                        true,
+                    )
+                });
+            }
+        }
+    }
+}

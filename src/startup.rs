@@ -2,6 +2,7 @@
 //! then serve until told to stop.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use tokio::sync::watch;
 use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
 use crate::config::ServeConfig;
-use crate::http::{self, EdgeLimits};
+use crate::http::{self, RateLimiter};
+use crate::meter::Meter;
 use crate::state::AppState;
 use crate::sync::mapping::Mapping;
 use crate::sync::target::BoundMapping;
@@ -50,21 +52,24 @@ impl Application {
             }
             None => (None, watch::channel(HealingRole::Off).1),
         };
+        let verifier = Verifier::from_config(&config.auth)?;
+        verifier.load_keys().await;
         let state = AppState {
             db,
-            verifier: Arc::new(Verifier::from_config(&config.auth)),
+            verifier: Arc::new(verifier),
             mapping,
             policy: config.policy.deleted,
             webhook_secret: config.hooks.webhook_secret.clone().map(WebhookSecret::new),
             healing,
+            rate_limiter: RateLimiter::new(
+                config.http.rate_limit_per_minute,
+                config.http.rate_limit_burst,
+            )
+            .map(Arc::new),
+            meter: Arc::new(Meter::new(config.http.metrics_refresh)),
+            metrics_access: config.http.metrics_access,
         };
-        let router = http::app(
-            state,
-            EdgeLimits {
-                request_timeout: config.http.request_timeout,
-                body_limit: config.http.body_limit,
-            },
-        );
+        let router = http::app(state, &config.http);
         Ok(Self {
             listener,
             router,
@@ -86,7 +91,11 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let healer = self.healer.map(|healer| tokio::spawn(healer.run(stopped)));
         tracing::info!(port = self.port, "usersync listening");
-        let served = axum::serve(self.listener, self.router)
+        // The connection's address keys the rate limit of callers that do not authenticate.
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 let _ = stop.send(true);

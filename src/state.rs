@@ -7,6 +7,9 @@ use tokio::sync::watch;
 
 use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
+use crate::config::MetricsAccess;
+use crate::http::RateLimiter;
+use crate::meter::Meter;
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
 use crate::worker::HealingRole;
@@ -23,4 +26,8 @@ pub struct AppState {
     pub webhook_secret: Option<WebhookSecret>,
     /// This replica's part in the healing loop, for `/readyz`.
     pub healing: watch::Receiver<HealingRole>,
+    /// The per-caller sync rate limit; `None` when it is off.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    pub meter: Arc<Meter>,
+    pub metrics_access: MetricsAccess,
 }

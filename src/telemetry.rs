@@ -17,8 +17,10 @@ pub fn init(format: LogFormat) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    // The list carries the request span (and its request_id) on every line, even
+                    // when the line comes from a nested span.
                     .with_current_span(true)
-                    .with_span_list(false)
+                    .with_span_list(true)
                     .with_writer(std::io::stderr),
             )
             .try_init(),

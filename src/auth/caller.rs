@@ -38,7 +38,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = state.verifier.authenticate(&parts.headers)?;
+        let caller = state.verifier.authenticate(&parts.headers).await?;
         if let Caller::User(id) = caller {
             tracing::Span::current().record("user_id", tracing::field::display(id));
         }

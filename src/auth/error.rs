@@ -7,6 +7,8 @@ pub enum AuthError {
     Missing,
     #[error("the token is malformed, its signature is invalid, or it uses an algorithm that is not accepted")]
     Invalid,
+    #[error("the token's key id (`kid`) names no key this service trusts")]
+    UnknownKey,
     #[error("the token has expired")]
     Expired,
     #[error("the token is not valid yet (nbf is in the future)")]

@@ -5,10 +5,12 @@
 
 mod caller;
 mod error;
+mod jwks;
 pub mod mint;
 mod verifier;
 pub mod webhook;
 
 pub use caller::Caller;
 pub use error::AuthError;
+pub use jwks::KeysHealth;
 pub use verifier::Verifier;

@@ -1,6 +1,7 @@
 //! Our own `Path` and `Json` extractors: axum's, with every rejection turned into `ApiError`,
 //! so that a bad UUID or bad JSON looks like every other failure on the wire.
 
+use axum::extract::path::ErrorKind;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
@@ -19,8 +20,22 @@ pub struct Path<T>(pub T);
 pub struct Json<T>(pub T);
 
 impl From<PathRejection> for ApiError {
+    /// Names the parameter and the type it needs, never the value: a path is where a confused
+    /// client puts a token, and the answer must not echo it.
     fn from(rejection: PathRejection) -> Self {
-        ApiError::bad_request("invalid_path", rejection.body_text())
+        let detail = match &rejection {
+            PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                ErrorKind::ParseErrorAtKey {
+                    key, expected_type, ..
+                } => format!(
+                    "the path parameter `{key}` is not a valid {}",
+                    expected_type.rsplit("::").next().unwrap_or(expected_type)
+                ),
+                _ => "a path parameter is malformed".to_owned(),
+            },
+            _ => "a path parameter is malformed".to_owned(),
+        };
+        ApiError::bad_request("invalid_path", detail)
     }
 }
 

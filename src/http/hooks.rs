@@ -18,6 +18,7 @@ use super::extract::Json;
 use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
+use crate::meter;
 use crate::state::AppState;
 use crate::sync::engine::SyncPath;
 use crate::sync::heal::{self, HealAction};
@@ -128,6 +129,7 @@ async fn database_hook(
         SyncPath::Hook,
     )
     .await?;
+    meter::record_sync(SyncPath::Hook, action);
     tracing::info!(?action, "database webhook handled");
     Ok(Json(HookOutcome { action }))
 }

@@ -1,74 +1,111 @@
 //! The HTTP edge: one module per resource, composed here with the middleware stack.
 
+mod admin;
+mod dead_letters;
 mod extract;
 mod health;
 mod hooks;
+mod limits;
+mod metrics;
 mod problem;
 mod status;
 mod users;
 
-use std::time::Duration;
-
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderName, Request};
-use axum::routing::get;
 use axum::{BoxError, Router};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+pub use limits::RateLimiter;
 
 use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
+use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The routes and the OpenAPI document they describe.
-pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The API's resources: what the concurrency limit guards.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(users::router())
         .merge(status::router())
+        .merge(dead_letters::router())
         .merge(hooks::router())
+}
+
+/// The API, the probes and `/metrics`, and the OpenAPI document they describe.
+fn compose(api: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api)
         .merge(health::router())
-        .split_for_parts()
+        .merge(metrics::router())
+        .split_for_parts();
+    crate::openapi::document_edge_responses(&mut openapi);
+    (router, openapi)
 }
 
-/// Limits the edge enforces.
-#[derive(Debug, Clone, Copy)]
-pub struct EdgeLimits {
-    pub request_timeout: Duration,
-    pub body_limit: usize,
+/// The routes and the OpenAPI document they describe.
+pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    compose(api())
 }
 
-/// The whole application: routes, `/openapi.json`, and the middleware stack (outermost first):
-/// request id, trace span, propagate request id, problem+json for errors raised below the
-/// handlers, timeout, catch panic, body limit.
-pub fn app(state: AppState, limits: EdgeLimits) -> Router {
-    let (router, openapi) = router_and_openapi();
-    let openapi_json = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
+/// The whole application: routes, `/openapi.json` and `/docs`, and the middleware stack
+/// (outermost first): request id, trace span, propagate request id, CORS, metrics,
+/// problem+json for errors raised below the handlers, header-size limit, timeout, catch panic,
+/// body limit. The API routes (not the probes or `/metrics`) sit behind the concurrency limit,
+/// and sync behind the per-caller rate limit (the `RateLimited` extractor).
+pub fn app(state: AppState, config: &HttpConfig) -> Router {
+    let overload_guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            ApiError::Overloaded
+        }))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(
+            config.concurrency_limit as usize,
+        ));
+    let (router, openapi) = compose(api().layer(overload_guard));
     router
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(openapi_json.clone()) }),
+        // The API reference: Swagger UI with its assets compiled into the binary (no CDN).
+        .merge(
+            SwaggerUi::new("/docs")
+                .url("/openapi.json", openapi)
+                .config(Config::default().validator_url("none")),
         )
+        .merge(admin::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([
                     axum::http::header::AUTHORIZATION,
+                    axum::http::header::COOKIE,
                     HeaderName::from_static("apikey"),
                     HeaderName::from_static(WEBHOOK_SECRET_HEADER),
                 ]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .option_layer(config.cors_origins.as_ref().map(limits::cors))
+                .layer(axum::middleware::from_fn(metrics::track))
                 .layer(axum::middleware::from_fn(problem::ensure_problem_json))
+                .layer(axum::middleware::from_fn_with_state(
+                    config.header_limit as usize,
+                    limits::limit_header_size,
+                ))
                 .layer(HandleErrorLayer::new(|error: BoxError| async move {
                     if error.is::<tower::timeout::error::Elapsed>() {
                         ApiError::Timeout
@@ -76,9 +113,9 @@ pub fn app(state: AppState, limits: EdgeLimits) -> Router {
                         ApiError::Internal(anyhow::anyhow!(error))
                     }
                 }))
-                .timeout(limits.request_timeout)
+                .timeout(config.request_timeout)
                 .layer(CatchPanicLayer::custom(problem::panic_response))
-                .layer(RequestBodyLimitLayer::new(limits.body_limit)),
+                .layer(RequestBodyLimitLayer::new(config.body_limit)),
         )
         .with_state(state)
 }

@@ -22,10 +22,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "Current status", body = Status),
         (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the service", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all)]
 async fn get_status(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,8 +6,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::{Json, Path};
+use super::limits::RateLimited;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
+use crate::meter;
 use crate::state::AppState;
 use crate::sync::engine::{self, SyncOutcome, SyncPath, UserDrift};
 
@@ -33,13 +35,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 404, description = "The token's user no longer exists", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_me(
     State(state): State<AppState>,
-    caller: Caller,
+    RateLimited(caller): RateLimited,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     let Caller::User(id) = caller else {
         return Err(ApiError::UserOnly);
@@ -62,13 +64,13 @@ async fn sync_me(
         (status = 404, description = "No auth user has this id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id))]
 async fn sync_user(
     State(state): State<AppState>,
-    caller: Caller,
+    RateLimited(caller): RateLimited,
     Path(id): Path<Uuid>,
 ) -> Result<Json<SyncOutcome>, ApiError> {
     if !caller.may_access(id) {
@@ -78,7 +80,6 @@ async fn sync_user(
 }
 
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
-    tracing::Span::current().record("user_id", tracing::field::display(id));
     let outcome = engine::sync_one(
         &state.db,
         &state.mapping,
@@ -87,6 +88,7 @@ async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOut
         SyncPath::Call,
     )
     .await?;
+    meter::record_sync(SyncPath::Call, outcome.action.into());
     tracing::info!(action = ?outcome.action, "synced");
     Ok(Json(outcome))
 }
@@ -104,7 +106,6 @@ async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOut
         (status = 404, description = "Neither table has this id", body = Problem, content_type = "application/problem+json"),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %id))]
 async fn user_drift(
     State(state): State<AppState>,
     caller: Caller,

@@ -26,6 +26,8 @@ pub struct RenderedSql {
     pub drift_one: String,
     /// Totals and drift counts over both tables.
     pub status: String,
+    /// When the longest-waiting missing user was created (for the metrics' age gauge).
+    pub oldest_missing: String,
 }
 
 impl RenderedSql {
@@ -516,6 +518,10 @@ select (select id from cand order by id desc limit 1) as last_id,
             heal_drift: self.heal_drift(),
             drift_one: self.drift_one(),
             status: self.status(),
+            oldest_missing: format!(
+                "select min(s.created_at) from auth.users s where {}",
+                self.missing("s")
+            ),
         }
     }
 }

@@ -40,3 +40,20 @@ pub async fn last_run(db: impl PgExecutor<'_>) -> sqlx::Result<Option<LastRunRow
     .fetch_optional(db)
     .await
 }
+
+/// When the longest-waiting missing user was created; `None` when no user is missing.
+pub async fn oldest_missing(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(&bound.sql.oldest_missing)
+        .fetch_one(db)
+        .await
+}
+
+/// When the last successful (applied or dry) run finished.
+pub async fn last_successful_run(db: impl PgExecutor<'_>) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("select max(finished_at) from usersync.runs where state = 'succeeded'")
+        .fetch_one(db)
+        .await
+}

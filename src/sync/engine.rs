@@ -52,6 +52,18 @@ impl SyncPath {
 
 /// The result of a successful sync: the action and the target row as it now stands.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "action": "created",
+    "user": {
+        "id": "00000000-0000-4000-8000-000000000001",
+        "email": "ada@example.com",
+        "full_name": "Ada Lovelace",
+        "avatar_url": null,
+        "role": "user",
+        "created_at": "2026-11-20T09:30:00Z",
+        "updated_at": "2026-11-21T10:00:00Z"
+    }
+}))]
 pub struct SyncOutcome {
     pub action: SyncAction,
     /// The target row (every column of the application's table), or null when skipped.
@@ -72,6 +84,9 @@ pub enum SyncError {
     /// index on the target.
     #[error("another profile holds this email")]
     EmailConflict,
+    /// The row was created and deleted again between two attempts; a retry will settle it.
+    #[error("the profile changed under two attempts in a row")]
+    Contended,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -96,9 +111,7 @@ pub async fn sync_one(
             return Ok(outcome);
         }
     }
-    Err(SyncError::Database(sqlx::Error::Protocol(
-        "the target row vanished between two sync attempts".into(),
-    )))
+    Err(SyncError::Contended)
 }
 
 /// Turns the statement's flags into an outcome; `None` means "retry" (see `sync_one`).
@@ -141,6 +154,7 @@ fn unique_violation_to_conflict(error: sqlx::Error, bound: &BoundMapping) -> Syn
 
 /// One id's drift, as `GET /v1/users/{id}/drift` reports it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"in_sync": false, "drift": ["stale"]}))]
 pub struct UserDrift {
     pub in_sync: bool,
     pub drift: Vec<DriftKind>,

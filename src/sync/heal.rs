@@ -33,6 +33,30 @@ pub enum HealAction {
     Reported,
 }
 
+impl HealAction {
+    /// The action's name, as the API and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealAction::Created => "created",
+            HealAction::Updated => "updated",
+            HealAction::Unchanged => "unchanged",
+            HealAction::Skipped => "skipped",
+            HealAction::Deleted => "deleted",
+            HealAction::Reported => "reported",
+        }
+    }
+
+    /// The drift kind the action repaired, as metrics label it.
+    pub fn drift_kind(self) -> &'static str {
+        match self {
+            HealAction::Created => "missing",
+            HealAction::Updated => "stale",
+            HealAction::Deleted | HealAction::Reported => "deleted",
+            HealAction::Unchanged | HealAction::Skipped => "none",
+        }
+    }
+}
+
 impl From<SyncAction> for HealAction {
     fn from(action: SyncAction) -> Self {
         match action {

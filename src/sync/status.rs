@@ -30,6 +30,19 @@ pub struct RunSummary {
 
 /// Totals, drift counts, pending dead letters and the last run.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "source_total": 1204,
+    "target_total": 1199,
+    "drift": {"missing": 6, "stale": 2, "mismatched": 0, "orphaned": 1, "deleted": 0},
+    "dead_letters_pending": 0,
+    "last_run": {
+        "id": "4f7d7a52-3c55-4e8e-9a55-0c2f6c1f1a10",
+        "state": "succeeded",
+        "dry_run": false,
+        "started_at": "2026-11-21T03:00:00Z",
+        "finished_at": "2026-11-21T03:00:04Z"
+    }
+}))]
 pub struct Status {
     /// Rows in `auth.users`.
     pub source_total: i64,

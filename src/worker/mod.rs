@@ -25,10 +25,11 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::meter;
 use crate::repo::dead_letters::{self, ClaimedLetter};
 use crate::repo::triggers::DEAD_LETTER_CHANNEL;
 use crate::sync::engine::{SyncError, SyncPath};
-use crate::sync::heal;
+use crate::sync::heal::{self, HealAction};
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
 use leader::LockConnection;
@@ -243,6 +244,7 @@ impl Healer {
         let failed = letter.attempts.saturating_add(1);
         let recorded = match healed {
             Ok(action) => {
+                meter::record_sync(SyncPath::Healing, action);
                 tracing::info!(user_id = %letter.user_id, attempts = failed, ?action, "healing: dead letter healed");
                 dead_letters::resolve(&self.db, letter.id).await
             }
@@ -276,6 +278,16 @@ impl Healer {
         .await
         {
             Ok(counts) if counts.created + counts.updated > 0 => {
+                meter::record_syncs(
+                    SyncPath::Healing,
+                    HealAction::Created,
+                    counts.created as u64,
+                );
+                meter::record_syncs(
+                    SyncPath::Healing,
+                    HealAction::Updated,
+                    counts.updated as u64,
+                );
                 tracing::info!(
                     created = counts.created,
                     updated = counts.updated,

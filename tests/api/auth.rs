@@ -6,11 +6,7 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 async fn app_with_user() -> (TestApp, Uuid) {
-    let app = spawn_app().await;
-    let id = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
-    (app, id)
+    spawn_app_with_user(AppOptions::default()).await
 }
 
 #[tokio::test]
@@ -199,17 +195,11 @@ async fn a_user_token_whose_sub_is_not_a_uuid_is_401() {
 
 #[tokio::test]
 async fn the_issuer_is_checked_when_configured() {
-    let app = spawn_app_with(
-        AppOptions {
-            issuer: Some("https://ref.supabase.co/auth/v1".into()),
-            ..Default::default()
-        },
-        |_| async {},
-    )
+    let (app, id) = spawn_app_with_user(AppOptions {
+        issuer: Some("https://ref.supabase.co/auth/v1".into()),
+        ..Default::default()
+    })
     .await;
-    let id = app
-        .insert_auth_user(&AuthUser::new("ada@example.com"))
-        .await;
     let mut claims = user_claims(id);
     claims["iss"] = json!("https://evil.example/auth/v1");
     let token = sign(&claims, JWT_SECRET);
@@ -299,4 +289,34 @@ async fn a_wrong_secret_key_is_not_the_service() {
 async fn the_service_has_no_me() {
     let (app, _) = app_with_user().await;
     assert_problem(app.sync_me(&secret_key()).await, 403, "user_only").await;
+}
+
+#[tokio::test]
+async fn during_a_secret_key_rotation_both_keys_are_the_service() {
+    let (old, new) = (
+        "sb_secret_old_rotating_0123456789",
+        "sb_secret_new_rotating_0123456789",
+    );
+    let app = spawn_app_with_options(AppOptions {
+        service_keys: vec![old.to_owned(), new.to_owned()],
+        ..Default::default()
+    })
+    .await;
+    for key in [old, new] {
+        assert_eq!(app.status(&Auth::ApiKey(key.into())).await.status(), 200);
+        assert_eq!(app.status(&Auth::Bearer(key.into())).await.status(), 200);
+    }
+    // A prefix, an extension, or the two glued together are not keys.
+    for wrong in [
+        &old[..old.len() - 1],
+        &format!("{new}x"),
+        &format!("{old},{new}"),
+    ] {
+        assert_problem(
+            app.status(&Auth::ApiKey(wrong.to_owned())).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
 }

@@ -38,6 +38,34 @@ fn a_missing_or_malformed_setting_is_one_line_naming_the_variable() {
         (
             &[
                 ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_JWKS_URL", "ftp://keys.example/jwks.json"),
+            ],
+            "USERSYNC_JWKS_URL",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_JWKS_FROM_ISSUER", "true"),
+            ],
+            "USERSYNC_JWKS_FROM_ISSUER",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_CORS_ORIGINS", "https://app.example.com/path"),
+            ],
+            "USERSYNC_CORS_ORIGINS",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_RATE_LIMIT_PER_MINUTE", "lots"),
+            ],
+            "USERSYNC_RATE_LIMIT_PER_MINUTE",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
                 ("USERSYNC_HEALING", "maybe"),
             ],
             "USERSYNC_HEALING",

@@ -6,10 +6,8 @@
 //! its own database, cloned from a template that already holds the usersync migrations, the
 //! Supabase-compatible `auth` fixture and `public.users`; it is dropped when the test ends.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{Method, RequestBuilder, Response};
@@ -17,14 +15,12 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig, MappingConfig,
-    PolicyConfig, ServeConfig, ServiceKeys, Switch,
+    AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig,
+    MappingConfig, MetricsAccess, PolicyConfig, ServeConfig, ServiceKeys, Switch,
 };
 use usersync::dev::fixtures;
 use usersync::repo::triggers;
@@ -218,20 +214,61 @@ pub struct TestApp {
 }
 
 /// Settings a test may change before the app starts.
-#[derive(Default)]
 pub struct AppOptions {
     pub mapping: Option<std::path::PathBuf>,
     pub issuer: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub service_keys: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_from_issuer: bool,
+    pub jwks_cache_ttl: Duration,
+    pub jwks_refetch_interval: Duration,
+    /// Off unless a test is about it: several tests sync one user many times.
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_burst: u32,
+    pub concurrency_limit: u32,
+    pub request_timeout: Duration,
+    pub header_limit: u32,
+    pub cors_origins: Option<&'static str>,
+    pub metrics_access: Option<MetricsAccess>,
     /// Run the healing loop (off by default, so that tests see drift stay put).
     pub healing: bool,
     /// The dead letters' retry schedule when healing (default: a fast one).
     pub retry_schedule: Option<&'static str>,
     /// The periodic reconciliation when healing (default: off).
-    pub reconcile_interval: Option<std::time::Duration>,
+    pub reconcile_interval: Option<Duration>,
     /// The dead letters' sweep when healing (default: 5 s).
-    pub sweep_interval: Option<std::time::Duration>,
+    pub sweep_interval: Option<Duration>,
     pub policy: DeletedPolicy,
     pub webhook_secret: Option<String>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            mapping: None,
+            issuer: None,
+            jwt_secret: Some(JWT_SECRET.to_owned()),
+            service_keys: vec![SERVICE_KEY.to_owned()],
+            jwks_url: None,
+            jwks_from_issuer: false,
+            jwks_cache_ttl: Duration::from_secs(600),
+            jwks_refetch_interval: Duration::from_secs(30),
+            rate_limit_per_minute: 0,
+            rate_limit_burst: 10,
+            concurrency_limit: 256,
+            request_timeout: Duration::from_secs(10),
+            header_limit: 16 * 1024,
+            cors_origins: None,
+            metrics_access: None,
+            healing: false,
+            retry_schedule: None,
+            reconcile_interval: None,
+            sweep_interval: None,
+            policy: DeletedPolicy::Report,
+            webhook_secret: None,
+        }
+    }
 }
 
 pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
@@ -239,22 +276,42 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
         database: DatabaseConfig {
             url: DatabaseUrl::parse(db_url).unwrap(),
             pool_size: 60,
-            acquire_timeout: std::time::Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
         },
         auth: AuthConfig {
-            jwt_secret: Some(SecretString::from(JWT_SECRET.to_owned())),
+            jwt_secret: options
+                .jwt_secret
+                .as_ref()
+                .map(|s| SecretString::from(s.clone())),
             jwt_issuer: options.issuer.clone(),
-            service_keys: Some(ServiceKeys(vec![SecretString::from(
-                SERVICE_KEY.to_owned(),
-            )])),
+            service_keys: (!options.service_keys.is_empty()).then(|| {
+                ServiceKeys(
+                    options
+                        .service_keys
+                        .iter()
+                        .map(|k| SecretString::from(k.clone()))
+                        .collect(),
+                )
+            }),
+            jwks_url: options.jwks_url.as_ref().map(|u| u.parse().unwrap()),
+            jwks_from_issuer: options.jwks_from_issuer,
+            jwks_cache_ttl: options.jwks_cache_ttl,
+            jwks_refetch_interval: options.jwks_refetch_interval,
         },
         mapping: MappingConfig {
             mapping: options.mapping.clone(),
         },
         http: HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            request_timeout: std::time::Duration::from_secs(10),
+            request_timeout: options.request_timeout,
             body_limit: 64 * 1024,
+            header_limit: options.header_limit,
+            concurrency_limit: options.concurrency_limit,
+            rate_limit_per_minute: options.rate_limit_per_minute,
+            rate_limit_burst: options.rate_limit_burst,
+            cors_origins: options.cors_origins.map(|o| CorsOrigins::parse(o).unwrap()),
+            metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
+            metrics_refresh: Duration::from_secs(15),
         },
         healing: HealingConfig {
             healing: if options.healing {
@@ -280,6 +337,20 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default(), |_| async {}).await
 }
 
+/// Starts the app with these settings.
+pub async fn spawn_app_with_options(options: AppOptions) -> TestApp {
+    spawn_app_with(options, |_| async {}).await
+}
+
+/// Starts the app with these settings, and one user (Ada) in `auth.users`.
+pub async fn spawn_app_with_user(options: AppOptions) -> (TestApp, Uuid) {
+    let app = spawn_app_with_options(options).await;
+    let id = app
+        .insert_auth_user(&AuthUser::new("ada@example.com"))
+        .await;
+    (app, id)
+}
+
 /// Starts the app after `prepare` has run against the fresh database (to create another target
 /// table, say).
 pub async fn spawn_app_with<F, Fut>(options: AppOptions, prepare: F) -> TestApp
@@ -290,17 +361,7 @@ where
     let db = TestDb::new().await;
     prepare(db.pool.clone()).await;
     let config = serve_config(&db.url(), &options);
-    let pool = usersync::db::pool(&config.database);
-    let app = Application::build(&config, pool)
-        .await
-        .expect("the app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp {
-        address,
-        db,
-        client: reqwest::Client::new(),
-    }
+    TestApp::start(db, config).await
 }
 
 /// How a test request authenticates.
@@ -314,6 +375,21 @@ pub enum Auth {
 }
 
 impl TestApp {
+    /// Serves `config` in this test's runtime, over `db` (which the test keeps for assertions).
+    pub async fn start(db: TestDb, config: ServeConfig) -> TestApp {
+        let pool = usersync::db::pool(&config.database);
+        let app = Application::build(&config, pool)
+            .await
+            .expect("the app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        TestApp {
+            address,
+            db,
+            client: reqwest::Client::new(),
+        }
+    }
+
     pub fn request(&self, method: Method, path: &str, auth: &Auth) -> RequestBuilder {
         let builder = self
             .client
@@ -610,74 +686,86 @@ pub fn usersync_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String
     )
 }
 
-/// A real `usersync serve` process.
-pub struct Replica {
-    pub child: Child,
+/// The real binary serving on a free port of 127.0.0.1, with the test secrets. Its stderr is
+/// read as it is written (a pipe nobody reads would block the process once 64 KiB of log
+/// lines piled up) and kept for the test. Killed when dropped, so a failing test leaves no
+/// process behind.
+pub struct ServeProcess {
+    child: std::process::Child,
     pub address: String,
-    logs: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     client: reqwest::Client,
 }
 
-impl Replica {
-    /// Starts the binary on `db_url` (with `env` on top of the test settings) and waits until
-    /// it listens.
+impl ServeProcess {
     pub async fn start(db_url: &str, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_usersync"));
-        command
-            .arg("serve")
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"));
+        cmd.arg("serve")
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", db_url)
+            .env("USERSYNC_LISTEN", format!("127.0.0.1:{port}"))
             .env("USERSYNC_JWT_SECRET", JWT_SECRET)
             .env("USERSYNC_SERVICE_KEYS", SERVICE_KEY)
-            .env("USERSYNC_LISTEN", "127.0.0.1:0")
-            .env("USERSYNC_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info");
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         for (k, v) in env {
-            command.env(k, v);
+            cmd.env(k, v);
         }
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut port_tx = Some(port_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                let parsed: Value = serde_json::from_str(&line).unwrap_or_default();
-                if parsed["fields"]["message"] == "usersync listening" {
-                    if let Some(tx) = port_tx.take() {
-                        let _ = tx.send(parsed["fields"]["port"].as_u64().unwrap());
-                    }
+        let mut child = cmd.spawn().expect("the usersync binary starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let mut pipe = child.stderr.take().expect("stderr is piped");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(&mut pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut all = sink.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
                 }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let port = tokio::time::timeout(Duration::from_secs(10), port_rx)
-            .await
-            .expect("the replica listens")
-            .expect("the replica logged its port");
-        Self {
+            })
+        };
+        let process = Self {
             child,
             address: format!("http://127.0.0.1:{port}"),
-            logs,
+            stderr,
+            reader: Some(reader),
             client: reqwest::Client::new(),
+        };
+        for _ in 0..100 {
+            let health = process
+                .client
+                .get(format!("{}/healthz", process.address))
+                .send();
+            if health.await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+        panic!("usersync serve did not answer on {}", process.address);
     }
 
-    /// `checks.healing` of its `/readyz`.
-    pub async fn role(&self) -> String {
-        match self
-            .client
-            .get(format!("{}/readyz", self.address))
-            .send()
-            .await
-        {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// `checks.healing` of its `/readyz` (`unreachable` when it does not answer).
+    pub async fn healing_role(&self) -> String {
+        let url = format!("{}/readyz", self.address);
+        match self.client.get(url).send().await {
             Ok(response) => {
                 let body: Value = response.json().await.unwrap_or_default();
                 body["checks"]["healing"]
@@ -689,13 +777,27 @@ impl Replica {
         }
     }
 
-    /// How many log lines contain `text`.
-    pub fn logged(&self, text: &str) -> usize {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(text))
-            .count()
+    /// Sends SIGTERM, waits for the exit, and returns everything written to stderr.
+    pub fn stop(self) -> String {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait().1
+    }
+
+    /// Waits for the process to exit (after a signal sent elsewhere); its status and stderr.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().expect("the process was started");
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.logs())
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,269 @@
+//! What the load benchmarks share: a seeded database, tokens, the served binary, wrk.
+
+#![allow(dead_code)] // each bench binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
+
+use usersync::dev::fixtures;
+use usersync::sync::mapping::Mapping;
+use usersync::sync::target::BoundMapping;
+
+pub const SECRET: &str = "bench-jwt-secret-with-at-least-32-characters";
+pub const SERVICE_KEY: &str = "sb_secret_bench_0123456789abcdef";
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The deterministic id of bench user `n`, in SQL (pgbench substitutes `:n`) and in Rust.
+pub const ID_SQL: &str = "('00000000-0000-4000-8000-' || lpad((:n)::text, 12, '0'))::uuid";
+pub fn id_of(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// The server (`DATABASE_URL`, default the local one) and the URL of database `name` on it.
+pub fn database_urls(name: &str) -> (String, String) {
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
+    let db = format!("{base}/{name}");
+    (server, db)
+}
+
+/// A user access token for bench user `n`, valid for `ttl` seconds.
+pub fn user_token(n: u32, ttl: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": id_of(n), "aud": "authenticated", "role": "authenticated",
+                "iat": now, "exp": now + ttl}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn workdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("usersync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes one token per bench user to `dir/tokens.txt`, for the wrk scripts.
+pub fn write_tokens(dir: &Path, users: u32, ttl: u64) -> anyhow::Result<()> {
+    let tokens: Vec<String> = (1..=users).map(|n| user_token(n, ttl)).collect();
+    std::fs::write(dir.join("tokens.txt"), tokens.join("\n"))?;
+    Ok(())
+}
+
+/// The release binary serving `db_url` on a free port; killed when dropped.
+pub struct Service {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Service {
+    pub fn start(db_url: &str, pool: u32) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_usersync"))
+            .arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("USERSYNC_LISTEN", format!("127.0.0.1:{port}"))
+            .env("USERSYNC_JWT_SECRET", SECRET)
+            .env("USERSYNC_SERVICE_KEYS", SERVICE_KEY)
+            .env("USERSYNC_LOG_FORMAT", "json")
+            .env("USERSYNC_DB_POOL_SIZE", pool.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let service = Self { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(service);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("usersync did not start listening on {port}")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Resident set size now, in KiB (from /proc).
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+
+    /// Peak resident set size so far, in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.child.id(), "VmHWM:")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A fresh bench database: the auth fixture, `public.users`, the migrations, and `users` users
+/// already synced (the steady state of a sign-in callback: the profile exists and is current).
+/// Returns the sync-one statement the service renders for it.
+pub async fn prepare_database(
+    server: &str,
+    db: &str,
+    name: &str,
+    users: u32,
+) -> anyhow::Result<String> {
+    let mut admin = PgConnection::connect(server).await?;
+    sqlx::raw_sql(&format!("drop database if exists {name} with (force)"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::raw_sql(&format!("create database {name}"))
+        .execute(&mut admin)
+        .await?;
+    let pool = PgPoolOptions::new().max_connections(2).connect(db).await?;
+    sqlx::raw_sql(fixtures::SUPABASE_AUTH)
+        .execute(&pool)
+        .await?;
+    sqlx::raw_sql(fixtures::PUBLIC_USERS).execute(&pool).await?;
+    usersync::db::migrate(&pool).await?;
+    sqlx::query(
+        "insert into auth.users (instance_id, id, aud, role, email, raw_app_meta_data,
+             raw_user_meta_data, confirmation_token, recovery_token, email_change_token_new,
+             email_change, created_at, updated_at)
+         select '00000000-0000-0000-0000-000000000000',
+                ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid,
+                'authenticated', 'authenticated', 'user' || n || '@example.com',
+                '{\"provider\":\"email\",\"providers\":[\"email\"]}',
+                jsonb_build_object('full_name', 'User ' || n), '', '', '', '', now(), now()
+           from generate_series(1, $1) n",
+    )
+    .bind(users as i32)
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "insert into public.users (id, email, full_name, role, created_at)
+         select id, email, raw_user_meta_data->>'full_name', 'user', created_at from auth.users",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::raw_sql("vacuum analyze").execute(&pool).await?;
+    let bound = BoundMapping::bind(&pool, Mapping::default_mapping()).await?;
+    pool.close().await;
+    Ok(bound.sql.sync_one)
+}
+
+/// What wrk reported.
+pub struct WrkResult {
+    pub requests_per_second: f64,
+    pub p99_ms: f64,
+    pub errors: f64,
+    pub requests: f64,
+}
+
+/// Runs wrk with a Lua script from `dir` against `url`.
+pub fn wrk(
+    dir: &Path,
+    script: &str,
+    url: &str,
+    connections: u32,
+    seconds: u32,
+) -> anyhow::Result<WrkResult> {
+    let output = Command::new("wrk")
+        .current_dir(dir)
+        .args([
+            "-t",
+            "2",
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+        ])
+        .args(["--latency", "-s", script])
+        .arg(url)
+        .output()?;
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(output.status.success(), "wrk failed: {out}");
+    Ok(WrkResult {
+        requests_per_second: number_after(&out, "Requests/sec:")
+            .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk output:\n{out}"))?,
+        p99_ms: latency_ms(&out, "99%")
+            .ok_or_else(|| anyhow::anyhow!("no p99 in wrk output:\n{out}"))?,
+        errors: number_after(&out, "Non-2xx or 3xx responses:").unwrap_or(0.0)
+            + socket_errors(&out),
+        requests: total_requests(&out).unwrap_or(0.0),
+    })
+}
+
+/// wrk's `123456 requests in 15.00s, ...` line.
+fn total_requests(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.contains(" requests in "))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// The first number after `label` in `text`.
+pub fn number_after(text: &str, label: &str) -> Option<f64> {
+    let rest = &text[text.find(label)? + label.len()..];
+    let token: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    token.parse().ok()
+}
+
+/// A line of wrk's latency distribution (`99%   12.34ms`) in milliseconds.
+pub fn latency_ms(text: &str, percentile: &str) -> Option<f64> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(percentile))?;
+    let value = line.split_whitespace().nth(1)?;
+    let (number, unit) = value.split_at(value.find(|c: char| c.is_alphabetic())?);
+    let number: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        _ => return None,
+    })
+}
+
+/// wrk's `Socket errors: connect 0, read 0, write 0, timeout 0`, summed.
+pub fn socket_errors(text: &str) -> f64 {
+    text.lines()
+        .find(|l| l.trim_start().starts_with("Socket errors:"))
+        .map(|l| {
+            l.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}

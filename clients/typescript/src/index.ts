@@ -1,0 +1,105 @@
+/**
+ * A small typed client for usersync.
+ *
+ * The types come from the committed OpenAPI document (`npm run generate`), so a change to the
+ * API that the client does not follow fails to compile here rather than at a user's sign-up.
+ */
+import createClient from "openapi-fetch";
+
+import type { components, paths } from "./schema.js";
+
+export type SyncOutcome = components["schemas"]["SyncOutcome"];
+export type Status = components["schemas"]["Status"];
+export type UserDrift = components["schemas"]["UserDrift"];
+export type Problem = components["schemas"]["Problem"];
+
+/** An API error, carrying the problem+json body; branch on `code`, not on the message. */
+export class UsersyncError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly problem: Problem;
+
+  constructor(problem: Problem) {
+    super(`${problem.status} ${problem.code}: ${problem.detail}`);
+    this.name = "UsersyncError";
+    this.status = problem.status;
+    this.code = problem.code;
+    this.problem = problem;
+  }
+}
+
+export interface UsersyncOptions {
+  /** Where usersync listens, e.g. `https://usersync.internal`. */
+  baseUrl: string;
+  /**
+   * A secret key (`sb_secret_...`) for the service-only calls (`status`, `reconcile`). Keep it
+   * on the server: never ship it to a browser.
+   */
+  secretKey?: string;
+  /** A custom fetch (tests, edge runtimes). */
+  fetch?: typeof fetch;
+}
+
+function problemOf(error: unknown, response: Response): Problem {
+  if (error && typeof error === "object" && "code" in error) {
+    return error as Problem;
+  }
+  return {
+    type: "about:blank",
+    title: response.statusText,
+    status: response.status,
+    detail: `unexpected ${response.status} response`,
+    code: "unexpected_response",
+  };
+}
+
+function unwrap<T>(result: { data?: T; error?: unknown; response: Response }): T {
+  if (result.data === undefined) {
+    throw new UsersyncError(problemOf(result.error, result.response));
+  }
+  return result.data;
+}
+
+export function createUsersync(options: UsersyncOptions) {
+  const client = createClient<paths>({
+    baseUrl: options.baseUrl.replace(/\/$/, ""),
+    fetch: options.fetch,
+  });
+  const serviceHeaders = () => {
+    if (!options.secretKey) {
+      throw new Error("this call needs the `secretKey` option (a service call)");
+    }
+    return { apikey: options.secretKey };
+  };
+
+  return {
+    /**
+     * Syncs the signed-in user's profile: call it right after `supabase.auth.signUp` (when it
+     * returned a session) or in the OAuth callback after `exchangeCodeForSession`.
+     */
+    async syncMe(accessToken: string): Promise<SyncOutcome> {
+      return unwrap(
+        await client.POST("/v1/users/me/sync", {
+          headers: { Authorization: `Bearer ${accessToken}` },
+        }),
+      );
+    },
+
+    /** One user's drift; a user may ask about themselves only. */
+    async drift(accessToken: string, userId: string): Promise<UserDrift> {
+      return unwrap(
+        await client.GET("/v1/users/{id}/drift", {
+          params: { path: { id: userId } },
+          headers: { Authorization: `Bearer ${accessToken}` },
+        }),
+      );
+    },
+
+    /** Drift counts per kind, totals, dead letters and the last run (service only). */
+    async status(): Promise<Status> {
+      return unwrap(await client.GET("/v1/status", { headers: serviceHeaders() }));
+    },
+  };
+}
+
+export type Usersync = ReturnType<typeof createUsersync>;

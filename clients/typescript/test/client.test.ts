@@ -1,0 +1,91 @@
+/**
+ * Starts the real service (`usersync dev`: a throwaway Postgres with demo users) and drives it
+ * through the client, with tokens minted by `jose` the way Supabase Auth mints them.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { once } from "node:events";
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+
+import { SignJWT } from "jose";
+
+import { createUsersync, UsersyncError } from "../src/index.js";
+
+const binary =
+  process.env.USERSYNC_BIN ??
+  fileURLToPath(new URL("../../../../target/debug/usersync", import.meta.url));
+const ADA = "00000000-0000-4000-8000-000000000001";
+const GRACE = "00000000-0000-4000-8000-000000000002";
+
+let service: ChildProcessWithoutNullStreams;
+let banner: Record<string, string> = {};
+
+before(async () => {
+  service = spawn(binary, ["dev", "--listen", "127.0.0.1:0"], {
+    env: { PATH: process.env.PATH, USERSYNC_LOG_FORMAT: "json" },
+  });
+  service.stderr.resume();
+  let out = "";
+  for await (const chunk of service.stdout) {
+    out += chunk;
+    if (out.includes("Ctrl-C stops")) break;
+  }
+  for (const match of out.matchAll(/^export (\w+)=(\S+)/gm)) {
+    banner[match[1]] = match[2];
+  }
+  assert.ok(banner.USERSYNC_URL, `no URL in the banner:\n${out}`);
+});
+
+after(async () => {
+  service.kill("SIGTERM");
+  await once(service, "exit");
+});
+
+async function accessToken(sub: string, claims: Record<string, unknown> = {}) {
+  return new SignJWT({ role: "authenticated", aal: "aal1", is_anonymous: false, ...claims })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setSubject(sub)
+    .setAudience("authenticated")
+    .setIssuedAt()
+    .setExpirationTime("1h")
+    .sign(new TextEncoder().encode(banner.USERSYNC_JWT_SECRET));
+}
+
+test("syncMe creates the profile once, then leaves it unchanged", async () => {
+  const usersync = createUsersync({ baseUrl: banner.USERSYNC_URL });
+  const token = await accessToken(GRACE);
+  const first = await usersync.syncMe(token);
+  assert.equal(first.action, "created");
+  assert.equal((first.user as Record<string, unknown>).email, "grace@example.com");
+  const second = await usersync.syncMe(token);
+  assert.equal(second.action, "unchanged");
+  const drift = await usersync.drift(token, GRACE);
+  assert.deepEqual(drift, { in_sync: true, drift: [] });
+});
+
+test("errors arrive as UsersyncError with the problem's code", async () => {
+  const usersync = createUsersync({ baseUrl: banner.USERSYNC_URL });
+  await assert.rejects(usersync.syncMe("not-a-token"), (e: unknown) => {
+    assert.ok(e instanceof UsersyncError);
+    assert.equal(e.status, 401);
+    assert.equal(e.code, "invalid_token");
+    return true;
+  });
+  const ada = await accessToken(ADA);
+  await assert.rejects(usersync.drift(ada, GRACE), (e: unknown) => {
+    assert.ok(e instanceof UsersyncError);
+    assert.equal(e.code, "not_self");
+    return true;
+  });
+});
+
+test("status needs the secret key and reports the demo drift", async () => {
+  const anonymous = createUsersync({ baseUrl: banner.USERSYNC_URL });
+  await assert.rejects(anonymous.status(), /secretKey/);
+  const admin = createUsersync({ baseUrl: banner.USERSYNC_URL, secretKey: banner.SECRET_KEY });
+  const status = await admin.status();
+  assert.equal(status.source_total, 5);
+  assert.equal(status.drift.orphaned, 1);
+  assert.ok(status.drift.missing >= 3);
+});

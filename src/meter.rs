@@ -1,0 +1,133 @@
+//! Metrics in Prometheus text format: what is recorded, and what `/metrics` computes per scrape.
+//!
+//! Request and sync counters are recorded as things happen. Drift counts and ages come from the
+//! database, so they are refreshed at scrape time, at most once per `refresh_every`: a scrape
+//! every few seconds must not turn into a full-table anti-join every few seconds.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+use crate::repo;
+use crate::sync::engine::SyncPath;
+use crate::sync::heal::HealAction;
+use crate::sync::target::BoundMapping;
+
+const HTTP_DURATION: &str = "usersync_http_request_duration_seconds";
+
+/// The process-wide recorder (metrics are global; several apps in one test process share it).
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(HTTP_DURATION.to_owned()),
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ],
+            )
+            .expect("the bucket list is not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// One HTTP request: counted and timed by route template (never the raw path) and status.
+pub fn record_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    counter!("usersync_http_requests_total", &labels).increment(1);
+    histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// One sync decision, by path (`call`, `batch`, `trigger`, `healing`, `hook`), drift kind and
+/// action.
+pub fn record_sync(path: SyncPath, action: HealAction) {
+    record_syncs(path, action, 1);
+}
+
+/// `count` sync decisions alike (a set-based heal).
+pub fn record_syncs(path: SyncPath, action: HealAction, count: u64) {
+    counter!(
+        "usersync_sync_actions_total",
+        "path" => path.as_str(),
+        "kind" => action.drift_kind(),
+        "action" => action.as_str()
+    )
+    .increment(count);
+}
+
+/// Scrape-time state: the exporter and when the database gauges were last refreshed.
+pub struct Meter {
+    refresh_every: Duration,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+impl Meter {
+    pub fn new(refresh_every: Duration) -> Self {
+        // Install the recorder now, so that nothing recorded before the first scrape is lost.
+        handle();
+        Self {
+            refresh_every,
+            last_refresh: Mutex::new(None),
+        }
+    }
+
+    /// The exposition text, after refreshing the database gauges if they are due.
+    pub async fn render(&self, db: &PgPool, bound: &BoundMapping) -> sqlx::Result<String> {
+        let due = {
+            let mut last = self.last_refresh.lock().expect("not poisoned");
+            let due = last.is_none_or(|at| at.elapsed() >= self.refresh_every);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            if let Err(e) = refresh_database_gauges(db, bound).await {
+                // Let the next scrape try again rather than serve stale numbers for a full period.
+                *self.last_refresh.lock().expect("not poisoned") = None;
+                return Err(e);
+            }
+        }
+        Ok(handle().render())
+    }
+}
+
+async fn refresh_database_gauges(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<()> {
+    let (counts, oldest_missing, last_success) = tokio::try_join!(
+        repo::status::counts(db, bound),
+        repo::status::oldest_missing(db, bound),
+        repo::status::last_successful_run(db),
+    )?;
+    for (kind, value) in [
+        ("missing", counts.missing),
+        ("stale", counts.stale),
+        ("mismatched", counts.mismatched),
+        ("orphaned", counts.orphaned),
+        ("deleted", counts.deleted),
+    ] {
+        gauge!("usersync_drift_users", "kind" => kind).set(value as f64);
+    }
+    gauge!("usersync_source_users").set(counts.source_total as f64);
+    gauge!("usersync_target_users").set(counts.target_total as f64);
+    gauge!("usersync_dead_letters_pending").set(counts.dead_letters_pending as f64);
+    let now = Utc::now();
+    let age = |at: Option<chrono::DateTime<Utc>>| {
+        at.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+    };
+    // No unsynced user: the age is zero, which is what an alert on it wants to see.
+    gauge!("usersync_oldest_unsynced_user_age_seconds").set(age(oldest_missing).unwrap_or(0.0));
+    // Never a successful run: the gauge is absent rather than a misleading number.
+    if let Some(seconds) = age(last_success) {
+        gauge!("usersync_last_successful_run_age_seconds").set(seconds);
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! What production does to a service: the database goes away and comes back, the pool runs dry,
+//! the process is told to stop mid-request. The short mode of the fault suite runs in CI.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::helpers::*;
+
+/// A TCP proxy in front of PostgreSQL that can drop every connection and refuse new ones (the
+/// database "goes away"), then accept again (it "comes back", as after a restart).
+struct PgProxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl PgProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (up2, conns) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client); // refused: the connection closes at once
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    fn go_down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn come_back(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// The test database's URL, through the proxy.
+    fn url_for(&self, db: &TestDb) -> String {
+        let direct = db.url();
+        let after_scheme = direct.find("://").unwrap() + 3;
+        let at = direct[after_scheme..]
+            .find('@')
+            .map_or(after_scheme, |i| after_scheme + i + 1);
+        let slash = direct[at..].find('/').unwrap() + at;
+        format!(
+            "{}127.0.0.1:{}{}",
+            &direct[..at],
+            self.port,
+            &direct[slash..]
+        )
+    }
+}
+
+async fn upstream_addr(db: &TestDb) -> std::net::SocketAddr {
+    let (host, port): (String, i32) = sqlx::query_as(
+        "select coalesce(host(inet_server_addr()), '127.0.0.1'), inet_server_port()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let host = if host == "::1" {
+        "127.0.0.1".into()
+    } else {
+        host
+    };
+    format!("{host}:{port}").parse().unwrap()
+}
+
+/// An app whose database connections all pass through `proxy`.
+async fn app_behind_proxy(pool_size: u32, acquire: Duration) -> (TestApp, PgProxy) {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(upstream_addr(&db).await).await;
+    let mut config = serve_config(&proxy.url_for(&db), &AppOptions::default());
+    config.database.pool_size = pool_size;
+    config.database.acquire_timeout = acquire;
+    let app = TestApp::start(db, config).await;
+    (app, proxy)
+}
+
+#[tokio::test]
+async fn when_the_database_goes_away_requests_get_503_and_recover_without_a_restart() {
+    let (app, proxy) = app_behind_proxy(4, Duration::from_secs(1)).await;
+    let id = app
+        .insert_auth_user(&AuthUser::new("away@example.com"))
+        .await;
+    assert_eq!(app.sync_me(&user_token(id)).await.status(), 200);
+
+    proxy.go_down();
+    let started = Instant::now();
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let sync = app.sync_me(&user_token(id)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a request hung while the db was away"
+    );
+    assert_eq!(
+        sync.headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("1".to_owned()),
+        "{:?}",
+        sync.status()
+    );
+    let body = assert_problem(sync, 503, "database_unavailable").await;
+    assert!(
+        !body["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "{body}"
+    );
+    // Liveness does not depend on the database.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+
+    // The database comes back (as after a restart): the same process recovers by itself.
+    proxy.come_back();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.get("/readyz").await.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "readyz never recovered");
+    let response = app.sync_me(&user_token(id)).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["action"], "unchanged");
+}
+
+#[tokio::test]
+async fn a_restart_that_kills_open_connections_costs_at_most_the_requests_in_flight() {
+    let (app, proxy) = app_behind_proxy(4, Duration::from_secs(2)).await;
+    let id = app
+        .insert_auth_user(&AuthUser::new("restart@example.com"))
+        .await;
+    assert_eq!(app.sync_me(&user_token(id)).await.status(), 200);
+    // A restart: every pooled connection dies, and the server is back a moment later.
+    proxy.go_down();
+    proxy.come_back();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(app.sync_me(&user_token(id)).await.status().as_u16());
+    }
+    // A dead pooled connection may fail one request (503, never a 500); then all succeed.
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert_eq!(*statuses.last().unwrap(), 200, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_makes_requests_wait_a_bounded_time_then_503() {
+    let db = TestDb::new().await;
+    let id = AuthUser::new("busy@example.com").insert(&db.pool).await;
+    let mut config = serve_config(&db.url(), &AppOptions::default());
+    config.database.pool_size = 1;
+    config.database.acquire_timeout = Duration::from_millis(500);
+    let app = TestApp::start(db, config).await;
+    assert_eq!(app.sync_me(&user_token(id)).await.status(), 200);
+    // Make the one pooled connection busy: its sync blocks on a row lock this test holds.
+    sqlx::query("update auth.users set email = 'busy2@example.com' where id = $1")
+        .bind(id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let mut blocker = app.db.pool.begin().await.unwrap();
+    sqlx::query("select 1 from public.users where id = $1 for update")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = {
+        let (address, token) = (app.address.clone(), user_token(id));
+        tokio::spawn(async move {
+            let Auth::Bearer(token) = token else {
+                unreachable!()
+            };
+            reqwest::Client::new()
+                .post(format!("{address}/v1/users/me/sync"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let second = app.sync_me(&user_token(id)).await;
+    let waited = started.elapsed();
+    assert_problem(second, 503, "database_unavailable").await;
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    blocker.rollback().await.unwrap();
+    assert_eq!(
+        first.await.unwrap(),
+        200,
+        "the blocked request finished once the lock went"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let db = TestDb::new().await;
+    let id = AuthUser::new("term@example.com").insert(&db.pool).await;
+    let serve = ServeProcess::start(&db.url(), &[]).await;
+    let client = reqwest::Client::new();
+    let Auth::Bearer(token) = user_token(id) else {
+        unreachable!()
+    };
+    assert_eq!(
+        client
+            .post(format!("{}/v1/users/me/sync", serve.address))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    sqlx::query("update auth.users set email = 'term2@example.com' where id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Hold the profile row so that the next syncs are still running when SIGTERM arrives.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("select 1 from public.users where id = $1 for update")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let request = client
+                .post(format!("{}/v1/users/me/sync", serve.address))
+                .bearer_auth(&token)
+                .send();
+            tokio::spawn(async move { request.await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = serve.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.rollback().await.unwrap();
+    let mut statuses = Vec::new();
+    for request in in_flight {
+        statuses.push(
+            request
+                .await
+                .unwrap()
+                .expect("the in-flight request was answered"),
+        );
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 200]);
+    let (exit, _) = serve.wait();
+    assert!(
+        exit.success(),
+        "usersync exited with {exit:?} after SIGTERM"
+    );
+    let email: String = sqlx::query_scalar("select email from public.users where id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(email, "term2@example.com");
+}

@@ -1,0 +1,190 @@
+// The admin dashboard in a real browser: Debian's Chromium driven by playwright-core (never a
+// downloaded browser), against the real service on a seeded database (`usersync dev`).
+//
+//   cargo build && cd tests/browser && npm ci && npm test
+//
+// Screenshots land in tests/browser/screenshots/.
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdirSync } from "node:fs";
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+const binary =
+  process.env.USERSYNC_BIN ?? fileURLToPath(new URL("../../target/debug/usersync", import.meta.url));
+const shots = fileURLToPath(new URL("./screenshots/", import.meta.url));
+const KINDS = ["missing", "stale", "mismatched", "orphaned", "deleted"];
+
+let service;
+let browser;
+let page;
+const env = {};
+
+async function status() {
+  const response = await fetch(`${env.USERSYNC_URL}/v1/status`, {
+    headers: { apikey: env.SECRET_KEY },
+  });
+  assert.equal(response.status, 200);
+  return response.json();
+}
+
+async function chartCounts() {
+  return page.$$eval("#drift-chart g[data-kind]", (groups) =>
+    Object.fromEntries(groups.map((g) => [g.dataset.kind, Number(g.dataset.count)])),
+  );
+}
+
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  service = spawn(binary, ["dev", "--listen", "127.0.0.1:0"], {
+    env: { PATH: process.env.PATH, USERSYNC_LOG_FORMAT: "json" },
+  });
+  service.stderr.resume();
+  let out = "";
+  for await (const chunk of service.stdout) {
+    out += chunk;
+    if (out.includes("Ctrl-C stops")) break;
+  }
+  for (const m of out.matchAll(/^export (\w+)=(\S+)/gm)) env[m[1]] = m[2];
+  assert.ok(env.USERSYNC_URL && env.SECRET_KEY, `no banner:\n${out}`);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // Nothing but the service may be asked for anything: the page must work offline.
+  await page.route("**/*", (route) =>
+    route.request().url().startsWith(env.USERSYNC_URL) ? route.continue() : route.abort(),
+  );
+});
+
+after(async () => {
+  await browser?.close();
+  if (service) {
+    service.kill("SIGTERM");
+    await once(service, "exit");
+  }
+});
+
+test("a wrong key is refused with a readable message and is not kept", async () => {
+  await page.goto(`${env.USERSYNC_URL}/admin`);
+  await page.fill("#key", "sb_secret_wrong_wrong_wrong_wrong");
+  await page.press("#key", "Enter");
+  await page.waitForSelector("#error:not([hidden])");
+  const message = await page.textContent("#error");
+  assert.match(message, /invalid_token/);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("usersync.secretKey")), null);
+  assert.equal(await page.isVisible("#login"), true);
+});
+
+test("with the key, the chart and the counts match GET /v1/status", async () => {
+  await page.fill("#key", env.SECRET_KEY);
+  await page.press("#key", "Enter");
+  await page.waitForSelector("body[data-loaded=true]");
+  assert.equal(await page.isVisible("#dashboard"), true);
+  // The key lives in this tab's session storage only.
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("usersync.secretKey")), env.SECRET_KEY);
+  assert.equal(await page.evaluate(() => localStorage.length), 0);
+
+  const expected = await status();
+  assert.deepEqual(await chartCounts(), Object.fromEntries(KINDS.map((k) => [k, expected.drift[k]])));
+  assert.equal(await page.textContent("#source-total"), String(expected.source_total));
+  assert.equal(await page.textContent("#target-total"), String(expected.target_total));
+  assert.equal(await page.textContent("#dead-letters-pending"), String(expected.dead_letters_pending));
+  assert.ok(expected.drift.missing > 0, "the demo data has missing users");
+  await page.screenshot({ path: `${shots}dashboard.png`, fullPage: true });
+});
+
+test("a dry run from the page plans and writes nothing", async () => {
+  const before = await status();
+  await page.click("#dry-run");
+  await page.waitForFunction(() => /Dry run succeeded/.test(document.querySelector("#run-note").textContent));
+  const after = await status();
+  assert.equal(after.target_total, before.target_total);
+  assert.deepEqual(after.drift, before.drift);
+  const row = page.locator("#runs tbody tr").first();
+  assert.equal(await row.getAttribute("data-state"), "succeeded");
+  assert.match(await row.textContent(), /dry run/);
+  assert.match(await row.textContent(), new RegExp(`missing: ${before.drift.missing}`));
+  // The run is a point of the drift-over-time chart.
+  assert.equal(await page.locator("#history-chart polyline").count(), KINDS.length);
+});
+
+test("apply shows the plan's counts first, then repairs", async () => {
+  const before = await status();
+  await page.click("#apply");
+  await page.waitForSelector("#confirm[open]");
+  const planned = await page.$$eval("#plan tbody tr", (rows) =>
+    Object.fromEntries(rows.map((r) => [r.dataset.kind, Number(r.cells[2].textContent.replace(/,/g, ""))])),
+  );
+  assert.equal(planned.missing, before.drift.missing);
+  await page.screenshot({ path: `${shots}confirm.png` });
+  await page.click("#confirm-apply");
+  await page.waitForFunction(() => /Applied\./.test(document.querySelector("#run-note").textContent));
+  const after = await status();
+  assert.equal(after.drift.missing, 0);
+  assert.equal(after.target_total, before.target_total + before.drift.missing);
+  await page.waitForFunction(
+    (missing) => document.querySelector('#drift-chart g[data-kind="missing"]')?.dataset.count === String(missing),
+    after.drift.missing,
+  );
+  assert.notEqual(await page.textContent("#last-success"), "never");
+  await page.screenshot({ path: `${shots}applied.png`, fullPage: true });
+});
+
+test("cancelling an apply writes nothing", async () => {
+  const before = await status();
+  await page.click("#apply");
+  await page.waitForSelector("#confirm[open]");
+  await page.keyboard.press("Escape");
+  await page.waitForFunction(() => /cancelled/.test(document.querySelector("#run-note").textContent));
+  assert.deepEqual((await status()).drift, before.drift);
+});
+
+test("usable by keyboard, readable, and fits a phone", async () => {
+  // Every control has an accessible name, and Tab reaches the run buttons.
+  const unnamed = await page.$$eval("button, input", (els) =>
+    els.filter((e) => !e.hidden && !(e.labels?.length || e.textContent.trim() || e.getAttribute("aria-label"))).length,
+  );
+  assert.equal(unnamed, 0);
+  await page.focus("#limit");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "dry-run");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "apply");
+
+  // WCAG AA contrast (4.5:1) for body text, labels and buttons.
+  const ratios = await page.evaluate(() => {
+    const lum = (rgb) => {
+      const [r, g, b] = rgb.match(/\d+/g).slice(0, 3).map(Number).map((c) => {
+        const s = c / 255;
+        return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+      });
+      return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const background = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const bg = getComputedStyle(e).backgroundColor;
+        if (bg && !bg.endsWith(", 0)") && bg !== "transparent") return bg;
+      }
+      return "rgb(255, 255, 255)";
+    };
+    return ["h1", "h2", ".card dt", ".card dd", "#dry-run", "#apply", "td", ".note", "legend"].map((sel) => {
+      const el = document.querySelector(sel);
+      const [a, b] = [lum(getComputedStyle(el).color), lum(background(el))];
+      return [sel, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+    });
+  });
+  for (const [selector, ratio] of ratios) assert.ok(ratio >= 4.5, `${selector}: contrast ${ratio.toFixed(2)}`);
+
+  await page.setViewportSize({ width: 375, height: 800 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
+  await page.screenshot({ path: `${shots}phone.png`, fullPage: true });
+});
