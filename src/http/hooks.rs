@@ -28,29 +28,72 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(database_hook))
 }
 
-/// A Supabase Database Webhook payload, as `supabase_functions.http_request` builds it. Only
-/// what usersync reads is declared.
+/// A Supabase Database Webhook payload on `auth.users`, as `supabase_functions.http_request`
+/// builds it: the operation in `type`, the row after it in `record` (`INSERT`, `UPDATE`) or the
+/// row before it in `old_record` (`DELETE`). Only what usersync reads is declared; every other
+/// field, secrets included, is skipped unread.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct DatabaseWebhook {
-    /// `INSERT`, `UPDATE` or `DELETE`.
-    #[serde(rename = "type")]
-    pub op: String,
-    /// Must be `users`.
-    pub table: String,
-    /// Must be `auth`.
-    pub schema: String,
-    /// The row after the change (`INSERT`, `UPDATE`); only its `id` is read.
-    pub record: Option<RecordRef>,
-    /// The row before the change (`UPDATE`, `DELETE`); only its `id` is read.
-    pub old_record: Option<RecordRef>,
+#[serde(tag = "type")]
+// `schema` and `table` are never read: they are declared so that the parser (and the
+// document) require `auth`.`users`.
+#[allow(dead_code)]
+pub enum DatabaseWebhook {
+    #[serde(rename = "INSERT")]
+    Insert {
+        schema: AuthSchema,
+        table: UsersTable,
+        record: RecordRef,
+    },
+    #[serde(rename = "UPDATE")]
+    Update {
+        schema: AuthSchema,
+        table: UsersTable,
+        record: RecordRef,
+    },
+    #[serde(rename = "DELETE")]
+    Delete {
+        schema: AuthSchema,
+        table: UsersTable,
+        old_record: RecordRef,
+    },
+}
+
+impl DatabaseWebhook {
+    fn user_id(&self) -> Uuid {
+        match self {
+            DatabaseWebhook::Insert { record, .. } | DatabaseWebhook::Update { record, .. } => {
+                record.id
+            }
+            DatabaseWebhook::Delete { old_record, .. } => old_record.id,
+        }
+    }
+}
+
+/// The schema a payload must be about.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub enum AuthSchema {
+    #[serde(rename = "auth")]
+    Auth,
+}
+
+/// The table a payload must be about.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub enum UsersTable {
+    #[serde(rename = "users")]
+    Users,
 }
 
 /// The one field of an `auth.users` row that usersync reads from a webhook.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RecordRef {
-    /// Any JSON, so that a non-UUID id is refused as a bad id rather than as bad JSON.
-    #[schema(value_type = Option<String>, format = Uuid)]
-    pub id: Option<serde_json::Value>,
+    pub id: Uuid,
+}
+
+/// Which table a payload is about, read first so that a webhook on another table is told so.
+#[derive(Deserialize)]
+struct Subject {
+    schema: Option<String>,
+    table: Option<String>,
 }
 
 /// What the signal led to.
@@ -136,43 +179,29 @@ async fn database_hook(
 
 /// The user id a payload is about; every refusal says why without quoting the body.
 fn user_id_of(body: &[u8]) -> Result<Uuid, ApiError> {
-    let hook: DatabaseWebhook = serde_json::from_slice(body).map_err(|e| {
+    let not_a_payload = |e: serde_json::Error| {
+        // Where it went wrong, when serde knows (not after buffering a tagged enum); never what.
+        let at = match e.line() {
+            0 => String::new(),
+            line => format!(" at line {line}, column {}", e.column()),
+        };
         ApiError::bad_request(
             "invalid_body",
             format!(
-                "not a Database Webhook payload ({:?} error at line {}, column {})",
-                e.classify(),
-                e.line(),
-                e.column()
+                "not a Database Webhook payload on auth.users with a user id ({:?} error{at})",
+                e.classify()
             ),
         )
-    })?;
-    if (hook.schema.as_str(), hook.table.as_str()) != ("auth", "users") {
+    };
+    let subject: Subject = serde_json::from_slice(body).map_err(not_a_payload)?;
+    if (subject.schema.as_deref(), subject.table.as_deref()) != (Some("auth"), Some("users")) {
         return Err(ApiError::bad_request(
             "not_auth_users",
             "this endpoint takes webhooks on auth.users only",
         ));
     }
-    let row = match hook.op.as_str() {
-        "INSERT" | "UPDATE" => hook.record,
-        "DELETE" => hook.old_record,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "`type` must be INSERT, UPDATE or DELETE",
-            ))
-        }
-    };
-    row.and_then(|r| r.id)
-        .as_ref()
-        .and_then(|id| id.as_str())
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_body",
-                "the payload carries no user id (`record.id`, or `old_record.id` for DELETE)",
-            )
-        })
+    let hook: DatabaseWebhook = serde_json::from_slice(body).map_err(not_a_payload)?;
+    Ok(hook.user_id())
 }
 
 #[cfg(test)]
@@ -181,9 +210,15 @@ mod tests {
 
     #[test]
     fn a_parse_error_never_quotes_the_body() {
-        let body = br#"{"type": "INSERT", "table": "users", "schema": "auth", "record": "$2a$10$secrethash"}"#;
-        let err = user_id_of(body).unwrap_err().to_string();
-        assert!(!err.contains("secrethash"), "{err}");
-        assert!(err.contains("line 1"), "{err}");
+        let bodies: [&[u8]; 3] = [
+            br#"{"type": "INSERT", "table": "users", "schema": "auth", "record": "$2a$10$secrethash"}"#,
+            br#"{"type": "INSERT", "table": "users", "schema": "auth", "record": {"id": "secrethash"}}"#,
+            br#"{"type": "INSERT", "record": {"encrypted_password": "$2a$10$secrethash"#,
+        ];
+        for body in bodies {
+            let err = user_id_of(body).unwrap_err().to_string();
+            assert!(!err.contains("secrethash"), "{err}");
+            assert!(err.contains("error"), "{err}");
+        }
     }
 }

@@ -191,18 +191,34 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
-         * @description A Supabase Database Webhook payload, as `supabase_functions.http_request` builds it. Only
-         *     what usersync reads is declared.
+         * @description The schema a payload must be about.
+         * @enum {string}
+         */
+        AuthSchema: "auth";
+        /**
+         * @description A Supabase Database Webhook payload on `auth.users`, as `supabase_functions.http_request`
+         *     builds it: the operation in `type`, the row after it in `record` (`INSERT`, `UPDATE`) or the
+         *     row before it in `old_record` (`DELETE`). Only what usersync reads is declared; every other
+         *     field, secrets included, is skipped unread.
          */
         DatabaseWebhook: {
-            old_record?: null | components["schemas"]["RecordRef"];
-            record?: null | components["schemas"]["RecordRef"];
-            /** @description Must be `auth`. */
-            schema: string;
-            /** @description Must be `users`. */
-            table: string;
-            /** @description `INSERT`, `UPDATE` or `DELETE`. */
-            type: string;
+            record: components["schemas"]["RecordRef"];
+            schema: components["schemas"]["AuthSchema"];
+            table: components["schemas"]["UsersTable"];
+            /** @enum {string} */
+            type: "INSERT";
+        } | {
+            record: components["schemas"]["RecordRef"];
+            schema: components["schemas"]["AuthSchema"];
+            table: components["schemas"]["UsersTable"];
+            /** @enum {string} */
+            type: "UPDATE";
+        } | {
+            old_record: components["schemas"]["RecordRef"];
+            schema: components["schemas"]["AuthSchema"];
+            table: components["schemas"]["UsersTable"];
+            /** @enum {string} */
+            type: "DELETE";
         };
         /** @description A dead letter as admins see it: who, what failed and why, and when it is retried. */
         DeadLetter: {
@@ -285,11 +301,8 @@ export interface components {
         };
         /** @description The one field of an `auth.users` row that usersync reads from a webhook. */
         RecordRef: {
-            /**
-             * Format: uuid
-             * @description Any JSON, so that a non-UUID id is refused as a bad id rather than as bad JSON.
-             */
-            id?: string | null;
+            /** Format: uuid */
+            id: string;
         };
         /** @description The most recent reconciliation run, if any. */
         RunSummary: {
@@ -381,6 +394,11 @@ export interface components {
             drift: components["schemas"]["DriftKind"][];
             in_sync: boolean;
         };
+        /**
+         * @description The table a payload must be about.
+         * @enum {string}
+         */
+        UsersTable: "users";
     };
     responses: never;
     parameters: never;
