@@ -7,17 +7,23 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
-use crate::config::{DatabaseConfig, LogFormat, MappingConfig, ReconcileConfig, ServeConfig};
+use crate::config::{
+    DatabaseConfig, DatabaseUrl, LogFormat, MappingConfig, PolicyConfig, ReconcileConfig,
+    ServeConfig,
+};
+use crate::doctor::Risk;
+use crate::repo::triggers;
 use crate::startup::{self, Application};
 use crate::sync::drift::DriftKind;
 use crate::sync::mapping::Mapping;
 use crate::sync::reconcile::{Reconciler, StartError};
 use crate::sync::run::{Run, RunOptions, RunState};
 use crate::sync::target::BoundMapping;
-use crate::{db, dev, openapi, sync, telemetry};
+use crate::{db, dev, doctor, openapi, sync, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +51,11 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Apply the usersync schema's migrations (safe to repeat).
     Migrate(DatabaseConfig),
+    /// Install, remove or print the trigger path on auth.users, rendered from the mapping.
+    Triggers {
+        #[command(subcommand)]
+        action: TriggersAction,
+    },
     /// Print drift counts, totals and the last run.
     Status {
         #[command(flatten)]
@@ -55,12 +66,48 @@ enum Command {
     /// Plan, then repair drift chunk by chunk (one run at a time across all replicas); exits
     /// non-zero unless the run succeeds.
     Reconcile(Box<ReconcileArgs>),
+    /// Name every risk the live project carries for sign-up, sync and deletion; exits non-zero
+    /// when it finds one.
+    Doctor(DoctorArgs),
     /// Print the OpenAPI document.
     Openapi,
     /// Mint a token with the configured JWT secret, for local use.
     Token(TokenArgs),
     /// Boot a throwaway Postgres with a Supabase-like auth schema and demo users, and serve.
     Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggersAction {
+    /// Install the triggers and their functions, or refresh them after the mapping, the table
+    /// or the deleted policy changed. Installing twice changes nothing.
+    Install(TriggersArgs),
+    /// Remove the triggers and their functions; nothing of them is left behind.
+    Uninstall(DatabaseConfig),
+    /// Print the SQL `install` runs: one transaction, safe to re-run, to ship as a Supabase
+    /// migration.
+    Show(TriggersArgs),
+}
+
+#[derive(Debug, Args)]
+struct TriggersArgs {
+    #[command(flatten)]
+    database: DatabaseConfig,
+    #[command(flatten)]
+    mapping: MappingConfig,
+    #[command(flatten)]
+    policy: PolicyConfig,
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// The Postgres to inspect. Unlike the other commands, doctor accepts Supabase's
+    /// transaction-mode pooler (port 6543), to report it as a risk.
+    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL",
+          value_parser = DatabaseUrl::parse_any_port, hide_env_values = true)]
+    url: DatabaseUrl,
+    #[command(flatten)]
+    mapping: MappingConfig,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +198,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             db::migrate(&pool).await?;
             println!("usersync schema is up to date");
         }
+        Command::Triggers { action } => run_triggers(action).await?,
+        Command::Doctor(args) => return doctor(args).await,
         Command::Status { database, mapping } => {
             let pool = db::pool(&database);
             let bound =
@@ -176,6 +225,57 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
+    let bind = |args: &TriggersArgs| {
+        let pool = db::pool(&args.database);
+        let mapping = Mapping::load(args.mapping.mapping.as_deref());
+        async move { anyhow::Ok((BoundMapping::bind(&pool, mapping?).await?, pool)) }
+    };
+    match action {
+        TriggersAction::Install(args) => {
+            let (bound, pool) = bind(&args).await?;
+            triggers::install(&pool, &bound, args.policy.deleted).await?;
+            println!(
+                "usersync triggers installed: auth.users -> {} (deleted users: {})",
+                bound.mapping.target.qualified(),
+                args.policy.deleted.as_str()
+            );
+        }
+        TriggersAction::Uninstall(database) => {
+            triggers::uninstall(&db::pool(&database)).await?;
+            println!("usersync triggers removed");
+        }
+        TriggersAction::Show(args) => {
+            let (bound, _) = bind(&args).await?;
+            print!("{}", triggers::install_sql(&bound, args.policy.deleted));
+        }
+    }
+    Ok(())
+}
+
+/// Prints one line per risk (or "no risks found"); fails when it found any.
+async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let mut risks = Vec::new();
+    if args.url.through_transaction_pooler() {
+        risks.push(Risk::TransactionPooler);
+    }
+    let mapping = Mapping::load(args.mapping.mapping.as_deref())?;
+    // One connection, made once: a database that cannot be reached is reported at once.
+    let inspected = match PgConnection::connect_with(&args.url.options).await {
+        Ok(mut conn) => doctor::inspect(&mut conn, &mapping.target).await,
+        Err(e) => Err(e),
+    };
+    for risk in risks.iter().chain(inspected.iter().flatten()) {
+        println!("{risk}");
+    }
+    let found = risks.len() + inspected?.len();
+    if found == 0 {
+        println!("no risks found");
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// The error and its causes on one line.

@@ -19,6 +19,8 @@ use crate::sync::policy::{
     DeletedPolicy, MismatchedPolicy, MissingPolicy, OrphanedPolicy, Policies, StalePolicy,
 };
 use crate::sync::reconcile::Walking;
+use crate::worker::retry::RetrySchedule;
+use crate::worker::HealingSettings;
 
 /// The port of Supabase's transaction-mode pooler (Supavisor), which does not support the
 /// prepared statements sqlx relies on.
@@ -69,21 +71,33 @@ impl DatabaseUrl {
     /// Parses and checks a Postgres URL; the error never repeats the URL (it may hold a
     /// password).
     pub fn parse(raw: &str) -> Result<DatabaseUrl, String> {
+        let url = Self::parse_any_port(raw)?;
+        if url.through_transaction_pooler() {
+            return Err(format!(
+                "points at port {TRANSACTION_POOLER_PORT}, Supabase's transaction-mode pooler, \
+                 which does not support prepared statements: use the direct connection or the \
+                 session-mode pooler (port 5432)"
+            ));
+        }
+        Ok(url)
+    }
+
+    /// Parses without refusing the transaction-mode pooler: `usersync doctor` reports it as a
+    /// risk rather than stopping at it.
+    pub fn parse_any_port(raw: &str) -> Result<DatabaseUrl, String> {
         if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
             return Err("must be a postgres:// or postgresql:// URL".into());
         }
         let options = PgConnectOptions::from_str(raw).map_err(|_| "is not a valid Postgres URL")?;
-        if options.get_port() == TRANSACTION_POOLER_PORT {
-            return Err(format!(
-            "points at port {TRANSACTION_POOLER_PORT}, Supabase's transaction-mode pooler, which \
-             does not support prepared statements: use the direct connection or the session-mode \
-             pooler (port 5432)"
-        ));
-        }
         Ok(DatabaseUrl {
             options,
             raw: SecretString::from(raw.to_owned()),
         })
+    }
+
+    /// Whether the URL names Supabase's transaction-mode pooler port.
+    pub fn through_transaction_pooler(&self) -> bool {
+        self.options.get_port() == TRANSACTION_POOLER_PORT
     }
 }
 
@@ -93,7 +107,7 @@ pub struct AuthConfig {
     /// The project's legacy JWT secret (HS256), used as its raw UTF-8 bytes. At least 32
     /// characters, as Supabase requires.
     #[arg(long = "jwt-secret", env = "USERSYNC_JWT_SECRET", value_name = "USERSYNC_JWT_SECRET",
-          value_parser = parse_jwt_secret, hide_env_values = true)]
+          value_parser = parse_secret, hide_env_values = true)]
     pub jwt_secret: Option<SecretString>,
 
     /// The issuer user tokens must carry (`https://<ref>.supabase.co/auth/v1`); unchecked when
@@ -195,7 +209,8 @@ fn parse_jwks_url(raw: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn parse_jwt_secret(raw: &str) -> Result<SecretString, String> {
+/// A shared secret: at least 32 characters, as Supabase requires of its JWT secret.
+fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.chars().count() < 32 {
         return Err("must be at least 32 characters long".into());
     }
@@ -408,14 +423,9 @@ pub struct ReconcileConfig {
     )]
     pub orphaned: OrphanedPolicy,
 
-    /// The profile of a deleted auth user: `report`, or `delete` it.
-    #[arg(
-        long = "policy-deleted",
-        env = "USERSYNC_POLICY_DELETED",
-        value_name = "USERSYNC_POLICY_DELETED",
-        default_value = "report"
-    )]
-    pub deleted: DeletedPolicy,
+    /// The profile of a deleted auth user (shared with the trigger path and the webhook).
+    #[command(flatten)]
+    pub deleted: PolicyConfig,
 
     /// The largest share of the target (0 to 1) one run may delete; a run that would delete
     /// more stops as `needs_override` until started again with the override.
@@ -480,7 +490,7 @@ impl ReconcileConfig {
             stale: self.stale,
             mismatched: self.mismatched,
             orphaned: self.orphaned,
-            deleted: self.deleted,
+            deleted: self.deleted.deleted,
             max_delete_share: self.max_delete_share,
         }
     }
@@ -510,7 +520,7 @@ impl Default for ReconcileConfig {
             stale: p.stale,
             mismatched: p.mismatched,
             orphaned: p.orphaned,
-            deleted: p.deleted,
+            deleted: PolicyConfig { deleted: p.deleted },
             max_delete_share: p.max_delete_share,
             chunk_size: DEFAULT_CHUNK_SIZE,
             workers: DEFAULT_WORKERS,
@@ -542,6 +552,91 @@ fn parse_http_url(raw: &str) -> Result<String, String> {
     }
 }
 
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// The healing loop inside `usersync serve` (see `worker`).
+#[derive(Debug, Clone, Args)]
+pub struct HealingConfig {
+    /// `on`: this replica takes part in the healing loop (one replica leads at a time, by a
+    /// Postgres advisory lock; the others stand by and take over within about a second when
+    /// it dies). `off`: this replica only serves HTTP.
+    #[arg(
+        long = "healing",
+        env = "USERSYNC_HEALING",
+        value_name = "USERSYNC_HEALING",
+        default_value = "on"
+    )]
+    pub healing: Switch,
+
+    /// The leader looks for due dead letters at least this often, whatever LISTEN/NOTIFY said:
+    /// the safety net for a notification lost while its connection was down.
+    #[arg(long = "healing-sweep-interval", env = "USERSYNC_HEALING_SWEEP_INTERVAL",
+          value_name = "USERSYNC_HEALING_SWEEP_INTERVAL", default_value = "30s",
+          value_parser = parse_positive_duration)]
+    pub sweep_interval: Duration,
+
+    /// Delays between a dead letter's attempts, comma-separated; the last one repeats until
+    /// the letter heals. Each is jittered by ±20%; the next attempt is stored in Postgres.
+    #[arg(long = "healing-retry-schedule", env = "USERSYNC_HEALING_RETRY_SCHEDULE",
+          value_name = "USERSYNC_HEALING_RETRY_SCHEDULE", default_value = "5s,30s,2m,10m,30m,1h",
+          value_parser = RetrySchedule::parse)]
+    pub retry_schedule: RetrySchedule,
+
+    /// How often the leader heals every missing and stale user (and once when it takes the
+    /// lead); `0` turns the periodic reconciliation off.
+    #[arg(long = "reconcile-interval", env = "USERSYNC_RECONCILE_INTERVAL",
+          value_name = "USERSYNC_RECONCILE_INTERVAL", default_value = "1h",
+          value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+}
+
+impl HealingConfig {
+    /// What the loop does; `None` when it is off.
+    pub fn settings(&self, deleted: DeletedPolicy) -> Option<HealingSettings> {
+        (self.healing == Switch::On).then(|| HealingSettings {
+            sweep_interval: self.sweep_interval,
+            retry_schedule: self.retry_schedule.clone(),
+            reconcile_interval: (!self.reconcile_interval.is_zero())
+                .then_some(self.reconcile_interval),
+            policy: deleted,
+        })
+    }
+}
+
+/// What happens to a deleted user's target row, on every path.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyConfig {
+    /// What happens to a deleted user's target row (hard delete, or `deleted_at` set):
+    /// `report` keeps it and records the deletion; `delete` removes it (runs: within the
+    /// mass-delete guard). The trigger path bakes the policy in when installed: reinstall the
+    /// triggers after changing it.
+    #[arg(
+        long = "policy-deleted",
+        env = "USERSYNC_POLICY_DELETED",
+        value_name = "USERSYNC_POLICY_DELETED",
+        value_enum,
+        default_value = "report"
+    )]
+    pub deleted: DeletedPolicy,
+}
+
+/// Signals from Supabase.
+#[derive(Debug, Clone, Args)]
+pub struct HooksConfig {
+    /// A shared secret that a Supabase Database Webhook may send in the
+    /// `x-usersync-webhook-secret` header of `POST /v1/hooks/database`, instead of a service
+    /// key. At least 32 characters.
+    #[arg(long = "webhook-secret", env = "USERSYNC_WEBHOOK_SECRET",
+          value_name = "USERSYNC_WEBHOOK_SECRET", value_parser = parse_secret,
+          hide_env_values = true)]
+    pub webhook_secret: Option<SecretString>,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -564,6 +659,10 @@ pub struct ServeConfig {
     pub http: HttpConfig,
     #[command(flatten)]
     pub reconcile: ReconcileConfig,
+    #[command(flatten)]
+    pub healing: HealingConfig,
+    #[command(flatten)]
+    pub hooks: HooksConfig,
 }
 
 /// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
@@ -586,6 +685,14 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         }
     };
     Ok(duration)
+}
+
+/// A duration above zero.
+fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
+    match parse_duration(raw)? {
+        d if d.is_zero() => Err("must be above zero".into()),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]
@@ -647,7 +754,7 @@ mod tests {
 
     #[test]
     fn short_secrets_and_empty_keys_are_refused() {
-        assert!(parse_jwt_secret("short").is_err());
+        assert!(parse_secret("short").is_err());
         assert!(parse_service_keys("sb_secret_aaaaaaaaaaaaaaaa,").is_err());
         assert_eq!(
             parse_service_keys("sb_secret_aaaaaaaaaaaaaaaa, sb_secret_bbbbbbbbbbbbbbbb")
@@ -740,9 +847,7 @@ mod tests {
     #[test]
     fn no_secret_shows_in_the_configuration_debug_output() {
         let config = AuthConfig {
-            jwt_secret: Some(
-                parse_jwt_secret("jwt-secret-value-that-is-long-enough-0123").unwrap(),
-            ),
+            jwt_secret: Some(parse_secret("jwt-secret-value-that-is-long-enough-0123").unwrap()),
             service_keys: Some(
                 parse_service_keys("sb_secret_aaaaaaaaaaaaaaaa,sb_secret_bbbbbbbbbbbbbbbb")
                     .unwrap(),

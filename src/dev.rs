@@ -1,8 +1,9 @@
 //! `usersync dev`: the whole service on a laptop with no set-up.
 //!
 //! It boots a throwaway Postgres from the machine's PostgreSQL binaries (pgtemp), loads a
-//! Supabase-compatible `auth` schema, a demo `public.users` and a few demo users, prints tokens
-//! and curl lines, and serves. Nothing here runs in production: `auth.*` is Supabase Auth's.
+//! Supabase-compatible `auth` schema, a demo `public.users` and a few demo users, installs the
+//! triggers, prints tokens and curl lines, and serves (healing included). Nothing here runs in
+//! production: `auth.*` is Supabase Auth's.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,10 +18,14 @@ use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
 use crate::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess,
-    ReconcileConfig, ServeConfig, ServiceKeys,
+    AuthConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig, MappingConfig,
+    MetricsAccess, ReconcileConfig, ServeConfig, ServiceKeys, Switch,
 };
+use crate::repo::triggers;
 use crate::startup::{self, Application};
+use crate::sync::mapping::Mapping;
+use crate::sync::target::BoundMapping;
+use crate::worker::retry::RetrySchedule;
 
 /// The SQL fixtures, shared with the integration tests.
 pub mod fixtures {
@@ -54,7 +59,13 @@ pub struct DevArgs {
 /// Boots the throwaway database, seeds it, and serves until Ctrl-C; the database goes with it.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!("usersync dev: starting a throwaway PostgreSQL from this machine's binaries...");
-    let pg = PgTempDB::async_new().await;
+    // pgtemp pipes the server's stderr and never reads it: once 64 KiB of log lines pile up,
+    // every backend blocks writing the next one. The collector writes the log to files in the
+    // throwaway data directory instead.
+    let pg = PgTempDB::builder()
+        .with_config_param("logging_collector", "on")
+        .start_async()
+        .await;
     let url = pg.connection_uri();
     let admin = PgPoolOptions::new()
         .max_connections(2)
@@ -96,9 +107,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metrics_refresh: std::time::Duration::from_secs(15),
         },
         reconcile: ReconcileConfig::default(),
+        healing: HealingConfig {
+            healing: Switch::On,
+            sweep_interval: Duration::from_secs(30),
+            retry_schedule: RetrySchedule::parse("5s,30s,2m").expect("a valid schedule"),
+            // Off, so that the demo users stay "missing" until you sync them.
+            reconcile_interval: Duration::ZERO,
+        },
+        hooks: HooksConfig {
+            webhook_secret: None,
+        },
     };
     let pool = crate::db::pool(&config.database);
     crate::db::migrate(&pool).await?;
+    // The trigger path, as `usersync triggers install` would: new sign-ups sync at commit.
+    let bound = BoundMapping::bind(&pool, Mapping::default_mapping()).await?;
+    triggers::install(&pool, &bound, config.reconcile.deleted.deleted).await?;
     let app = Application::build(&config, pool).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let user_token = mint::mint(&secret, Subject::User(DEMO_USER), None, 24 * 3600)?;
@@ -133,6 +157,8 @@ fn banner(base: &str, db_url: &str, user_token: &str, service_token: &str) -> St
 usersync dev is running at {base}
   database (throwaway): {db_url}
   demo users: ada, grace, linus, margaret (admin), a phone-only user; one orphaned profile
+  the usersync triggers are installed: a user inserted into auth.users now gets a profile at
+  commit; the demo users were loaded before, so they show as missing until synced
 
 Paste these into a shell:
 

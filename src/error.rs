@@ -28,6 +28,8 @@ pub enum ApiError {
     ServiceOnly,
     #[error("this endpoint is for a signed-in user")]
     UserOnly,
+    #[error("the webhook secret is wrong (or none is configured)")]
+    WebhookSecret,
     #[error("{detail}")]
     BadRequest { code: &'static str, detail: String },
     #[error("no auth user has this id")]
@@ -101,7 +103,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Auth(AuthError::ForbiddenRole(_)) => StatusCode::FORBIDDEN,
-            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(_) | ApiError::WebhookSecret => StatusCode::UNAUTHORIZED,
             ApiError::NotSelf | ApiError::ServiceOnly | ApiError::UserOnly => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::UserNotFound | ApiError::RouteNotFound | ApiError::RunNotFound => {
@@ -136,6 +138,7 @@ impl ApiError {
             ApiError::NotSelf => "not_self",
             ApiError::ServiceOnly => "service_only",
             ApiError::UserOnly => "user_only",
+            ApiError::WebhookSecret => "invalid_webhook_secret",
             ApiError::BadRequest { code, .. } => code,
             ApiError::UserNotFound => "user_not_found",
             ApiError::UserDeleted => "user_deleted",

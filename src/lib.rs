@@ -5,7 +5,7 @@
 
 /// Token and secret-key verification; the `Caller` extractor.
 pub mod auth;
-/// The subcommands: serve, migrate, status, reconcile, openapi, token, dev.
+/// The subcommands: serve, migrate, triggers, status, reconcile, doctor, openapi, token, dev.
 pub mod cli;
 /// Typed, validated settings from the environment.
 pub mod config;
@@ -13,6 +13,8 @@ pub mod config;
 pub mod db;
 /// `usersync dev`: a throwaway Postgres with a Supabase-like `auth` schema and demo users.
 pub mod dev;
+/// `usersync doctor`: the risks a live project carries for sign-up, sync and deletion.
+pub mod doctor;
 /// The API error type and its problem+json form.
 pub mod error;
 /// Routes, extractors and the middleware stack.
@@ -21,7 +23,7 @@ pub mod http;
 pub mod meter;
 /// The OpenAPI document.
 pub mod openapi;
-/// SQL: catalog reads, rendered statements, queries.
+/// SQL: catalog reads, rendered statements and triggers, queries.
 pub mod repo;
 /// Bind, serve, shut down gracefully.
 pub mod startup;
@@ -29,7 +31,9 @@ pub mod startup;
 pub mod state;
 /// The Supabase Auth admin API (the `provision` repair).
 pub mod supabase;
-/// The domain: mapping, drift kinds, sync decisions, reconciliation runs and their policies.
+/// The domain: mapping, drift kinds, sync decisions, reconciliation runs, healing, policies.
 pub mod sync;
 /// Logging set-up.
 pub mod telemetry;
+/// The healing loop: leader election, dead letters, periodic reconciliation.
+pub mod worker;

@@ -13,7 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
 use crate::repo;
-use crate::sync::engine::SyncAction;
+use crate::sync::engine::SyncPath;
+use crate::sync::heal::HealAction;
 use crate::sync::target::BoundMapping;
 
 const HTTP_DURATION: &str = "usersync_http_request_duration_seconds";
@@ -48,15 +49,19 @@ pub fn record_request(method: &str, route: &str, status: u16, elapsed: Duration)
 
 /// One sync decision, by path (`call`, `batch`, `trigger`, `healing`, `hook`), drift kind and
 /// action.
-pub fn record_sync(path: &'static str, kind: &'static str, action: SyncAction) {
-    let action = match action {
-        SyncAction::Created => "created",
-        SyncAction::Updated => "updated",
-        SyncAction::Unchanged => "unchanged",
-        SyncAction::Skipped => "skipped",
-    };
-    counter!("usersync_sync_actions_total", "path" => path, "kind" => kind, "action" => action)
-        .increment(1);
+pub fn record_sync(path: SyncPath, action: HealAction) {
+    record_syncs(path, action, 1);
+}
+
+/// `count` sync decisions alike (a set-based heal).
+pub fn record_syncs(path: SyncPath, action: HealAction, count: u64) {
+    counter!(
+        "usersync_sync_actions_total",
+        "path" => path.as_str(),
+        "kind" => action.drift_kind(),
+        "action" => action.as_str()
+    )
+    .increment(count);
 }
 
 /// Scrape-time state: the exporter and when the database gauges were last refreshed.

@@ -4,6 +4,8 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -16,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         (name = "users", description = "Sync one user; one user's drift"),
         (name = "status", description = "Project-wide drift status and the drifted rows"),
         (name = "reconciliations", description = "Batch reconciliation runs"),
+        (name = "hooks", description = "Sync signals from Supabase"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -23,6 +26,7 @@ pub struct ApiDoc;
 
 /// `bearer`: a Supabase access token, a `service_role` key, or a secret key.
 /// `apikey`: a secret key (`sb_secret_...`) in the `apikey` header.
+/// `webhook_secret`: the configured `USERSYNC_WEBHOOK_SECRET` (database webhooks only).
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -40,6 +44,10 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             "apikey",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("apikey"))),
+        );
+        components.add_security_scheme(
+            "webhook_secret",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(WEBHOOK_SECRET_HEADER))),
         );
     }
 }

@@ -4,11 +4,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
 use crate::config::ServeConfig;
 use crate::http::{self, RateLimiter};
@@ -17,12 +20,18 @@ use crate::state::AppState;
 use crate::sync::mapping::Mapping;
 use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
+use crate::worker::{Healer, HealingRole};
+
+/// How long a stopping application waits for the healing loop to step down (and release its
+/// lock, so that a standby takes over at once).
+const HEALER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bound, ready-to-serve application.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     port: u16,
+    healer: Option<Healer>,
 }
 
 impl Application {
@@ -37,11 +46,19 @@ impl Application {
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
+        let mapping = bound;
+        let (healer, healing) = match config.healing.settings(config.reconcile.deleted.deleted) {
+            Some(settings) => {
+                let (healer, role) = Healer::new(db.clone(), mapping.clone(), settings);
+                (Some(healer), role)
+            }
+            None => (None, watch::channel(HealingRole::Off).1),
+        };
         let verifier = Verifier::from_config(&config.auth)?;
         verifier.load_keys().await;
         let reconciler = Reconciler::new(
             db.clone(),
-            bound.clone(),
+            mapping.clone(),
             config.reconcile.policies(),
             config.reconcile.walking(),
             config.reconcile.admin_api(),
@@ -49,7 +66,10 @@ impl Application {
         let state = AppState {
             db,
             verifier: Arc::new(verifier),
-            mapping: bound,
+            mapping,
+            policy: config.reconcile.deleted.deleted,
+            webhook_secret: config.hooks.webhook_secret.clone().map(WebhookSecret::new),
+            healing,
             rate_limiter: RateLimiter::new(
                 config.http.rate_limit_per_minute,
                 config.http.rate_limit_burst,
@@ -64,6 +84,7 @@ impl Application {
             listener,
             router,
             port,
+            healer,
         })
     }
 
@@ -71,19 +92,34 @@ impl Application {
         self.port
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves (and heals, when on) until `shutdown` resolves, then lets in-flight requests
+    /// finish and the healing loop step down.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let healer = self.healer.map(|healer| tokio::spawn(healer.run(stopped)));
         tracing::info!(port = self.port, "usersync listening");
         // The connection's address keys the rate limit of callers that do not authenticate.
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        if let Some(healer) = healer {
+            if tokio::time::timeout(HEALER_STOP_TIMEOUT, healer)
+                .await
+                .is_err()
+            {
+                tracing::warn!("healing: did not step down in time");
+            }
+        }
+        served
     }
 }
 

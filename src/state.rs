@@ -1,15 +1,19 @@
-//! What every handler can reach.
+//! What handlers share.
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio::sync::watch;
 
+use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
 use crate::config::MetricsAccess;
 use crate::http::RateLimiter;
 use crate::meter::Meter;
+use crate::sync::policy::DeletedPolicy;
 use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
+use crate::worker::HealingRole;
 
 /// Shared, cheaply cloned application state.
 #[derive(Clone)]
@@ -17,6 +21,12 @@ pub struct AppState {
     pub db: PgPool,
     pub verifier: Arc<Verifier>,
     pub mapping: Arc<BoundMapping>,
+    /// What happens to a deleted user's target row (the webhook applies it).
+    pub policy: DeletedPolicy,
+    /// Accepted by `POST /v1/hooks/database` in place of a service key, when configured.
+    pub webhook_secret: Option<WebhookSecret>,
+    /// This replica's part in the healing loop, for `/readyz`.
+    pub healing: watch::Receiver<HealingRole>,
     /// The per-caller sync rate limit; `None` when it is off.
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub meter: Arc<Meter>,

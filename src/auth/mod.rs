@@ -8,6 +8,7 @@ mod error;
 mod jwks;
 pub mod mint;
 mod verifier;
+pub mod webhook;
 
 pub use caller::Caller;
 pub use error::AuthError;

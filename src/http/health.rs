@@ -58,7 +58,9 @@ impl Check {
 /// the real target table, and (with a JWKS configured) the signing keys are at hand.
 ///
 /// Keys that could not be refreshed keep working and only degrade readiness (`keys: stale`);
-/// keys never fetched fail it when nothing else can verify a user token.
+/// keys never fetched fail it when nothing else can verify a user token. `checks.healing` says
+/// whether this replica leads the healing loop (`leader`), stands by (`standby`), or does not
+/// heal (`off`); it never fails readiness.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready (`status` is `degraded` when a check reports a problem that does not stop the service, such as stale signing keys)", body = Health),
@@ -100,7 +102,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
     if let Some(keys) = state.verifier.keys_health() {
         results.push(("keys", keys_check(keys, state.verifier.has_secret())));
     }
-    let checks: serde_json::Map<String, serde_json::Value> = results
+    let mut checks: serde_json::Map<String, serde_json::Value> = results
         .iter()
         .map(|(name, check)| {
             let value = match check {
@@ -110,6 +112,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
             ((*name).to_owned(), value)
         })
         .collect();
+    checks.insert("healing".to_owned(), json!(state.healing.borrow().as_str()));
     if let Some((name, _)) = results.iter().find(|(_, c)| matches!(c, Check::Failed(_))) {
         return Err(ApiError::NotReady {
             failing: (*name).to_owned(),

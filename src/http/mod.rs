@@ -5,6 +5,7 @@ mod dead_letters;
 mod drift;
 mod extract;
 mod health;
+mod hooks;
 mod limits;
 mod metrics;
 mod problem;
@@ -28,6 +29,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 pub use limits::RateLimiter;
 
+use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
 use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -43,6 +45,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(dead_letters::router())
         .merge(drift::router())
         .merge(reconciliations::router())
+        .merge(hooks::router())
 }
 
 /// The API, the probes and `/metrics`, and the OpenAPI document they describe.
@@ -91,6 +94,7 @@ pub fn app(state: AppState, config: &HttpConfig) -> Router {
                     axum::http::header::AUTHORIZATION,
                     axum::http::header::COOKIE,
                     HeaderName::from_static("apikey"),
+                    HeaderName::from_static(WEBHOOK_SECRET_HEADER),
                 ]))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(

@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::state::AppState;
-use crate::sync::engine::{self, SyncOutcome, UserDrift};
+use crate::sync::engine::{self, SyncOutcome, SyncPath, UserDrift};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -80,8 +80,15 @@ async fn sync_user(
 }
 
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
-    let outcome = engine::sync_one(&state.db, &state.mapping, id, &caller.audit_name()).await?;
-    meter::record_sync("call", outcome.action.drift_kind(), outcome.action);
+    let outcome = engine::sync_one(
+        &state.db,
+        &state.mapping,
+        id,
+        &caller.audit_name(),
+        SyncPath::Call,
+    )
+    .await?;
+    meter::record_sync(SyncPath::Call, outcome.action.into());
     tracing::info!(action = ?outcome.action, "synced");
     Ok(Json(outcome))
 }

@@ -1,4 +1,8 @@
-//! Failed trigger syncs waiting to be healed.
+//! Dead letters: syncs that failed inside the trigger, waiting to be healed, and their retry
+//! schedule, kept in Postgres so that whichever replica leads next carries on where the last
+//! one stopped.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
@@ -31,4 +35,86 @@ pub async fn pending(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<De
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// A dead letter claimed for one attempt.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ClaimedLetter {
+    pub id: i64,
+    pub user_id: Uuid,
+    /// Attempts made before this one.
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` due letters, oldest due first, by moving their next attempt `lease`
+/// ahead: a leader that dies mid-batch leaves them to be retried once the lease runs out, and a
+/// second leader (for the second it takes to notice a lost lock) skips them.
+pub async fn claim_due(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+    lease: Duration,
+) -> sqlx::Result<Vec<ClaimedLetter>> {
+    sqlx::query_as(
+        "update usersync.dead_letters d
+            set next_attempt_at = now() + make_interval(secs => $2)
+          where d.id in (select id from usersync.dead_letters
+                          where resolved_at is null and next_attempt_at <= now()
+                          order by next_attempt_at
+                          limit $1
+                          for update skip locked)
+      returning d.id, d.user_id, d.attempts",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// The letter's user is in step again.
+pub async fn resolve(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "update usersync.dead_letters
+            set resolved_at = now(), attempts = attempts + 1, last_attempt_at = now()
+          where id = $1 and resolved_at is null",
+    )
+    .bind(id)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// The attempt failed: keep the latest cause and schedule the next attempt `delay` from now,
+/// jittered by ±20% so that letters that failed together do not all retry together.
+pub async fn reschedule(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    error: &str,
+    sqlstate: Option<&str>,
+    delay: Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update usersync.dead_letters
+            set attempts = attempts + 1, last_attempt_at = now(), error = $2, sqlstate = $3,
+                next_attempt_at = now() + make_interval(secs => $4 * (0.8 + random() * 0.4))
+          where id = $1 and resolved_at is null",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(sqlstate)
+    .bind(delay.as_secs_f64())
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// How long until the next pending letter is due (zero if one is overdue); `None` when none
+/// is pending.
+pub async fn next_due_in(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Duration>> {
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "select greatest(extract(epoch from min(next_attempt_at) - now()), 0)::float8
+           from usersync.dead_letters where resolved_at is null",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(seconds.map(Duration::from_secs_f64))
 }

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod dead_letters;
+pub mod doctor;
 pub mod drift;
 pub mod health;
 pub mod rekey;
@@ -9,4 +10,5 @@ pub mod repair;
 pub mod runs;
 pub mod sql;
 pub mod status;
+pub mod triggers;
 pub mod users;

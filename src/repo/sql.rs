@@ -16,12 +16,21 @@ use std::collections::BTreeMap;
 use crate::repo::catalog::TargetShape;
 use crate::sync::drift::DriftKind;
 use crate::sync::mapping::{AnonymousPolicy, ColumnMapping, JsonPath, Mapping, ValueSource};
+use crate::sync::policy::DeletedPolicy;
 
 /// The statements a bound mapping runs.
 #[derive(Debug, Clone)]
 pub struct RenderedSql {
-    /// Sync one user: `$1` user id, `$2` caller (for the audit event).
+    /// Sync one user: `$1` user id, `$2` caller, `$3` path (both for the audit event).
     pub sync_one: String,
+    /// Apply the `report` policy to one user who is gone or soft-deleted, and nothing to a live
+    /// one: `$1` user id, `$2` caller, `$3` path.
+    pub deleted_report: String,
+    /// The same under the `delete` policy.
+    pub deleted_delete: String,
+    /// Heal the next `$3` missing or stale users with an id above `$4`, in id order: `$1`
+    /// caller, `$2` path. Returns the last id looked at (null when none was left) and counts.
+    pub heal_drift: String,
     /// The drift kinds of one id: `$1` user id.
     pub drift_one: String,
     /// Totals and drift counts over both tables, in one statement.
@@ -79,6 +88,35 @@ pub struct RepairSql {
 /// Audit actions that mean "usersync wrote this row from an `auth.users` row": a target row
 /// with such a history had an auth user once, so if that user is gone now it was deleted.
 pub const SOURCE_WRITES: &[&str] = &["created", "updated", "rekeyed", "provisioned"];
+impl RenderedSql {
+    /// The deleted-user statement of a policy.
+    pub fn deleted(&self, policy: DeletedPolicy) -> &str {
+        match policy {
+            DeletedPolicy::Report => &self.deleted_report,
+            DeletedPolicy::Delete => &self.deleted_delete,
+        }
+    }
+}
+
+/// Who writes and by which path, as SQL expressions: bind parameters when the service runs a
+/// statement, variables when a trigger function does. One rendering serves both, so the trigger
+/// path and the service can never map a user differently.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The user id, a `uuid` expression.
+    pub user_id: &'a str,
+    /// Who asked, a `text` expression (`usersync.events.caller`).
+    pub caller: &'a str,
+    /// Which path, a `text` expression (`usersync.events.path`).
+    pub path: &'a str,
+}
+
+/// The origin of the statements the service runs: `$1` user id, `$2` caller, `$3` path.
+const BOUND_ORIGIN: Origin<'static> = Origin {
+    user_id: "$1",
+    caller: "$2",
+    path: "$3",
+};
 
 /// A SQL string literal.
 pub fn literal(value: &str) -> String {
@@ -147,6 +185,22 @@ impl<'a> Renderer<'a> {
     pub fn typed_expr(&self, column: &ColumnMapping, alias: &str) -> String {
         let sql_type = &self.shape.columns[column.name.as_str()].sql_type;
         format!("({})::{sql_type}", value_expr(column, alias))
+    }
+
+    /// For a column copied from an `auth.users` column, an `insert` that Postgres can only
+    /// parse if the source type is assignable to the target column. The cast in `typed_expr`
+    /// is explicit and so accepts text into an integer column, which would fail on the first
+    /// real row; this is prepared (never run) to refuse such a mapping up front. Metadata values
+    /// are text by nature and rely on the explicit cast, so they are not probed this way.
+    pub fn assignment_probe(&self, column: &ColumnMapping) -> Option<String> {
+        matches!(column.source, ValueSource::Column(_)).then(|| {
+            format!(
+                "insert into {} ({}) select {} from auth.users s limit 0",
+                self.table,
+                column.name.quoted(),
+                value_expr(column, "s")
+            )
+        })
     }
 
     // --- the pieces every kind is built from ------------------------------------------------
@@ -376,10 +430,37 @@ impl<'a> Renderer<'a> {
             .filter(|c| c.is_compared() || c.source == ValueSource::Now)
     }
 
-    fn sync_one(&self) -> String {
+    /// The `src` CTE: the source rows selected by `filter` (over `auth.users s`), with what
+    /// the upsert needs to decide, and every mapped value cast to its target column's type.
+    fn src_cte(&self, filter: &str) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let src_values: Vec<String> = self
+            .mapping
+            .columns
+            .iter()
+            .map(|c| format!("{} as {}", self.typed_expr(c, "s"), c.name.quoted()))
+            .collect();
+        format!(
+            "src as (
+    select s.id, s.deleted_at, s.is_anonymous,
+           exists (select 1 from {table} t where t.{key} = s.id) as has_row,
+           {mismatch} as mismatched,
+           {src_values}
+      from auth.users s
+     where {filter}
+)",
+            mismatch = self.mismatched_source("s"),
+            src_values = src_values.join(",\n           "),
+        )
+    }
+
+    /// The `ins` and `audit` CTEs over `src`: insert the rows that may be written, update only
+    /// the `always` columns and only when one really differs, and record one event per write.
+    /// `ins` returns `id`, `row` (the whole target row), `created` and `after`.
+    fn upsert_ctes(&self, caller: &str, path: &str) -> String {
         let m = self.mapping;
         let (table, key) = (&self.table, &self.key);
-        let (names, src_values) = self.insert_columns("s");
+        let names: Vec<String> = m.columns.iter().map(|c| c.name.quoted()).collect();
         let compared: Vec<&ColumnMapping> = m.always_columns().collect();
         let on_conflict = if compared.is_empty() {
             "do nothing".to_owned()
@@ -411,42 +492,154 @@ impl<'a> Renderer<'a> {
             AnonymousPolicy::Skip => " and not is_anonymous",
         };
         format!(
-            "with src as (
-    select s.id, s.deleted_at, s.is_anonymous,
-           exists (select 1 from {table} t where t.{key} = s.id) as has_row,
-           {mismatch} as mismatched,
-           {src_values}
-      from auth.users s
-     where s.id = $1
-),
-ins as (
+            "ins as (
     insert into {table} as t ({key}, {names})
     select id, {names} from src
      where deleted_at is null{skip_anonymous} and (has_row or not mismatched)
     on conflict ({key}) {on_conflict}
-    returning to_jsonb(t) as row, t.xmax = 0 as created, {after} as after
+    returning t.{key} as id, to_jsonb(t) as row, t.xmax = 0 as created, {after} as after
 ),
 audit as (
     insert into usersync.events (user_id, caller, path, kind, action, before, after)
-    select $1, $2, 'call',
+    select ins.id, {caller}, {path},
            case when created then 'missing' else 'stale' end,
            case when created then 'created' else 'updated' end,
-           (select {before} from {table} b where b.{key} = $1),
+           (select {before} from {table} b where b.{key} = ins.id),
            after
       from ins
-)
+)",
+            names = names.join(", "),
+            after = self.mapped_json("t"),
+            before = self.mapped_json("b"),
+        )
+    }
+
+    /// Sync one user: read the `auth.users` row and upsert the target in one statement, which
+    /// reports what it found and did.
+    pub fn sync_statement(&self, origin: Origin<'_>) -> String {
+        let (table, key, id) = (&self.table, &self.key, origin.user_id);
+        format!(
+            "with {src},
+{upsert}
 select exists (select 1 from src) as found,
        coalesce((select deleted_at is not null from src), false) as deleted,
        coalesce((select is_anonymous from src), false) and {skip} as skipped,
        coalesce((select not has_row and mismatched from src), false) as mismatched,
        (select created from ins) as created,
-       coalesce((select row from ins), (select to_jsonb(c) from {table} c where c.{key} = $1))
+       coalesce((select row from ins), (select to_jsonb(c) from {table} c where c.{key} = {id}))
            as row",
-            mismatch = self.mismatched_source("s"),
-            skip = m.anonymous == AnonymousPolicy::Skip,
-            after = self.mapped_json("t"),
-            before = self.mapped_json("b"),
+            src = self.src_cte(&format!("s.id = {id}")),
+            upsert = self.upsert_ctes(origin.caller, origin.path),
+            skip = self.mapping.anonymous == AnonymousPolicy::Skip,
         )
+    }
+
+    /// Apply the deleted policy to one user whose source row is gone (hard delete) or
+    /// soft-deleted; a live user is left alone, so a late or replayed signal cannot remove a
+    /// profile. `delete` removes the target row; both policies record one `deleted` event (action
+    /// `deleted` or `reported`), so that a later run knows the deletion was deliberate and never
+    /// brings the user back. Reports once per deletion: repeating the statement changes nothing.
+    pub fn deleted_statement(&self, origin: Origin<'_>, policy: DeletedPolicy) -> String {
+        let (table, key, id) = (&self.table, &self.key, origin.user_id);
+        let removed = match policy {
+            DeletedPolicy::Delete => format!(
+                "delete from {table} t using gone where t.{key} = gone.id
+    returning t.{key} as id, {before} as before",
+                before = self.mapped_json("t"),
+            ),
+            DeletedPolicy::Report => format!(
+                "select b.{key} as id, {before} as before from {table} b join gone on b.{key} = gone.id",
+                before = self.mapped_json("b"),
+            ),
+        };
+        // Removing a row is news worth an event every time; a report is made once per deletion.
+        let (action, news) = match policy {
+            DeletedPolicy::Delete => (
+                "case when exists (select 1 from removed) then 'deleted' else 'reported' end",
+                "exists (select 1 from removed)",
+            ),
+            DeletedPolicy::Report => ("'reported'", "false"),
+        };
+        format!(
+            "with gone as (
+    select ({id})::uuid as id,
+           (select s.deleted_at from auth.users s where s.id = {id}) as deleted_at
+     where not exists (select 1 from auth.users s where s.id = {id} and s.deleted_at is null)
+),
+removed as (
+    {removed}
+),
+audit as (
+    insert into usersync.events (user_id, caller, path, kind, action, before)
+    select gone.id, {caller}, {path}, 'deleted', {action}, (select before from removed)
+      from gone
+     where {news}
+        or not exists (select 1 from usersync.events e
+                        where e.user_id = gone.id and e.kind = 'deleted'
+                          and e.at >= coalesce(gone.deleted_at, '-infinity'))
+    returning action
+)
+select exists (select 1 from gone) as gone,
+       exists (select 1 from removed) and {deletes} as removed,
+       (select action from audit) as action",
+            caller = origin.caller,
+            path = origin.path,
+            deletes = policy == DeletedPolicy::Delete,
+        )
+    }
+
+    /// Heal missing and stale users set-based, one keyset-ordered batch at a time (see
+    /// `RenderedSql::heal_drift`).
+    fn heal_drift(&self) -> String {
+        let (table, key) = (&self.table, &self.key);
+        format!(
+            "with cand as (
+    select s.id from auth.users s
+     where s.id > $4
+       and ({missing}
+            or exists (select 1 from {table} t where t.{key} = s.id and {stale}))
+     order by s.id
+     limit $3
+),
+{src},
+{upsert}
+select (select id from cand order by id desc limit 1) as last_id,
+       (select count(*) from ins where created) as created,
+       (select count(*) from ins where not created) as updated",
+            missing = self.missing("s"),
+            stale = self.stale("s", "t"),
+            src = self.src_cte("s.id in (select id from cand)"),
+            upsert = self.upsert_ctes("$1", "$2"),
+        )
+    }
+
+    /// A boolean expression over two versions `o` and `n` of an `auth.users` row: true when the
+    /// change matters to the target (an `always` value, liveness, or anonymity under `skip`).
+    /// Every sign-in bumps `updated_at` and `last_sign_in_at`; unless the mapping reads those,
+    /// a sign-in is not a change.
+    pub fn changed_predicate(&self, o: &str, n: &str) -> String {
+        let (old, new): (Vec<String>, Vec<String>) = self
+            .mapping
+            .always_columns()
+            .map(|c| (self.typed_expr(c, o), self.typed_expr(c, n)))
+            .unzip();
+        let mut checks = vec![format!("{o}.deleted_at is distinct from {n}.deleted_at")];
+        if !old.is_empty() {
+            checks.insert(
+                0,
+                format!(
+                    "row({}) is distinct from row({})",
+                    old.join(", "),
+                    new.join(", ")
+                ),
+            );
+        }
+        if self.mapping.anonymous == AnonymousPolicy::Skip {
+            checks.push(format!(
+                "{o}.is_anonymous is distinct from {n}.is_anonymous"
+            ));
+        }
+        checks.join("\n        or ")
     }
 
     fn drift_one(&self) -> String {
@@ -775,7 +968,10 @@ moved as (
 
     pub fn render(&self) -> RenderedSql {
         RenderedSql {
-            sync_one: self.sync_one(),
+            sync_one: self.sync_statement(BOUND_ORIGIN),
+            deleted_report: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Report),
+            deleted_delete: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Delete),
+            heal_drift: self.heal_drift(),
             drift_one: self.drift_one(),
             status: self.status(),
             oldest_missing: format!(

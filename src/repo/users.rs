@@ -3,6 +3,8 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::sync::engine::SyncPath;
+use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
 
 /// What the sync-one statement reports (see `repo::sql` for the statement itself).
@@ -29,10 +31,12 @@ pub async fn sync_one(
     bound: &BoundMapping,
     user_id: Uuid,
     caller: &str,
+    path: SyncPath,
 ) -> sqlx::Result<SyncRow> {
     sqlx::query_as(&bound.sql.sync_one)
         .bind(user_id)
         .bind(caller)
+        .bind(path.as_str())
         .fetch_one(db)
         .await
 }
@@ -57,6 +61,62 @@ pub async fn drift_one(
 ) -> sqlx::Result<DriftRow> {
     sqlx::query_as(&bound.sql.drift_one)
         .bind(user_id)
+        .fetch_one(db)
+        .await
+}
+
+/// What the deleted-user statement found and did (see `Renderer::deleted_statement`).
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeletedRow {
+    /// The source row is gone or soft-deleted (a live user is left alone).
+    pub gone: bool,
+    /// The target row was deleted (the `delete` policy).
+    pub removed: bool,
+    /// The action of the event recorded now, if one was.
+    pub action: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user_id, policy = policy.as_str()))]
+pub async fn apply_deleted(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    policy: DeletedPolicy,
+    user_id: Uuid,
+    caller: &str,
+    path: SyncPath,
+) -> sqlx::Result<DeletedRow> {
+    sqlx::query_as(bound.sql.deleted(policy))
+        .bind(user_id)
+        .bind(caller)
+        .bind(path.as_str())
+        .fetch_one(db)
+        .await
+}
+
+/// One batch of a set-based heal: the last source id it looked at (`None` when there was none
+/// left after `after`), and how many users it created and updated.
+#[derive(Debug, Default, Clone, Copy, sqlx::FromRow)]
+pub struct HealedRow {
+    pub last_id: Option<Uuid>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// Heals the next `batch` missing or stale users with an id above `after`, in one statement.
+#[tracing::instrument(skip_all)]
+pub async fn heal_drift(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    after: Uuid,
+    batch: i64,
+    caller: &str,
+    path: SyncPath,
+) -> sqlx::Result<HealedRow> {
+    sqlx::query_as(&bound.sql.heal_drift)
+        .bind(caller)
+        .bind(path.as_str())
+        .bind(batch)
+        .bind(after)
         .fetch_one(db)
         .await
 }

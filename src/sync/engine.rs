@@ -22,13 +22,30 @@ pub enum SyncAction {
     Skipped,
 }
 
-impl SyncAction {
-    /// The drift kind the action repaired, as metrics label it.
-    pub fn drift_kind(self) -> &'static str {
+/// Which path wrote, as the audit log (`usersync.events.path`) records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPath {
+    /// `POST /v1/users/{id}/sync`: the frontend or the OAuth callback.
+    Call,
+    /// A reconciliation run.
+    Batch,
+    /// The trigger on `auth.users`, inside the database.
+    Trigger,
+    /// The healing loop: a dead letter retried, or the periodic reconciliation.
+    Healing,
+    /// `POST /v1/hooks/database`: a Supabase Database Webhook.
+    Hook,
+}
+
+impl SyncPath {
+    /// The value of `usersync.events.path` (its check constraint lists them).
+    pub fn as_str(&self) -> &'static str {
         match self {
-            SyncAction::Created => "missing",
-            SyncAction::Updated => "stale",
-            SyncAction::Unchanged | SyncAction::Skipped => "none",
+            SyncPath::Call => "call",
+            SyncPath::Batch => "batch",
+            SyncPath::Trigger => "trigger",
+            SyncPath::Healing => "healing",
+            SyncPath::Hook => "hook",
         }
     }
 }
@@ -84,9 +101,10 @@ pub async fn sync_one(
     bound: &BoundMapping,
     user_id: Uuid,
     caller: &str,
+    path: SyncPath,
 ) -> Result<SyncOutcome, SyncError> {
     for _ in 0..2 {
-        let row = users::sync_one(db, bound, user_id, caller)
+        let row = users::sync_one(db, bound, user_id, caller, path)
             .await
             .map_err(|e| unique_violation_to_conflict(e, bound))?;
         if let Some(outcome) = decide(row)? {

@@ -335,6 +335,14 @@ fn parse_column(name: &str, raw: RawColumn, key: &Ident) -> Result<ColumnMapping
     } else if let Some(p) = raw.app_metadata {
         ValueSource::AppMetadata(paths(p)?)
     } else if let Some(v) = raw.value {
+        // A constant is stored as written; `now()` as text is never what was meant.
+        if v.trim().eq_ignore_ascii_case("now()") {
+            return Err(column_error(
+                "`value = \"now()\"` would store the text `now()`: write `now = true` for the \
+                 time of each write"
+                    .into(),
+            ));
+        }
         ValueSource::Constant(v)
     } else if raw.now == Some(true) {
         ValueSource::Now
@@ -419,6 +427,21 @@ mod tests {
             err.contains("`pw`") && err.contains("encrypted_password"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn now_is_spelled_now_true_not_a_constant() {
+        let toml = r#"
+            [target]
+            schema = "public"
+            table = "users"
+            key = "id"
+            [columns.updated_at]
+            value = "now()"
+            sync = "always"
+        "#;
+        let err = Mapping::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains("now = true"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod drift;
 pub mod engine;
+pub mod heal;
 pub mod mapping;
 pub mod policy;
 pub mod provision;

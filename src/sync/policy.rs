@@ -51,14 +51,28 @@ pub enum OrphanedPolicy {
     Provision,
 }
 
-/// What to do about the target row of a deleted auth user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// What to do about the target row of a deleted auth user, hard (the row is gone; the trigger
+/// path sees it) or soft (`deleted_at` is set). One setting, `USERSYNC_POLICY_DELETED`, for
+/// runs, triggers and the webhook alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
 pub enum DeletedPolicy {
-    /// Count and list it; change nothing.
+    /// Keep the target row (it may hold data the app must keep) and record a `deleted` event,
+    /// so that the deletion shows as drift and a later run knows it was deliberate.
     #[default]
     Report,
-    /// Delete the target row (bounded by the mass-delete guard).
+    /// Delete the target row (runs: bounded by the mass-delete guard), and record that it did.
     Delete,
+}
+
+impl DeletedPolicy {
+    /// The setting's value, as `USERSYNC_POLICY_DELETED` spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeletedPolicy::Report => "report",
+            DeletedPolicy::Delete => "delete",
+        }
+    }
 }
 
 /// The repair a run applies to one kind, as runs report it.

@@ -3,7 +3,7 @@
 //! Binding happens at start-up (a bad mapping stops the process with one clear line) and again
 //! on every `/readyz` (someone may have altered the table since).
 
-use sqlx::PgPool;
+use sqlx::{Executor, PgPool};
 
 use crate::repo::catalog::{self, TargetShape};
 use crate::repo::sql::{RenderedSql, Renderer};
@@ -38,13 +38,10 @@ impl BoundMapping {
         check_columns(&mapping, &shape)?;
         let renderer = Renderer::new(&mapping, &shape);
         // Let Postgres type-check each value against its column, so that a mapping that can
-        // never be written (`uuid` into `integer`) is refused now, naming the column.
+        // never be written (`uuid` into `integer`, or a text column into an integer one) is
+        // refused now, naming the column. Neither probe touches a row.
         for column in &mapping.columns {
-            let probe = format!(
-                "select {} from auth.users s limit 0",
-                renderer.typed_expr(column, "s")
-            );
-            sqlx::query(&probe).execute(db).await.map_err(|e| match e {
+            let cannot_store = |e: sqlx::Error| match e {
                 sqlx::Error::Database(db_err) => BindError::Mapping(MappingError::Column {
                     column: column.name.to_string(),
                     reason: format!(
@@ -54,7 +51,18 @@ impl BoundMapping {
                     ),
                 }),
                 other => BindError::Database(other),
-            })?;
+            };
+            let probe = format!(
+                "select {} from auth.users s limit 0",
+                renderer.typed_expr(column, "s")
+            );
+            sqlx::query(&probe)
+                .execute(db)
+                .await
+                .map_err(cannot_store)?;
+            if let Some(insert) = renderer.assignment_probe(column) {
+                db.prepare(&insert).await.map_err(cannot_store)?;
+            }
         }
         let sql = renderer.render();
         Ok(Self {

@@ -1,24 +1,6 @@
 //! The binary's start-up: a bad setting stops it with one line that names the variable.
 
-use std::process::Command;
-
 use crate::helpers::*;
-
-fn usersync(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_usersync"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn a_missing_or_malformed_setting_is_one_line_naming_the_variable() {
@@ -81,9 +63,51 @@ fn a_missing_or_malformed_setting_is_one_line_naming_the_variable() {
             ],
             "USERSYNC_RATE_LIMIT_PER_MINUTE",
         ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_HEALING", "maybe"),
+            ],
+            "USERSYNC_HEALING",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_HEALING_RETRY_SCHEDULE", "5s,,1m"),
+            ],
+            "USERSYNC_HEALING_RETRY_SCHEDULE",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_HEALING_SWEEP_INTERVAL", "0"),
+            ],
+            "USERSYNC_HEALING_SWEEP_INTERVAL",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_RECONCILE_INTERVAL", "hourly"),
+            ],
+            "USERSYNC_RECONCILE_INTERVAL",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_POLICY_DELETED", "purge"),
+            ],
+            "USERSYNC_POLICY_DELETED",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/db"),
+                ("USERSYNC_WEBHOOK_SECRET", "short"),
+            ],
+            "USERSYNC_WEBHOOK_SECRET",
+        ),
     ];
     for (env, var) in cases {
-        let (code, _, stderr) = usersync(&["serve"], env);
+        let (code, _, stderr) = usersync_cli(&["serve"], env);
         assert_ne!(code, 0, "{env:?}");
         assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
         assert!(stderr.contains(var), "{var} not named in: {stderr}");
@@ -97,7 +121,7 @@ fn a_missing_or_malformed_setting_is_one_line_naming_the_variable() {
 #[test]
 fn serve_without_any_way_to_authenticate_refuses_to_start() {
     let db = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://localhost/db".into());
-    let (code, _, stderr) = usersync(&["serve"], &[("DATABASE_URL", &db)]);
+    let (code, _, stderr) = usersync_cli(&["serve"], &[("DATABASE_URL", &db)]);
     assert_ne!(code, 0);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("USERSYNC_JWT_SECRET"), "{stderr}");
@@ -105,7 +129,7 @@ fn serve_without_any_way_to_authenticate_refuses_to_start() {
 
 #[test]
 fn token_mints_a_token_the_service_accepts() {
-    let (code, stdout, stderr) = usersync(
+    let (code, stdout, stderr) = usersync_cli(
         &["token", "--service"],
         &[("USERSYNC_JWT_SECRET", JWT_SECRET)],
     );
@@ -118,7 +142,7 @@ fn token_mints_a_token_the_service_accepts() {
         let id = app
             .insert_auth_user(&AuthUser::new("cli@example.com"))
             .await;
-        let (code, stdout, _) = usersync(
+        let (code, stdout, _) = usersync_cli(
             &["token", "--sub", &id.to_string()],
             &[("USERSYNC_JWT_SECRET", JWT_SECRET)],
         );
@@ -134,7 +158,7 @@ fn migrate_can_run_any_number_of_times() {
     rt.block_on(async {
         let db = TestDb::new().await;
         for _ in 0..2 {
-            let (code, _, stderr) = usersync(&["migrate"], &[("DATABASE_URL", &db.url())]);
+            let (code, _, stderr) = usersync_cli(&["migrate"], &[("DATABASE_URL", &db.url())]);
             assert_eq!(code, 0, "{stderr}");
         }
         // sqlx's bookkeeping stays out of `public`, which Supabase exposes over its data API.
@@ -156,7 +180,7 @@ fn reconcile_prints_a_summary_and_fails_unless_the_run_succeeds() {
         let url = app.db.url();
         let db = [("DATABASE_URL", url.as_str())];
 
-        let (code, stdout, stderr) = usersync(&["reconcile", "--dry-run"], &db);
+        let (code, stdout, stderr) = usersync_cli(&["reconcile", "--dry-run"], &db);
         assert_eq!(code, 0, "{stderr}");
         assert!(stdout.contains("succeeded (dry run)"), "{stdout}");
         let missing = stdout.lines().find(|l| l.starts_with("missing")).unwrap();
@@ -167,7 +191,7 @@ fn reconcile_prints_a_summary_and_fails_unless_the_run_succeeds() {
         assert!(app.target_row(s.missing).await.is_none());
 
         let (code, stdout, stderr) =
-            usersync(&["reconcile", "--kind", "missing", "--kind", "stale"], &db);
+            usersync_cli(&["reconcile", "--kind", "missing", "--kind", "stale"], &db);
         assert_eq!(code, 0, "{stderr}");
         let missing = stdout.lines().find(|l| l.starts_with("missing")).unwrap();
         assert_eq!(
@@ -177,7 +201,7 @@ fn reconcile_prints_a_summary_and_fails_unless_the_run_succeeds() {
         assert!(app.target_row(s.missing).await.is_some());
 
         // Deleting the orphan would delete a fifth of the target: the guard stops the run.
-        let (code, stdout, _) = usersync(
+        let (code, stdout, _) = usersync_cli(
             &["reconcile", "--kind", "orphaned"],
             &[
                 ("DATABASE_URL", &url),
@@ -188,7 +212,7 @@ fn reconcile_prints_a_summary_and_fails_unless_the_run_succeeds() {
         assert!(stdout.contains("needs_override"), "{stdout}");
         assert!(app.target_row(s.orphaned).await.is_some());
 
-        let (code, _, stderr) = usersync(
+        let (code, _, stderr) = usersync_cli(
             &["reconcile", "--kind", "orphaned", "--allow-mass-delete"],
             &[
                 ("DATABASE_URL", &url),
@@ -202,7 +226,7 @@ fn reconcile_prints_a_summary_and_fails_unless_the_run_succeeds() {
 
 #[test]
 fn provisioning_without_an_admin_api_refuses_to_start() {
-    let (code, _, stderr) = usersync(
+    let (code, _, stderr) = usersync_cli(
         &["reconcile", "--dry-run"],
         &[
             ("DATABASE_URL", "postgres://localhost/db"),

@@ -89,6 +89,7 @@ async fn the_openapi_document_is_served_and_matches_the_committed_file() {
         "/v1/drift",
         "/v1/reconciliations",
         "/v1/reconciliations/{id}",
+        "/v1/hooks/database",
         "/healthz",
         "/readyz",
     ] {

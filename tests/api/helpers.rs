@@ -6,7 +6,7 @@
 //! its own database, cloned from a template that already holds the usersync migrations, the
 //! Supabase-compatible `auth` fixture and `public.users`; it is dropped when the test ends.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -19,11 +19,16 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HttpConfig, MappingConfig, MetricsAccess,
-    ReconcileConfig, ServeConfig, ServiceKeys,
+    AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig,
+    MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig, ServiceKeys, Switch,
 };
 use usersync::dev::fixtures;
+use usersync::repo::triggers;
 use usersync::startup::Application;
+use usersync::sync::mapping::Mapping;
+use usersync::sync::policy::DeletedPolicy;
+use usersync::sync::target::BoundMapping;
+use usersync::worker::retry::RetrySchedule;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-with-at-least-32-characters!!";
 pub const SERVICE_KEY: &str = "sb_secret_test_0123456789abcdef";
@@ -35,7 +40,14 @@ fn server_url() -> &'static str {
         Ok(url) if !url.is_empty() => url,
         _ => {
             // Kept for the life of the test binary; the OS reclaims it when the process exits.
-            let db = Box::leak(Box::new(pgtemp::PgTempDB::new()));
+            // pgtemp pipes the server's stderr and never reads it: once 64 KiB of log lines
+            // pile up, every backend blocks writing the next one. The collector writes the log
+            // to files in the throwaway data directory instead.
+            let db = Box::leak(Box::new(
+                pgtemp::PgTempDB::builder()
+                    .with_config_param("logging_collector", "on")
+                    .start(),
+            ));
             db.connection_uri()
         }
     })
@@ -65,50 +77,57 @@ async fn template() -> &'static str {
                 h.finish()
             };
             let name = format!("usersync_tpl_{digest:016x}");
-            let mut admin = PgConnection::connect_with(&options_for("postgres"))
-                .await
-                .expect("the test PostgreSQL server answers");
-            let exists: bool =
-                sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-                    .bind(&name)
-                    .fetch_one(&mut admin)
-                    .await
-                    .unwrap();
-            if !exists {
-                // Build under a private name, then rename: a half-built template is never used.
-                let building = format!("usersync_tpl_build_{}", Uuid::new_v4().simple());
-                sqlx::raw_sql(&format!("create database {building}"))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options_for(&building))
-                    .await
-                    .unwrap();
-                sqlx::raw_sql(fixtures::SUPABASE_AUTH)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                sqlx::raw_sql(fixtures::PUBLIC_USERS)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                usersync::db::migrate(&pool).await.unwrap();
-                pool.close().await;
-                let renamed = sqlx::raw_sql(&format!("alter database {building} rename to {name}"))
-                    .execute(&mut admin)
-                    .await;
-                if renamed.is_err() {
-                    // Another test binary won the race; its template is as good as ours.
-                    let _ = sqlx::raw_sql(&format!("drop database {building}"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            }
+            ensure_template(&name).await;
             name
         })
         .await
+}
+
+/// Builds the template `name` unless it exists. Also called when a template vanished under a
+/// running test binary (the server is shared, and someone may clean old templates up).
+async fn ensure_template(name: &str) {
+    let mut admin = PgConnection::connect_with(&options_for("postgres"))
+        .await
+        .expect("the test PostgreSQL server answers");
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    if exists {
+        return;
+    }
+    // Build under a private name, then rename: a half-built template is never used.
+    let building = format!("usersync_tpl_build_{}", Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!("create database {building}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options_for(&building))
+        .await
+        .unwrap();
+    sqlx::raw_sql(fixtures::SUPABASE_AUTH)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(fixtures::PUBLIC_USERS)
+        .execute(&pool)
+        .await
+        .unwrap();
+    usersync::db::migrate(&pool).await.unwrap();
+    pool.close().await;
+    let renamed = sqlx::raw_sql(&format!("alter database {building} rename to {name}"))
+        .execute(&mut admin)
+        .await;
+    if renamed.is_err() {
+        // Another test binary won the race; its template is as good as ours.
+        let _ = sqlx::raw_sql(&format!("drop database {building}"))
+            .execute(&mut admin)
+            .await;
+    }
 }
 
 /// A fresh database for one test, dropped when the value is dropped.
@@ -134,8 +153,11 @@ impl TestDb {
                 Ok(_) => break,
                 Err(e) if attempt < 50 => {
                     attempt += 1;
-                    let _ = e;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    if e.to_string().contains("does not exist") {
+                        ensure_template(template).await;
+                    } else {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
                 }
                 Err(e) => panic!("cannot create test database: {e}"),
             }
@@ -211,6 +233,17 @@ pub struct AppOptions {
     pub metrics_access: Option<MetricsAccess>,
     /// Repair policies, chunk size, admin API.
     pub reconcile: ReconcileConfig,
+    /// Run the healing loop (off by default, so that tests see drift stay put).
+    pub healing: bool,
+    /// The dead letters' retry schedule when healing (default: a fast one).
+    pub retry_schedule: Option<&'static str>,
+    /// The periodic reconciliation when healing (default: off).
+    pub reconcile_interval: Option<Duration>,
+    /// The dead letters' sweep when healing (default: 5 s).
+    pub sweep_interval: Option<Duration>,
+    /// The deleted policy (overrides `reconcile`'s when set to `delete`).
+    pub policy: DeletedPolicy,
+    pub webhook_secret: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -232,6 +265,12 @@ impl Default for AppOptions {
             cors_origins: None,
             metrics_access: None,
             reconcile: ReconcileConfig::default(),
+            healing: false,
+            retry_schedule: None,
+            reconcile_interval: None,
+            sweep_interval: None,
+            policy: DeletedPolicy::Report,
+            webhook_secret: None,
         }
     }
 }
@@ -278,7 +317,27 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
             metrics_refresh: Duration::from_secs(15),
         },
-        reconcile: options.reconcile.clone(),
+        reconcile: {
+            let mut reconcile = options.reconcile.clone();
+            if options.policy == DeletedPolicy::Delete {
+                reconcile.deleted.deleted = DeletedPolicy::Delete;
+            }
+            reconcile
+        },
+        healing: HealingConfig {
+            healing: if options.healing {
+                Switch::On
+            } else {
+                Switch::Off
+            },
+            sweep_interval: options.sweep_interval.unwrap_or(Duration::from_secs(5)),
+            retry_schedule: RetrySchedule::parse(options.retry_schedule.unwrap_or("200ms,500ms"))
+                .unwrap(),
+            reconcile_interval: options.reconcile_interval.unwrap_or_default(),
+        },
+        hooks: HooksConfig {
+            webhook_secret: options.webhook_secret.clone().map(SecretString::from),
+        },
     }
 }
 
@@ -319,6 +378,8 @@ pub enum Auth {
     None,
     Bearer(String),
     ApiKey(String),
+    /// Any other header (a webhook secret).
+    Header(&'static str, String),
 }
 
 impl TestApp {
@@ -345,6 +406,7 @@ impl TestApp {
             Auth::None => builder,
             Auth::Bearer(t) => builder.bearer_auth(t),
             Auth::ApiKey(k) => builder.header("apikey", k),
+            Auth::Header(name, value) => builder.header(*name, value),
         }
     }
 
@@ -488,6 +550,63 @@ impl TestApp {
 
     pub async fn insert_auth_user(&self, user: &AuthUser) -> Uuid {
         user.insert(&self.db.pool).await
+    }
+
+    pub async fn hook(&self, payload: &Value, auth: &Auth) -> Response {
+        self.request(Method::POST, "/v1/hooks/database", auth)
+            .json(payload)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The `checks.healing` of `/readyz`: `leader`, `standby` or `off`.
+    pub async fn healing_role(&self) -> String {
+        let body: Value = self.get("/readyz").await.json().await.unwrap();
+        body["checks"]["healing"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Installs the trigger path for `mapping` (the built-in one when `None`), as `usersync
+/// triggers install` does.
+pub async fn install_triggers(
+    db: &PgPool,
+    mapping: Option<&std::path::Path>,
+    policy: DeletedPolicy,
+) {
+    let bound = BoundMapping::bind(db, Mapping::load(mapping).unwrap())
+        .await
+        .expect("the mapping binds");
+    triggers::install(db, &bound, policy)
+        .await
+        .expect("the triggers install");
+}
+
+/// The audit events of one user, oldest first: `(path, kind, action)`.
+pub async fn events_of(db: &PgPool, id: Uuid) -> Vec<(String, String, String)> {
+    sqlx::query_as("select path, kind, action from usersync.events where user_id = $1 order by id")
+        .bind(id)
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `within`; panics naming `what`.
+pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -645,11 +764,33 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
     body
 }
 
-/// The real binary serving on a free port of 127.0.0.1, with the test secrets; stderr is piped.
-/// Killed when dropped, so a failing test leaves no process behind.
+/// Runs the real binary with only `env` (and `PATH`) set: `(exit code, stdout, stderr)`.
+pub fn usersync_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real binary serving on a free port of 127.0.0.1, with the test secrets. Its stderr is
+/// read as it is written (a pipe nobody reads would block the process once 64 KiB of log
+/// lines piled up) and kept for the test. Killed when dropped, so a failing test leaves no
+/// process behind.
 pub struct ServeProcess {
     child: std::process::Child,
     pub address: String,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    client: reqwest::Client,
 }
 
 impl ServeProcess {
@@ -672,13 +813,33 @@ impl ServeProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let process = Self {
-            child: cmd.spawn().expect("the usersync binary starts"),
-            address: format!("http://127.0.0.1:{port}"),
+        let mut child = cmd.spawn().expect("the usersync binary starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let mut pipe = child.stderr.take().expect("stderr is piped");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(&mut pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut all = sink.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            })
         };
-        let client = reqwest::Client::new();
+        let process = Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            stderr,
+            reader: Some(reader),
+            client: reqwest::Client::new(),
+        };
         for _ in 0..100 {
-            let health = client.get(format!("{}/healthz", process.address)).send();
+            let health = process
+                .client
+                .get(format!("{}/healthz", process.address))
+                .send();
             if health.await.is_ok() {
                 return process;
             }
@@ -691,6 +852,26 @@ impl ServeProcess {
         self.child.id()
     }
 
+    /// Everything written to stderr so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// `checks.healing` of its `/readyz` (`unreachable` when it does not answer).
+    pub async fn healing_role(&self) -> String {
+        let url = format!("{}/readyz", self.address);
+        match self.client.get(url).send().await {
+            Ok(response) => {
+                let body: Value = response.json().await.unwrap_or_default();
+                body["checks"]["healing"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+            Err(_) => "unreachable".to_owned(),
+        }
+    }
+
     /// Sends SIGTERM, waits for the exit, and returns everything written to stderr.
     pub fn stop(self) -> String {
         let _ = std::process::Command::new("kill")
@@ -701,13 +882,11 @@ impl ServeProcess {
 
     /// Waits for the process to exit (after a signal sent elsewhere); its status and stderr.
     pub fn wait(mut self) -> (std::process::ExitStatus, String) {
-        use std::io::Read;
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            let _ = pipe.read_to_string(&mut stderr);
-        }
         let status = self.child.wait().expect("the process was started");
-        (status, stderr)
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.logs())
     }
 }
 

@@ -215,7 +215,9 @@ async fn a_limit_bounds_the_repairs_and_the_next_run_does_the_rest() {
 #[tokio::test]
 async fn deleted_profiles_are_removed_by_policy_and_never_come_back() {
     let app = spawn_with(ReconcileConfig {
-        deleted: DeletedPolicy::Delete,
+        deleted: usersync::config::PolicyConfig {
+            deleted: DeletedPolicy::Delete,
+        },
         max_delete_share: 1.0,
         ..ReconcileConfig::default()
     })

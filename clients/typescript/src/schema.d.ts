@@ -55,7 +55,9 @@ export interface paths {
          * Readiness: the database answers, the usersync schema is migrated, the mapping still fits
          *     the real target table, and (with a JWKS configured) the signing keys are at hand.
          * @description Keys that could not be refreshed keep working and only degrade readiness (`keys: stale`);
-         *     keys never fetched fail it when nothing else can verify a user token.
+         *     keys never fetched fail it when nothing else can verify a user token. `checks.healing` says
+         *     whether this replica leads the healing loop (`leader`), stands by (`standby`), or does not
+         *     heal (`off`); it never fails readiness.
          */
         get: operations["readyz"];
         put?: never;
@@ -97,6 +99,28 @@ export interface paths {
         get: operations["list_drift"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/hooks/database": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Take a Supabase Database Webhook on `auth.users` as a signal to sync that user.
+         * @description Only the user's id is read from the payload; the user is re-read from `auth.users`: synced
+         *     when live, the deleted policy applied when gone or soft-deleted. Authenticate with a service
+         *     key, or with the configured secret in `x-usersync-webhook-secret`.
+         */
+        post: operations["database_hook"];
         delete?: never;
         options?: never;
         head?: never;
@@ -227,6 +251,11 @@ export interface components {
          * @enum {string}
          */
         Action: "create" | "update" | "rekey" | "delete" | "provision" | "report";
+        /**
+         * @description The schema a payload must be about.
+         * @enum {string}
+         */
+        AuthSchema: "auth";
         /** @description Totals, drift counts and pending dead letters, from one statement (see `repo::sql`). */
         Counts: {
             /**
@@ -245,6 +274,31 @@ export interface components {
              * @description Rows in the target table.
              */
             target_total: number;
+        };
+        /**
+         * @description A Supabase Database Webhook payload on `auth.users`, as `supabase_functions.http_request`
+         *     builds it: the operation in `type`, the row after it in `record` (`INSERT`, `UPDATE`) or the
+         *     row before it in `old_record` (`DELETE`). Only what usersync reads is declared; every other
+         *     field, secrets included, is skipped unread.
+         */
+        DatabaseWebhook: {
+            record: components["schemas"]["RecordRef"];
+            schema: components["schemas"]["AuthSchema"];
+            table: components["schemas"]["UsersTable"];
+            /** @enum {string} */
+            type: "INSERT";
+        } | {
+            record: components["schemas"]["RecordRef"];
+            schema: components["schemas"]["AuthSchema"];
+            table: components["schemas"]["UsersTable"];
+            /** @enum {string} */
+            type: "UPDATE";
+        } | {
+            old_record: components["schemas"]["RecordRef"];
+            schema: components["schemas"]["AuthSchema"];
+            table: components["schemas"]["UsersTable"];
+            /** @enum {string} */
+            type: "DELETE";
         };
         /** @description A dead letter as admins see it: who, what failed and why, and when it is retried. */
         DeadLetter: {
@@ -319,6 +373,11 @@ export interface components {
             kind: components["schemas"]["DriftKind"];
             reason: string;
         };
+        /**
+         * @description What healing one user did.
+         * @enum {string}
+         */
+        HealAction: "created" | "updated" | "unchanged" | "skipped" | "deleted" | "reported";
         Health: {
             checks?: Record<string, never> | null;
             /**
@@ -326,6 +385,10 @@ export interface components {
              *     not stop the service yet (the signing keys are stale).
              */
             status: string;
+        };
+        /** @description What the signal led to. */
+        HookOutcome: {
+            action: components["schemas"]["HealAction"];
         };
         /** @description One foreign key a re-key moves, and how many rows it moves. */
         MovedReference: {
@@ -433,6 +496,11 @@ export interface components {
              * @default 0
              */
             walked: number;
+        };
+        /** @description The one field of an `auth.users` row that usersync reads from a webhook. */
+        RecordRef: {
+            /** Format: uuid */
+            id: string;
         };
         /** @description One re-key: the target row `target_id` moves to `source_id`, with its references. */
         RekeyPlan: {
@@ -584,6 +652,11 @@ export interface components {
             drift: components["schemas"]["DriftKind"][];
             in_sync: boolean;
         };
+        /**
+         * @description The table a payload must be about.
+         * @enum {string}
+         */
+        UsersTable: "users";
     };
     responses: never;
     parameters: never;
@@ -855,6 +928,93 @@ export interface operations {
             };
             /** @description Not the service */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Database unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    database_hook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DatabaseWebhook"];
+            };
+        };
+        responses: {
+            /** @description The user was re-read and synced, or the deleted policy applied */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HookOutcome"];
+                };
+            };
+            /** @description Not a Database Webhook payload, not about auth.users, or no user id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No or invalid credentials, or a wrong webhook secret */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Another profile holds this user's email */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

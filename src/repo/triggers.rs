@@ -1,0 +1,241 @@
+//! The trigger path: functions in the `usersync` schema and triggers on `auth.users`, rendered
+//! from the mapping by the same `Renderer` that renders the service's statements, so the two
+//! paths cannot map a user differently.
+//!
+//! Supabase Auth writes a new user in several statements of one transaction (insert with an
+//! empty role, then the role, then app metadata, then the identity). The insert and update
+//! triggers are therefore deferred constraint triggers: they run at commit and re-read the row,
+//! seeing its final state. An update queues the trigger only when a mapped value changed (the
+//! `WHEN` clause), so the `updated_at`/`last_sign_in_at` bump of every sign-in costs one cheap
+//! comparison and writes nothing. Every error is caught and becomes a dead letter plus a
+//! `NOTIFY`: a broken target never stops a sign-up or a sign-in.
+
+use sqlx::PgPool;
+
+use crate::repo::sql::{Origin, Renderer};
+use crate::sync::policy::DeletedPolicy;
+use crate::sync::target::BoundMapping;
+
+/// The channel the trigger notifies after recording a dead letter; the payload is the dead
+/// letter's id (never user data).
+pub const DEAD_LETTER_CHANNEL: &str = "usersync_dead_letters";
+
+/// The triggers usersync owns on `auth.users`, and the event each fires after.
+const TRIGGERS: [(&str, &str); 3] = [
+    ("usersync_user_inserted", "insert"),
+    ("usersync_user_updated", "update"),
+    ("usersync_user_deleted", "delete"),
+];
+
+/// The functions usersync owns, with their signatures (what `drop function` needs).
+const FUNCTIONS: [&str; 3] = [
+    "usersync.sync_auth_user()",
+    "usersync.auth_user_changed(auth.users, auth.users)",
+    "usersync.record_dead_letter(uuid, text, text, text)",
+];
+
+/// How the trigger path names itself in the audit log: the role that wrote `auth.users`
+/// (`supabase_auth_admin` for Supabase Auth, `postgres` for the dashboard's SQL editor).
+const TRIGGER_ORIGIN: Origin<'static> = Origin {
+    user_id: "v_user_id",
+    caller: "'db:' || session_user",
+    path: "'trigger'",
+};
+
+/// The SQL that installs the trigger path for `bound` under `policy`: one transaction,
+/// idempotent, shippable as a Supabase migration (what `usersync triggers show` prints).
+pub fn install_sql(bound: &BoundMapping, policy: DeletedPolicy) -> String {
+    let renderer = Renderer::new(&bound.mapping, &bound.shape);
+    let sync = renderer.sync_statement(TRIGGER_ORIGIN);
+    let deleted = renderer.deleted_statement(TRIGGER_ORIGIN, policy);
+    let changed = renderer.changed_predicate("o", "n");
+    let tag = dollar_tag([sync.as_str(), deleted.as_str(), changed.as_str()]);
+    let indent = |sql: &str, by: usize| sql.replace('\n', &format!("\n{}", " ".repeat(by)));
+    format!(
+        "-- usersync: the trigger path, auth.users -> {target}.
+--
+-- Rendered by `usersync triggers show` from the mapping, against the live table: the casts
+-- follow the target's column types, so render again after changing the table or the mapping.
+-- Ship it as a Supabase migration, or run `usersync triggers install`. Running it again changes
+-- nothing. Needs the usersync schema (`usersync migrate`). Deleted users: policy `{policy}`.
+--
+-- Why it is shaped this way: Supabase Auth writes a user in several statements of one
+-- transaction, so the triggers are deferred to commit and re-read the final row; updates are
+-- queued only when a mapped value changed (not on every sign-in); and every error is caught and
+-- recorded as a dead letter, so a broken target never breaks a sign-up or a sign-in.
+
+begin;
+
+create schema if not exists usersync;
+
+-- A failed sync, kept for the healing loop (one pending letter per user), and a NOTIFY so that
+-- it is retried at once. Only the error's message and SQLSTATE are kept, never its DETAIL,
+-- which can quote row values.
+create or replace function usersync.record_dead_letter(
+    p_user_id uuid, p_op text, p_error text, p_sqlstate text)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as {tag}
+declare
+    v_id bigint;
+begin
+    insert into usersync.dead_letters as d (user_id, op, error, sqlstate)
+    values (p_user_id, p_op, p_error, p_sqlstate)
+    on conflict (user_id) where resolved_at is null
+    do update set error = excluded.error, sqlstate = excluded.sqlstate, next_attempt_at = now()
+    returning d.id into v_id;
+    perform pg_notify('{channel}', v_id::text);
+exception when others then
+    -- Not even the dead letter could be written. The user's own write must still commit; the
+    -- periodic reconciliation finds the user missing.
+    raise warning 'usersync: cannot record a dead letter for user %: % (SQLSTATE %)',
+        p_user_id, sqlerrm, sqlstate;
+end
+{tag};
+
+-- Whether an update of auth.users matters to the target: the update trigger's WHEN clause.
+-- It runs as whoever updates auth.users, so it reads only its arguments, and any error means
+-- \"yes\" (the trigger function catches its own errors).
+create or replace function usersync.auth_user_changed(o auth.users, n auth.users)
+returns boolean
+language plpgsql
+stable
+set search_path = ''
+as {tag}
+begin
+    return {changed};
+exception when others then
+    return true;
+end
+{tag};
+
+-- The sync itself, at commit: re-read the auth.users row, upsert the target (only the columns
+-- that follow the source, only when they differ), apply the deleted policy to a deleted user,
+-- and record each write in usersync.events. The same statements as the service's own.
+create or replace function usersync.sync_auth_user()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as {tag}
+declare
+    v_user_id uuid;
+    v_result record;
+begin
+    if tg_op = 'DELETE' then
+        v_user_id := old.id;
+    else
+        v_user_id := new.id;
+    end if;
+    begin
+        {sync}
+        into v_result;
+        {deleted}
+        into v_result;
+    exception when others then
+        perform usersync.record_dead_letter(v_user_id, lower(tg_op), sqlerrm, sqlstate);
+    end;
+    return null;
+end
+{tag};
+
+revoke all on function usersync.record_dead_letter(uuid, text, text, text) from public;
+revoke all on function usersync.sync_auth_user() from public;
+-- A WHEN clause calls its function as the role that writes auth.users (supabase_auth_admin):
+-- it needs EXECUTE. The function only compares its two arguments.
+grant execute on function usersync.auth_user_changed(auth.users, auth.users) to public;
+
+-- Created only when missing: their definitions never depend on the mapping (the functions do),
+-- so re-running this leaves them untouched.
+do {tag}
+begin
+{create_triggers}end
+{tag};
+
+commit;
+",
+        target = bound.mapping.target.qualified(),
+        policy = policy.as_str(),
+        channel = DEAD_LETTER_CHANNEL,
+        changed = indent(&changed, 4),
+        create_triggers = create_triggers(),
+        sync = indent(&sync, 8),
+        deleted = indent(&deleted, 8),
+    )
+}
+
+/// The statements (for a `do` block) that create each of `TRIGGERS` that does not exist yet.
+fn create_triggers() -> String {
+    TRIGGERS
+        .iter()
+        .map(|(name, event)| {
+            // The update trigger is queued only when a mapped value changed (see the module
+            // docs).
+            let when = match *event {
+                "update" => "\n            when (usersync.auth_user_changed(old, new))",
+                _ => "",
+            };
+            format!(
+                "    if not exists (select 1 from pg_trigger
+                    where tgrelid = 'auth.users'::regclass and tgname = '{name}') then
+        create constraint trigger {name}
+            after {event} on auth.users
+            deferrable initially deferred
+            for each row{when}
+            execute function usersync.sync_auth_user();
+    end if;
+"
+            )
+        })
+        .collect()
+}
+
+/// The SQL that removes everything `install_sql` creates (the usersync schema and its tables
+/// stay: they belong to the migrations).
+pub fn uninstall_sql() -> String {
+    let mut sql = String::from("begin;\n");
+    for (trigger, _) in TRIGGERS {
+        sql.push_str(&format!(
+            "drop trigger if exists {trigger} on auth.users;\n"
+        ));
+    }
+    for function in FUNCTIONS {
+        sql.push_str(&format!("drop function if exists {function};\n"));
+    }
+    sql.push_str("commit;\n");
+    sql
+}
+
+/// A dollar-quote tag that occurs in none of `bodies` (a mapping constant could contain one).
+fn dollar_tag<const N: usize>(bodies: [&str; N]) -> String {
+    (0..)
+        .map(|n| match n {
+            0 => "$usersync$".to_owned(),
+            n => format!("$usersync{n}$"),
+        })
+        .find(|tag| bodies.iter().all(|b| !b.contains(tag.as_str())))
+        .expect("some tag is free")
+}
+
+/// Runs a script that manages its own transaction (`begin; ... commit;`) on a dedicated
+/// connection, so that a failure halfway never hands an aborted transaction back to the pool.
+pub async fn run_script(db: &PgPool, sql: &str) -> sqlx::Result<()> {
+    let mut conn = db.acquire().await?;
+    let result = sqlx::raw_sql(sql).execute(&mut *conn).await.map(|_| ());
+    if result.is_err() {
+        let _ = sqlx::raw_sql("rollback").execute(&mut *conn).await;
+    }
+    result
+}
+
+/// Installs (or refreshes) the trigger path.
+pub async fn install(db: &PgPool, bound: &BoundMapping, policy: DeletedPolicy) -> sqlx::Result<()> {
+    run_script(db, &install_sql(bound, policy)).await
+}
+
+/// Removes the trigger path.
+pub async fn uninstall(db: &PgPool) -> sqlx::Result<()> {
+    run_script(db, &uninstall_sql()).await
+}

@@ -1,0 +1,139 @@
+//! Healing: bring one user, or every drifted user, back in step. Used by the healing loop (a
+//! dead letter, the periodic reconciliation) and by the database webhook.
+//!
+//! Every heal re-reads `auth.users`: a dead letter, a webhook payload or a notification says
+//! *which* user to look at, never what the user looks like, so a late or replayed signal can
+//! never roll a row back.
+
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::repo::users;
+use crate::sync::engine::{self, SyncAction, SyncError, SyncPath};
+use crate::sync::policy::DeletedPolicy;
+use crate::sync::target::BoundMapping;
+
+/// What healing one user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealAction {
+    /// The target row was missing and was inserted.
+    Created,
+    /// An `always` column differed and was written.
+    Updated,
+    /// Nothing differed; nothing was written.
+    Unchanged,
+    /// The user is anonymous and the mapping skips anonymous users.
+    Skipped,
+    /// The user is deleted and the `delete` policy removed the target row.
+    Deleted,
+    /// The user is deleted and the deletion is recorded (the `report` policy, or no target row
+    /// was left to delete).
+    Reported,
+}
+
+impl HealAction {
+    /// The action's name, as the API and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealAction::Created => "created",
+            HealAction::Updated => "updated",
+            HealAction::Unchanged => "unchanged",
+            HealAction::Skipped => "skipped",
+            HealAction::Deleted => "deleted",
+            HealAction::Reported => "reported",
+        }
+    }
+
+    /// The drift kind the action repaired, as metrics label it.
+    pub fn drift_kind(self) -> &'static str {
+        match self {
+            HealAction::Created => "missing",
+            HealAction::Updated => "stale",
+            HealAction::Deleted | HealAction::Reported => "deleted",
+            HealAction::Unchanged | HealAction::Skipped => "none",
+        }
+    }
+}
+
+impl From<SyncAction> for HealAction {
+    fn from(action: SyncAction) -> Self {
+        match action {
+            SyncAction::Created => HealAction::Created,
+            SyncAction::Updated => HealAction::Updated,
+            SyncAction::Unchanged => HealAction::Unchanged,
+            SyncAction::Skipped => HealAction::Skipped,
+        }
+    }
+}
+
+/// Syncs a live user; applies the deleted policy to a user who is gone or soft-deleted.
+pub async fn heal_user(
+    db: &PgPool,
+    bound: &BoundMapping,
+    policy: DeletedPolicy,
+    user_id: Uuid,
+    caller: &str,
+    path: SyncPath,
+) -> Result<HealAction, SyncError> {
+    match engine::sync_one(db, bound, user_id, caller, path).await {
+        Ok(outcome) => Ok(outcome.action.into()),
+        Err(SyncError::UserNotFound | SyncError::UserDeleted) => {
+            apply_deleted(db, bound, policy, user_id, caller, path).await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Applies the deleted policy to a user who is gone or soft-deleted; a user who is live (again)
+/// is left alone and reported `unchanged`.
+pub async fn apply_deleted(
+    db: &PgPool,
+    bound: &BoundMapping,
+    policy: DeletedPolicy,
+    user_id: Uuid,
+    caller: &str,
+    path: SyncPath,
+) -> Result<HealAction, SyncError> {
+    let row = users::apply_deleted(db, bound, policy, user_id, caller, path).await?;
+    Ok(match (row.gone, row.removed) {
+        (false, _) => HealAction::Unchanged,
+        (true, true) => HealAction::Deleted,
+        (true, false) => HealAction::Reported,
+    })
+}
+
+/// How many users a drift heal created and updated.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HealCounts {
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// Heals every `missing` and `stale` user, set-based, in batches of `batch` walked in id order
+/// (each user is looked at once per call, whatever a trigger on the target does to the values).
+/// Each write is audited as the sync-one statement audits it.
+///
+/// This is the periodic reconciliation's minimal form: it repairs only what needs no policy
+/// decision (a missing row is created, a stale one updated); mismatched, orphaned and deleted
+/// users are reported by the status and left to reconciliation runs.
+pub async fn heal_drift(
+    db: &PgPool,
+    bound: &BoundMapping,
+    batch: i64,
+    caller: &str,
+    path: SyncPath,
+) -> sqlx::Result<HealCounts> {
+    let mut total = HealCounts::default();
+    let mut after = Uuid::nil();
+    loop {
+        let healed = users::heal_drift(db, bound, after, batch, caller, path).await?;
+        total.created += healed.created;
+        total.updated += healed.updated;
+        match healed.last_id {
+            Some(last) => after = last,
+            None => return Ok(total),
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The healing loop inside `usersync serve`: whatever slipped past the trigger path is healed
+//! here, exactly once, however many replicas run.
+//!
+//! One replica leads (see `leader`); the others stand by and try to take over every second.
+//! The leader
+//! - LISTENs for new dead letters and drains the due ones at once;
+//! - retries a failed letter on its schedule, the next attempt stored in Postgres;
+//! - sweeps for due letters at least every sweep interval, in case a notification was lost;
+//! - heals every missing and stale user periodically (the reconciliation interval).
+//!
+//! Every heal re-reads `auth.users` and writes through the same statement as sync-one, whose
+//! audit event is written in the same statement as the row: a user healed twice shows one event.
+
+/// Leadership among replicas: the advisory lock and its connection.
+pub mod leader;
+/// The dead letters' retry schedule.
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::meter;
+use crate::repo::dead_letters::{self, ClaimedLetter};
+use crate::repo::triggers::DEAD_LETTER_CHANNEL;
+use crate::sync::engine::{SyncError, SyncPath};
+use crate::sync::heal::{self, HealAction};
+use crate::sync::policy::DeletedPolicy;
+use crate::sync::target::BoundMapping;
+use leader::LockConnection;
+use retry::RetrySchedule;
+
+/// How often a standby tries to take the lock, and a leader checks it still holds it.
+const LEADERSHIP_CHECK: Duration = Duration::from_secs(1);
+/// Dead letters claimed per statement.
+const DRAIN_BATCH: i64 = 50;
+/// How long a claimed letter is left alone if its attempt never reports back.
+const CLAIM_LEASE: Duration = Duration::from_secs(60);
+/// Users per statement in the periodic reconciliation.
+const RECONCILE_BATCH: i64 = 1000;
+/// How the audit log names the healing loop.
+const CALLER: &str = "healing";
+
+/// This replica's part in the healing loop, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealingRole {
+    /// Healing is turned off on this replica (`USERSYNC_HEALING=off`).
+    Off,
+    /// Another replica leads, or this one is about to try.
+    Standby,
+    /// This replica holds the lock and heals.
+    Leader,
+}
+
+impl HealingRole {
+    /// The name `/readyz` reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealingRole::Off => "off",
+            HealingRole::Standby => "standby",
+            HealingRole::Leader => "leader",
+        }
+    }
+}
+
+/// What the loop does, from configuration.
+#[derive(Debug, Clone)]
+pub struct HealingSettings {
+    pub sweep_interval: Duration,
+    pub retry_schedule: RetrySchedule,
+    /// `None`: no periodic reconciliation.
+    pub reconcile_interval: Option<Duration>,
+    pub policy: DeletedPolicy,
+}
+
+/// The healing loop of one replica.
+pub struct Healer {
+    db: PgPool,
+    bound: Arc<BoundMapping>,
+    settings: HealingSettings,
+    role: watch::Sender<HealingRole>,
+}
+
+/// Why a term as leader ended.
+enum Term {
+    /// Shutting down: the lock is released on the way out.
+    Stopped,
+    /// The lock's connection is gone, and the lock with it.
+    Lost,
+}
+
+impl Healer {
+    /// The loop, not yet running, and a view of its role.
+    pub fn new(
+        db: PgPool,
+        bound: Arc<BoundMapping>,
+        settings: HealingSettings,
+    ) -> (Self, watch::Receiver<HealingRole>) {
+        let (role, view) = watch::channel(HealingRole::Standby);
+        (
+            Self {
+                db,
+                bound,
+                settings,
+                role,
+            },
+            view,
+        )
+    }
+
+    /// Stands by, leads when the lock is free, and returns once `stop` turns true (releasing
+    /// the lock if it held it).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let options = self.db.connect_options();
+        let mut standby: Option<LockConnection> = None;
+        // Say once, not every second, that this replica stands by or cannot reach the database.
+        let mut announced = false;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match try_lead(&mut standby, &options).await {
+                Ok(true) => {
+                    announced = false;
+                    let mut lock = standby.take().expect("the lock connection is kept");
+                    tracing::info!("healing: this replica leads");
+                    self.role.send_replace(HealingRole::Leader);
+                    let term = self.lead(&mut lock, &mut stop).await;
+                    self.role.send_replace(HealingRole::Standby);
+                    match term {
+                        Term::Stopped => {
+                            lock.release().await;
+                            tracing::info!("healing: stepped down (shutting down)");
+                            return;
+                        }
+                        Term::Lost => {
+                            tracing::warn!("healing: lost the lock's connection; standing by")
+                        }
+                    }
+                }
+                Ok(false) => {
+                    if !announced {
+                        tracing::info!("healing: another replica leads; standing by");
+                        announced = true;
+                    }
+                }
+                Err(e) => {
+                    standby = None;
+                    if !announced {
+                        tracing::warn!(error = %e, "healing: cannot reach the database to lead; retrying");
+                        announced = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LEADERSHIP_CHECK) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One term as leader: drain, sweep and reconcile until stopped or the lock is lost.
+    async fn lead(&self, lock: &mut LockConnection, stop: &mut watch::Receiver<bool>) -> Term {
+        let (notify, mut notified) = mpsc::channel(1);
+        let listener = AbortOnDrop(tokio::spawn(listen(self.db.clone(), notify)));
+        let mut check = tokio::time::interval(LEADERSHIP_CHECK);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        check.reset();
+        let mut reconcile = self.settings.reconcile_interval.map(|period| {
+            // The first tick is immediate: a new leader reconciles at once, so that frequent
+            // restarts never starve the reconciliation.
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            interval
+        });
+        // Drain at once: letters may have been recorded while nobody led.
+        let mut next_drain = Instant::now();
+        let term = loop {
+            tokio::select! {
+                _ = stop.changed() => break Term::Stopped,
+                Some(()) = notified.recv() => next_drain = Instant::now(),
+                () = tokio::time::sleep_until(next_drain) => {
+                    next_drain = Instant::now() + self.drain().await;
+                }
+                () = tick(&mut reconcile) => self.reconcile().await,
+                _ = check.tick() => {
+                    if !lock.is_alive().await {
+                        break Term::Lost;
+                    }
+                }
+            }
+        };
+        drop(listener);
+        term
+    }
+
+    /// Attempts every due letter; returns how long to wait before the next drain (the next due
+    /// letter, or the sweep interval, whichever comes first).
+    async fn drain(&self) -> Duration {
+        loop {
+            let due = match dead_letters::claim_due(&self.db, DRAIN_BATCH, CLAIM_LEASE).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "healing: cannot read dead letters");
+                    return LEADERSHIP_CHECK;
+                }
+            };
+            for letter in &due {
+                self.attempt(letter).await;
+            }
+            if (due.len() as i64) < DRAIN_BATCH {
+                break;
+            }
+        }
+        let sweep = self.settings.sweep_interval;
+        match dead_letters::next_due_in(&self.db).await {
+            Ok(Some(due_in)) => due_in.min(sweep),
+            Ok(None) => sweep,
+            Err(e) => {
+                tracing::warn!(error = %e, "healing: cannot read dead letters");
+                LEADERSHIP_CHECK
+            }
+        }
+    }
+
+    /// One attempt at one letter: heal the user from `auth.users`, then resolve the letter or
+    /// schedule its next attempt.
+    async fn attempt(&self, letter: &ClaimedLetter) {
+        let healed = heal::heal_user(
+            &self.db,
+            &self.bound,
+            self.settings.policy,
+            letter.user_id,
+            CALLER,
+            SyncPath::Healing,
+        )
+        .await;
+        let failed = letter.attempts.saturating_add(1);
+        let recorded = match healed {
+            Ok(action) => {
+                meter::record_sync(SyncPath::Healing, action);
+                tracing::info!(user_id = %letter.user_id, attempts = failed, ?action, "healing: dead letter healed");
+                dead_letters::resolve(&self.db, letter.id).await
+            }
+            Err(e) => {
+                let (error, sqlstate) = cause(&e);
+                let delay = self
+                    .settings
+                    .retry_schedule
+                    .delay_after(u32::try_from(failed).unwrap_or(u32::MAX));
+                tracing::warn!(user_id = %letter.user_id, attempts = failed, error = %error,
+                    retry_in = ?delay, "healing: dead letter still fails");
+                dead_letters::reschedule(&self.db, letter.id, &error, sqlstate.as_deref(), delay)
+                    .await
+            }
+        };
+        if let Err(e) = recorded {
+            // The claim's lease brings the letter back.
+            tracing::warn!(error = %e, "healing: cannot record the attempt");
+        }
+    }
+
+    /// The periodic reconciliation: heal every missing and stale user.
+    async fn reconcile(&self) {
+        match heal::heal_drift(
+            &self.db,
+            &self.bound,
+            RECONCILE_BATCH,
+            CALLER,
+            SyncPath::Healing,
+        )
+        .await
+        {
+            Ok(counts) if counts.created + counts.updated > 0 => {
+                meter::record_syncs(
+                    SyncPath::Healing,
+                    HealAction::Created,
+                    counts.created as u64,
+                );
+                meter::record_syncs(
+                    SyncPath::Healing,
+                    HealAction::Updated,
+                    counts.updated as u64,
+                );
+                tracing::info!(
+                    created = counts.created,
+                    updated = counts.updated,
+                    "healing: reconciled"
+                );
+            }
+            Ok(_) => tracing::debug!("healing: reconciled, nothing to do"),
+            Err(e) => {
+                tracing::warn!(error = %e, "healing: reconciliation failed; retrying next interval")
+            }
+        }
+    }
+}
+
+/// Tries the lock on the standby connection, opening it first if there is none.
+async fn try_lead(
+    slot: &mut Option<LockConnection>,
+    options: &PgConnectOptions,
+) -> sqlx::Result<bool> {
+    let conn = match slot {
+        Some(conn) => conn,
+        None => slot.insert(LockConnection::connect(options).await?),
+    };
+    conn.try_lead().await
+}
+
+/// Waits for the next tick, or forever when there is no interval.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Forwards "a dead letter was recorded" from Postgres to the leader. Notifications are hints
+/// (the payload is ignored): a burst becomes one drain, and one lost while the listener
+/// reconnects is caught by the drain that follows every reconnection, or by the sweep.
+async fn listen(db: PgPool, notify: mpsc::Sender<()>) {
+    loop {
+        match subscribe(&db).await {
+            Ok(mut listener) => loop {
+                match listener.try_recv().await {
+                    // A notification, or `None`: the connection was lost and re-established,
+                    // and anything sent in between was missed. Either way: drain.
+                    Ok(_) => {
+                        let _ = notify.try_send(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "healing: LISTEN connection failed");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "healing: cannot LISTEN for dead letters"),
+        }
+        tokio::time::sleep(LEADERSHIP_CHECK).await;
+    }
+}
+
+async fn subscribe(db: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(db).await?;
+    listener.listen(DEAD_LETTER_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// The message and SQLSTATE of a failed heal, as the dead letter keeps them: the database's own
+/// message (never its DETAIL, which can quote row values).
+fn cause(error: &SyncError) -> (String, Option<String>) {
+    match error {
+        SyncError::Database(sqlx::Error::Database(db)) => {
+            (db.message().to_owned(), db.code().map(|c| c.into_owned()))
+        }
+        other => (other.to_string(), None),
+    }
+}
+
+/// Aborts a spawned task when its owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,324 @@
+//! The trigger path: install, show and uninstall, and Supabase Auth's own statement sequences
+//! replayed as `supabase_auth_admin` against the installed triggers.
+
+use serde_json::{json, Value};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::gotrue::{self, SignUp};
+use crate::helpers::*;
+use usersync::sync::policy::DeletedPolicy;
+
+/// Everything usersync's trigger path consists of in the catalog, identities included (a
+/// re-created object would get a new oid).
+async fn trigger_catalog(db: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "select format('trigger %s %s %s', t.oid, t.tgname, pg_get_triggerdef(t.oid))
+           from pg_trigger t
+          where t.tgrelid = 'auth.users'::regclass and not t.tgisinternal
+         union all
+         select format('function %s %s %s %s %s %s', p.oid, p.oid::regprocedure, p.prosecdef,
+                       p.proconfig, p.proacl, md5(p.prosrc))
+           from pg_proc p where p.pronamespace = 'usersync'::regnamespace
+         union all
+         select format('constraint %s %s', c.oid, c.conname)
+           from pg_constraint c where c.conrelid = 'auth.users'::regclass and c.contype = 't'
+         order by 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+async fn auth_row(db: &PgPool, id: Uuid) -> Value {
+    sqlx::query_scalar("select to_jsonb(u) from auth.users u where id = $1")
+        .bind(id)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Whether the update trigger's WHEN clause queues the change from `before` to the current row.
+async fn queues_update(db: &PgPool, id: Uuid, before: &Value) -> bool {
+    sqlx::query_scalar(
+        "select usersync.auth_user_changed(jsonb_populate_record(null::auth.users, $1), u)
+           from auth.users u where u.id = $2",
+    )
+    .bind(before)
+    .bind(id)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+async fn target_row(db: &PgPool, id: Uuid) -> Option<Value> {
+    sqlx::query_scalar("select to_jsonb(u) from public.users u where id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = TestDb::new().await;
+        let env = [("DATABASE_URL", db.url())];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+        let (code, stdout, stderr) = usersync_cli(&["triggers", "install"], &env);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("installed"), "{stdout}");
+        let first = trigger_catalog(&db.pool).await;
+        assert_eq!(
+            first.iter().filter(|l| l.starts_with("trigger")).count(),
+            3,
+            "{first:#?}"
+        );
+        assert_eq!(
+            first.iter().filter(|l| l.starts_with("function")).count(),
+            3
+        );
+        // Every function pins an empty search_path; the two that write are security definer,
+        // and only the WHEN clause's comparison is executable by others.
+        for line in first.iter().filter(|l| l.starts_with("function")) {
+            assert!(line.contains(r#"{"search_path=\"\""}"#), "{line}");
+            let definer = !line.contains("auth_user_changed");
+            assert_eq!(line.contains(" t {"), definer, "{line}");
+        }
+
+        let (code, _, stderr) = usersync_cli(&["triggers", "install"], &env);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            trigger_catalog(&db.pool).await,
+            first,
+            "a second install changed something"
+        );
+
+        // `show` prints what `install` runs: one transaction that can be shipped as a migration
+        // and re-run.
+        let (code, sql, stderr) = usersync_cli(&["triggers", "show"], &env);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(sql.trim_start().starts_with("--"), "{sql}");
+        assert!(sql.contains("\nbegin;\n") && sql.trim_end().ends_with("commit;"));
+        assert!(sql.contains("deferrable initially deferred"));
+        assert!(sql.contains("security definer") && sql.contains("set search_path = ''"));
+        assert!(sql.contains("exception when others"));
+        sqlx::raw_sql(&sql).execute(&db.pool).await.unwrap();
+        assert_eq!(
+            trigger_catalog(&db.pool).await,
+            first,
+            "the shown SQL differs"
+        );
+
+        for _ in 0..2 {
+            let (code, stdout, stderr) = usersync_cli(&["triggers", "uninstall"], &env);
+            assert_eq!(code, 0, "{stderr}");
+            assert!(stdout.contains("removed"), "{stdout}");
+            assert_eq!(trigger_catalog(&db.pool).await, Vec::<String>::new());
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_sign_up_replayed_as_supabase_auth_admin_syncs_the_final_row_at_commit() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+
+    // The insert carries role '' and provider-only app metadata; the role and the admin's
+    // custom app metadata arrive in later statements of the same transaction.
+    let id = gotrue::sign_up(
+        &db.pool,
+        &SignUp::new("ada@example.com")
+            .user_metadata(json!({"full_name": "Ada Lovelace", "role": "admin"}))
+            .app_metadata(json!({"role": "admin"})),
+    )
+    .await
+    .expect("the sign-up commits");
+
+    let row = target_row(&db.pool, id).await.expect("a profile at commit");
+    assert_eq!(row["email"], "ada@example.com");
+    assert_eq!(row["full_name"], "Ada Lovelace");
+    assert_eq!(
+        row["role"], "admin",
+        "the final app metadata, not the insert's"
+    );
+    assert_eq!(
+        events_of(&db.pool, id).await,
+        [("trigger".into(), "missing".into(), "created".into())]
+    );
+}
+
+#[tokio::test]
+async fn a_role_in_user_metadata_never_reaches_the_profile_through_the_trigger() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    let id = gotrue::sign_up(
+        &db.pool,
+        &SignUp::new("mallory@example.com").user_metadata(json!({"role": "admin"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(target_row(&db.pool, id).await.unwrap()["role"], "user");
+}
+
+#[tokio::test]
+async fn a_sign_in_writes_nothing_to_the_target() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    let id = gotrue::sign_up(
+        &db.pool,
+        &SignUp::new("grace@example.com").user_metadata(json!({"full_name": "Grace"})),
+    )
+    .await
+    .unwrap();
+    let before = target_row(&db.pool, id).await.unwrap();
+    let auth_before = auth_row(&db.pool, id).await;
+
+    // A password sign-in, then an OAuth sign-in that merges new provider claims into
+    // user_metadata (names are on_create: the app owns them once the row exists).
+    gotrue::sign_in(&db.pool, id, None).await;
+    gotrue::sign_in(
+        &db.pool,
+        id,
+        Some(json!({"full_name": "Grace Hopper", "avatar_url": "https://x/a.png"})),
+    )
+    .await;
+
+    assert_eq!(target_row(&db.pool, id).await.unwrap(), before);
+    assert_eq!(events_of(&db.pool, id).await.len(), 1, "only the creation");
+    // Not even queued: the WHEN clause filters the sign-in out before the trigger runs.
+    assert_ne!(auth_row(&db.pool, id).await, auth_before);
+    assert!(!queues_update(&db.pool, id, &auth_before).await);
+}
+
+#[tokio::test]
+async fn an_email_change_propagates_only_once_confirmed() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    let id = gotrue::sign_up(&db.pool, &SignUp::new("old@example.com"))
+        .await
+        .unwrap();
+
+    let auth_before = auth_row(&db.pool, id).await;
+    gotrue::request_email_change(&db.pool, id, "new@example.com").await;
+    assert_eq!(
+        target_row(&db.pool, id).await.unwrap()["email"],
+        "old@example.com"
+    );
+    assert_eq!(events_of(&db.pool, id).await.len(), 1);
+    assert!(!queues_update(&db.pool, id, &auth_before).await);
+
+    let auth_before = auth_row(&db.pool, id).await;
+    gotrue::confirm_email_change(&db.pool, id).await;
+    assert!(queues_update(&db.pool, id, &auth_before).await);
+    assert_eq!(
+        target_row(&db.pool, id).await.unwrap()["email"],
+        "new@example.com"
+    );
+    assert_eq!(
+        events_of(&db.pool, id).await.last().unwrap(),
+        &("trigger".into(), "stale".into(), "updated".into())
+    );
+}
+
+#[tokio::test]
+async fn an_app_metadata_change_updates_the_role() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    let id = gotrue::sign_up(&db.pool, &SignUp::new("linus@example.com"))
+        .await
+        .unwrap();
+    gotrue::set_app_metadata(
+        &db.pool,
+        id,
+        json!({"provider": "email", "providers": ["email"], "role": "admin"}),
+    )
+    .await;
+    assert_eq!(target_row(&db.pool, id).await.unwrap()["role"], "admin");
+}
+
+#[tokio::test]
+async fn a_broken_target_still_lets_the_sign_up_commit_and_leaves_one_dead_letter() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    // Someone ships a migration the mapping knows nothing about.
+    sqlx::query("alter table public.users add column plan text not null")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen("usersync_dead_letters").await.unwrap();
+
+    let id = gotrue::sign_up(
+        &db.pool,
+        &SignUp::new("margaret@example.com").app_metadata(json!({"role": "admin"})),
+    )
+    .await
+    .expect("the sign-up commits although the sync failed");
+
+    let in_auth: bool =
+        sqlx::query_scalar("select exists (select 1 from auth.users where id = $1)")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(in_auth);
+    assert!(target_row(&db.pool, id).await.is_none());
+    // Two statements of the sign-up queued the trigger; both failed; one letter.
+    let letters: Vec<(i64, String, String, Option<String>, i32)> = sqlx::query_as(
+        "select id, op, error, sqlstate, attempts from usersync.dead_letters where user_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (letter_id, op, error, sqlstate, attempts) = &letters[0];
+    assert_eq!(op, "insert");
+    assert!(error.contains("\"plan\""), "the cause is named: {error}");
+    assert_eq!(sqlstate.as_deref(), Some("23502"));
+    assert_eq!(*attempts, 0);
+    let notification = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a NOTIFY")
+        .unwrap();
+    assert_eq!(notification.payload(), letter_id.to_string());
+}
+
+#[tokio::test]
+async fn a_hard_delete_is_reported_by_default_and_the_profile_kept() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    let id = gotrue::sign_up(&db.pool, &SignUp::new("gone@example.com"))
+        .await
+        .unwrap();
+    gotrue::delete_user(&db.pool, id).await.unwrap();
+
+    assert!(target_row(&db.pool, id).await.is_some());
+    let reported = ("trigger".into(), "deleted".into(), "reported".into());
+    assert_eq!(events_of(&db.pool, id).await.last().unwrap(), &reported);
+}
+
+#[tokio::test]
+async fn under_the_delete_policy_hard_and_soft_deletes_remove_the_profile() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Delete).await;
+    let hard = gotrue::sign_up(&db.pool, &SignUp::new("hard@example.com"))
+        .await
+        .unwrap();
+    let soft = gotrue::sign_up(&db.pool, &SignUp::new("soft@example.com"))
+        .await
+        .unwrap();
+
+    gotrue::delete_user(&db.pool, hard).await.unwrap();
+    gotrue::soft_delete_user(&db.pool, soft).await;
+
+    for id in [hard, soft] {
+        assert!(target_row(&db.pool, id).await.is_none());
+        let deleted = ("trigger".into(), "deleted".into(), "deleted".into());
+        assert_eq!(events_of(&db.pool, id).await.last().unwrap(), &deleted);
+    }
+}
