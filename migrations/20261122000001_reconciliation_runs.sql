@@ -20,7 +20,8 @@ create unique index runs_one_active_idx on usersync.runs ((true))
     where state in ('planning', 'running');
 
 -- A batch run writes one event per repair, a million at a time: hand out identity values in
--- blocks instead of one sequence round per row.
+-- blocks instead of one sequence round per row. Ids are then unique but not in commit order
+-- across sessions: read an audit trail in order of `at, id`.
 alter table usersync.events alter column id set cache 1000;
 
 -- Nor a foreign-key check per event: with it, every one of those million inserts fires a

@@ -11,9 +11,10 @@
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
-/// The advisory lock key: "usersync" in ASCII. Advisory locks are per database, so each
-/// project's replicas elect their own leader.
-const LOCK_KEY: i64 = 0x7573_6572_7379_6e63;
+/// The advisory lock key: "us-lead!" in ASCII. Advisory locks are per database, so each
+/// project's replicas elect their own leader. It must differ from `repo::runs::RUN_LOCK`: the
+/// leader holds its lock for as long as it leads, and a shared key would refuse every run.
+pub const LOCK_KEY: i64 = 0x7573_2d6c_6561_6421;
 
 /// A connection on which this replica tries to lead.
 pub struct LockConnection {

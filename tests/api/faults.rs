@@ -336,7 +336,11 @@ async fn sigkill_in_the_middle_of_a_reconciliation_is_finished_by_the_next_run_n
     const USERS: i32 = 30_000;
     let db = TestDb::new().await;
     seed_missing(&db, USERS).await;
-    let env = [("USERSYNC_RECONCILE_CHUNK_SIZE", "200")];
+    // No periodic reconciliation from the healing loop: this test starts the runs itself.
+    let env = [
+        ("USERSYNC_RECONCILE_CHUNK_SIZE", "200"),
+        ("USERSYNC_RECONCILE_INTERVAL", "0"),
+    ];
     let client = reqwest::Client::new();
 
     let first = ServeProcess::start(&db.url(), &env).await;
@@ -350,7 +354,10 @@ async fn sigkill_in_the_middle_of_a_reconciliation_is_finished_by_the_next_run_n
         .json()
         .await
         .unwrap();
-    let killed_id = started["id"].as_str().unwrap().to_owned();
+    let killed_id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
     // Kill it as soon as some chunks are committed, while most of the work is still ahead.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -506,11 +506,13 @@ impl TestApp {
 
     /// Audit events of one user: `(kind, action)` in order.
     pub async fn events_of(&self, id: Uuid) -> Vec<(String, String)> {
-        sqlx::query_as("select kind, action from usersync.events where user_id = $1 order by id")
-            .bind(id)
-            .fetch_all(&self.db.pool)
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "select kind, action from usersync.events where user_id = $1 order by at, id",
+        )
+        .bind(id)
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn event_count(&self) -> i64 {
@@ -587,11 +589,13 @@ pub async fn install_triggers(
 
 /// The audit events of one user, oldest first: `(path, kind, action)`.
 pub async fn events_of(db: &PgPool, id: Uuid) -> Vec<(String, String, String)> {
-    sqlx::query_as("select path, kind, action from usersync.events where user_id = $1 order by id")
-        .bind(id)
-        .fetch_all(db)
-        .await
-        .unwrap()
+    sqlx::query_as(
+        "select path, kind, action from usersync.events where user_id = $1 order by at, id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
+    .unwrap()
 }
 
 /// Polls `check` every 50 ms until it holds, for at most `within`; panics naming `what`.

@@ -527,3 +527,41 @@ async fn with_many_stray_profiles_a_mismatched_user_is_still_left_alone() {
     assert!(app.target_row(twin).await.is_none());
     assert!(app.target_row(fresh).await.is_some());
 }
+
+#[tokio::test]
+async fn a_leading_healing_loop_does_not_block_reconciliation_runs() {
+    // Two locks, two jobs: leadership of the healing loop and the one-run-at-a-time guard.
+    assert_ne!(
+        usersync::worker::leader::LOCK_KEY,
+        usersync::repo::runs::RUN_LOCK
+    );
+    let db = TestDb::new().await;
+    AuthUser::new("led@example.com").insert(&db.pool).await;
+    let serve = ServeProcess::start(&db.url(), &[("USERSYNC_RECONCILE_INTERVAL", "0")]).await;
+    let client = reqwest::Client::new();
+    // Wait until this replica leads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ready: Value = client
+            .get(format!("{}/readyz", serve.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready.to_string().contains("lead") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never led: {ready}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let response = client
+        .post(format!("{}/v1/reconciliations", serve.address))
+        .header("apikey", SERVICE_KEY)
+        .json(&json!({"dry_run": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+}

@@ -189,7 +189,7 @@ async fn email_always_follows_the_source_but_names_are_the_apps() {
     assert_eq!(row["full_name"], "Chosen Name");
     // Each write left an audit event with the mapped columns only.
     let actions: Vec<(String, String, Value)> = sqlx::query_as(
-        "select kind, action, after from usersync.events where user_id = $1 order by id",
+        "select kind, action, after from usersync.events where user_id = $1 order by at, id",
     )
     .bind(id)
     .fetch_all(&app.db.pool)

@@ -319,6 +319,7 @@ async fn under_the_delete_policy_hard_and_soft_deletes_remove_the_profile() {
     for id in [hard, soft] {
         assert!(target_row(&db.pool, id).await.is_none());
         let deleted = ("trigger".into(), "deleted".into(), "deleted".into());
-        assert_eq!(events_of(&db.pool, id).await.last().unwrap(), &deleted);
+        let events = events_of(&db.pool, id).await;
+        assert_eq!(events.last().unwrap(), &deleted, "{events:?}");
     }
 }
