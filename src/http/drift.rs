@@ -29,6 +29,7 @@ pub struct DriftQuery {
     /// The last id of the previous page (its `next`).
     after: Option<Uuid>,
     /// Rows per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

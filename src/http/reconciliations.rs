@@ -31,9 +31,11 @@ pub struct StartRun {
     /// run by leaving it out.
     dry_run: bool,
     /// The kinds to reconcile; all five when absent.
+    #[schema(min_items = 1)]
     kinds: Option<Vec<DriftKind>>,
     /// The most rows to repair in this run.
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
     limit: Option<u64>,
     /// Let the run delete more than USERSYNC_MAX_DELETE_SHARE of the target.
     #[serde(default)]
@@ -76,6 +78,7 @@ impl StartRun {
         (status = 202, description = "Started", body = Run,
          headers(("location" = String, description = "The run's URL"))),
         (status = 400, description = "Malformed body or unknown field", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the service", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A run is in progress; `run_id` names it", body = Problem, content_type = "application/problem+json"),
@@ -137,6 +140,7 @@ async fn get_run(
 #[into_params(parameter_in = Query)]
 pub struct RecentQuery {
     /// How many runs, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -169,4 +173,28 @@ async fn list_runs(
     Ok(Json(RunList {
         runs: state.reconciler.recent(limit).await?,
     }))
+}
+
+/// A JSON number that is a whole number, `64485.0` included: JSON Schema's `integer` accepts it,
+/// so the API must too.
+fn whole_number<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        // The document says int64: a larger number is as invalid as a fraction.
+        .filter(|n| i64::try_from(*n).is_ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom("limit must be a whole number from 1 to 2^63 - 1"))
 }
