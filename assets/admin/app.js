@@ -280,8 +280,9 @@ async function dryRun() {
   setBusy(true, "Dry run: planning…");
   try {
     const run = await waitFor((await startRun(true, options)).id);
-    $("#run-note").textContent = `Dry run ${run.state}: ${plannedText(run)}.`;
+    // The note comes last, once the page shows the run: it is what tells the admin it is done.
     await refresh();
+    $("#run-note").textContent = `Dry run ${run.state}: ${plannedText(run)}.`;
     return run;
   } finally {
     setBusy(false, $("#run-note").textContent);
@@ -316,10 +317,10 @@ async function apply() {
     const run = await waitFor((await startRun(false, options)).id);
     const repaired = Object.entries(run.progress.repaired || {})
       .map(([k, n]) => `${k}: ${number(n)}`).join(", ") || "nothing";
+    await refresh();
     $("#run-note").textContent = run.state === "succeeded"
       ? `Applied. Repaired ${repaired}.`
       : `Run ${run.state.replace("_", " ")}: ${run.error || ""}`;
-    await refresh();
   } finally {
     setBusy(false, $("#run-note").textContent);
   }
