@@ -6,7 +6,7 @@
 // Screenshots land in tests/browser/screenshots/.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdirSync } from "node:fs";
+import { createWriteStream, mkdirSync } from "node:fs";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -37,19 +37,39 @@ async function chartCounts() {
   );
 }
 
-before(async () => {
-  mkdirSync(shots, { recursive: true });
-  service = spawn(binary, ["dev", "--listen", "127.0.0.1:0"], {
+/** Starts `usersync dev` and waits until it answers; its stderr goes to screenshots/dev-N.log. */
+async function startService(attempt) {
+  const child = spawn(binary, ["dev", "--listen", "127.0.0.1:0"], {
     env: { PATH: process.env.PATH, USERSYNC_LOG_FORMAT: "json" },
   });
-  service.stderr.resume();
+  child.stderr.pipe(createWriteStream(`${shots}dev-${attempt}.log`));
   let out = "";
-  for await (const chunk of service.stdout) {
+  for await (const chunk of child.stdout) {
     out += chunk;
     if (out.includes("Ctrl-C stops")) break;
   }
-  for (const m of out.matchAll(/^export (\w+)=(\S+)/gm)) env[m[1]] = m[2];
-  assert.ok(env.USERSYNC_URL && env.SECRET_KEY, `no banner:\n${out}`);
+  const banner = {};
+  for (const m of out.matchAll(/^export (\w+)=(\S+)/gm)) banner[m[1]] = m[2];
+  for (let i = 0; i < 50 && banner.USERSYNC_URL; i++) {
+    try {
+      if ((await fetch(`${banner.USERSYNC_URL}/healthz`)).ok) return { child, banner };
+    } catch (_) {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  child.kill("SIGKILL");
+  return null;
+}
+
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  let started = null;
+  for (let attempt = 1; attempt <= 3 && !started; attempt++) started = await startService(attempt);
+  assert.ok(started, "usersync dev did not answer; see tests/browser/screenshots/dev-*.log");
+  service = started.child;
+  Object.assign(env, started.banner);
+  assert.ok(env.USERSYNC_URL && env.SECRET_KEY, "no banner");
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: [
