@@ -39,9 +39,7 @@ async fn list_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    if caller != Caller::Service {
-        return Err(ApiError::ServiceOnly);
-    }
+    caller.require_service()?;
     Ok(Json(DeadLetterList {
         dead_letters: dead_letters::pending(&state.db, LISTED).await?,
     }))

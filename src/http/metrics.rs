@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Caller;
 use crate::config::MetricsAccess;
 use crate::error::{ApiError, Problem};
 use crate::meter;
@@ -33,10 +32,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if state.metrics_access == MetricsAccess::Service
-        && state.verifier.authenticate(&headers).await? != Caller::Service
-    {
-        return Err(ApiError::ServiceOnly);
+    if state.metrics_access == MetricsAccess::Service {
+        state
+            .verifier
+            .authenticate(&headers)
+            .await?
+            .require_service()?;
     }
     let text = state.meter.render(&state.db, &state.mapping).await?;
     Ok((

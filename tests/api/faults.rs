@@ -319,6 +319,19 @@ async fn seed_missing(db: &TestDb, n: i32) {
     .unwrap();
 }
 
+async fn start_applied_run(client: &reqwest::Client, address: &str) -> Value {
+    client
+        .post(format!("{address}/v1/reconciliations"))
+        .header("apikey", SERVICE_KEY)
+        .json(&serde_json::json!({"dry_run": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn run_state(client: &reqwest::Client, address: &str, id: &str) -> Value {
     client
         .get(format!("{address}/v1/reconciliations/{id}"))
@@ -344,16 +357,7 @@ async fn sigkill_in_the_middle_of_a_reconciliation_is_finished_by_the_next_run_n
     let client = reqwest::Client::new();
 
     let first = ServeProcess::start(&db.url(), &env).await;
-    let started: Value = client
-        .post(format!("{}/v1/reconciliations", first.address))
-        .header("apikey", SERVICE_KEY)
-        .json(&serde_json::json!({"dry_run": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let started = start_applied_run(&client, &first.address).await;
     let killed_id = started["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{started}"))
@@ -388,16 +392,7 @@ async fn sigkill_in_the_middle_of_a_reconciliation_is_finished_by_the_next_run_n
 
     // A new process: the killed run is abandoned, and the next run completes the job.
     let second = ServeProcess::start(&db.url(), &env).await;
-    let next: Value = client
-        .post(format!("{}/v1/reconciliations", second.address))
-        .header("apikey", SERVICE_KEY)
-        .json(&serde_json::json!({"dry_run": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let next = start_applied_run(&client, &second.address).await;
     let next_id = next["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     let finished = loop {
