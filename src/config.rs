@@ -587,8 +587,9 @@ pub struct HealingConfig {
           value_parser = RetrySchedule::parse)]
     pub retry_schedule: RetrySchedule,
 
-    /// How often the leader heals every missing and stale user (and once when it takes the
-    /// lead); `0` turns the periodic reconciliation off.
+    /// How often the leader starts a reconciliation run (every kind, the configured policies):
+    /// one interval after the last run started, manual runs included, or at once if none ever
+    /// did; `0` turns the periodic reconciliation off.
     #[arg(long = "reconcile-interval", env = "USERSYNC_RECONCILE_INTERVAL",
           value_name = "USERSYNC_RECONCILE_INTERVAL", default_value = "1h",
           value_parser = parse_duration)]

@@ -50,18 +50,13 @@ pub fn record_request(method: &str, route: &str, status: u16, elapsed: Duration)
 /// One sync decision, by path (`call`, `batch`, `trigger`, `healing`, `hook`), drift kind and
 /// action.
 pub fn record_sync(path: SyncPath, action: HealAction) {
-    record_syncs(path, action, 1);
-}
-
-/// `count` sync decisions alike (a set-based heal).
-pub fn record_syncs(path: SyncPath, action: HealAction, count: u64) {
     counter!(
         "usersync_sync_actions_total",
         "path" => path.as_str(),
         "kind" => action.drift_kind(),
         "action" => action.as_str()
     )
-    .increment(count);
+    .increment(1);
 }
 
 /// Scrape-time state: the exporter and when the database gauges were last refreshed.

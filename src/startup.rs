@@ -47,13 +47,6 @@ impl Application {
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
         let mapping = bound;
-        let (healer, healing) = match config.healing.settings(config.reconcile.deleted.deleted) {
-            Some(settings) => {
-                let (healer, role) = Healer::new(db.clone(), mapping.clone(), settings);
-                (Some(healer), role)
-            }
-            None => (None, watch::channel(HealingRole::Off).1),
-        };
         let verifier = Verifier::from_config(&config.auth)?;
         verifier.load_keys().await;
         let reconciler = Reconciler::new(
@@ -63,6 +56,14 @@ impl Application {
             config.reconcile.walking(),
             config.reconcile.admin_api(),
         );
+        let (healer, healing) = match config.healing.settings(config.reconcile.deleted.deleted) {
+            Some(settings) => {
+                let (healer, role) =
+                    Healer::new(db.clone(), mapping.clone(), settings, reconciler.clone());
+                (Some(healer), role)
+            }
+            None => (None, watch::channel(HealingRole::Off).1),
+        };
         let state = AppState {
             db,
             verifier: Arc::new(verifier),

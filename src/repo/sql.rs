@@ -28,9 +28,6 @@ pub struct RenderedSql {
     pub deleted_report: String,
     /// The same under the `delete` policy.
     pub deleted_delete: String,
-    /// Heal the next `$3` missing or stale users with an id above `$4`, in id order: `$1`
-    /// caller, `$2` path. Returns the last id looked at (null when none was left) and counts.
-    pub heal_drift: String,
     /// The drift kinds of one id: `$1` user id.
     pub drift_one: String,
     /// Totals and drift counts over both tables, in one statement.
@@ -588,31 +585,6 @@ select exists (select 1 from gone) as gone,
         )
     }
 
-    /// Heal missing and stale users set-based, one keyset-ordered batch at a time (see
-    /// `RenderedSql::heal_drift`).
-    fn heal_drift(&self) -> String {
-        let (table, key) = (&self.table, &self.key);
-        format!(
-            "with cand as (
-    select s.id from auth.users s
-     where s.id > $4
-       and ({missing}
-            or exists (select 1 from {table} t where t.{key} = s.id and {stale}))
-     order by s.id
-     limit $3
-),
-{src},
-{upsert}
-select (select id from cand order by id desc limit 1) as last_id,
-       (select count(*) from ins where created) as created,
-       (select count(*) from ins where not created) as updated",
-            missing = self.missing("s"),
-            stale = self.stale("s", "t"),
-            src = self.src_cte("s.id in (select id from cand)"),
-            upsert = self.upsert_ctes("$1", "$2"),
-        )
-    }
-
     /// A boolean expression over two versions `o` and `n` of an `auth.users` row: true when the
     /// change matters to the target (an `always` value, liveness, or anonymity under `skip`).
     /// Every sign-in bumps `updated_at` and `last_sign_in_at`; unless the mapping reads those,
@@ -971,7 +943,6 @@ moved as (
             sync_one: self.sync_statement(BOUND_ORIGIN),
             deleted_report: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Report),
             deleted_delete: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Delete),
-            heal_drift: self.heal_drift(),
             drift_one: self.drift_one(),
             status: self.status(),
             oldest_missing: format!(

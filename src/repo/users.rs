@@ -92,31 +92,3 @@ pub async fn apply_deleted(
         .fetch_one(db)
         .await
 }
-
-/// One batch of a set-based heal: the last source id it looked at (`None` when there was none
-/// left after `after`), and how many users it created and updated.
-#[derive(Debug, Default, Clone, Copy, sqlx::FromRow)]
-pub struct HealedRow {
-    pub last_id: Option<Uuid>,
-    pub created: i64,
-    pub updated: i64,
-}
-
-/// Heals the next `batch` missing or stale users with an id above `after`, in one statement.
-#[tracing::instrument(skip_all)]
-pub async fn heal_drift(
-    db: impl PgExecutor<'_>,
-    bound: &BoundMapping,
-    after: Uuid,
-    batch: i64,
-    caller: &str,
-    path: SyncPath,
-) -> sqlx::Result<HealedRow> {
-    sqlx::query_as(&bound.sql.heal_drift)
-        .bind(caller)
-        .bind(path.as_str())
-        .bind(batch)
-        .bind(after)
-        .fetch_one(db)
-        .await
-}

@@ -1,5 +1,5 @@
-//! Healing: bring one user, or every drifted user, back in step. Used by the healing loop (a
-//! dead letter, the periodic reconciliation) and by the database webhook.
+//! Healing: bring one user back in step. Used by the healing loop (a dead letter) and by the
+//! database webhook; every drifted user at once is a reconciliation run's work.
 //!
 //! Every heal re-reads `auth.users`: a dead letter, a webhook payload or a notification says
 //! *which* user to look at, never what the user looks like, so a late or replayed signal can
@@ -102,38 +102,4 @@ pub async fn apply_deleted(
         (true, true) => HealAction::Deleted,
         (true, false) => HealAction::Reported,
     })
-}
-
-/// How many users a drift heal created and updated.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct HealCounts {
-    pub created: i64,
-    pub updated: i64,
-}
-
-/// Heals every `missing` and `stale` user, set-based, in batches of `batch` walked in id order
-/// (each user is looked at once per call, whatever a trigger on the target does to the values).
-/// Each write is audited as the sync-one statement audits it.
-///
-/// This is the periodic reconciliation's minimal form: it repairs only what needs no policy
-/// decision (a missing row is created, a stale one updated); mismatched, orphaned and deleted
-/// users are reported by the status and left to reconciliation runs.
-pub async fn heal_drift(
-    db: &PgPool,
-    bound: &BoundMapping,
-    batch: i64,
-    caller: &str,
-    path: SyncPath,
-) -> sqlx::Result<HealCounts> {
-    let mut total = HealCounts::default();
-    let mut after = Uuid::nil();
-    loop {
-        let healed = users::heal_drift(db, bound, after, batch, caller, path).await?;
-        total.created += healed.created;
-        total.updated += healed.updated;
-        match healed.last_id {
-            Some(last) => after = last,
-            None => return Ok(total),
-        }
-    }
 }

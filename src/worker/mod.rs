@@ -6,7 +6,8 @@
 //! - LISTENs for new dead letters and drains the due ones at once;
 //! - retries a failed letter on its schedule, the next attempt stored in Postgres;
 //! - sweeps for due letters at least every sweep interval, in case a notification was lost;
-//! - heals every missing and stale user periodically (the reconciliation interval).
+//! - starts a reconciliation run every reconciliation interval (the run engine's own: one run
+//!   at a time across replicas, the configured repair policies, the mass-delete guard).
 //!
 //! Every heal re-reads `auth.users` and writes through the same statement as sync-one, whose
 //! audit event is written in the same statement as the row: a user healed twice shows one event.
@@ -19,6 +20,8 @@ pub mod retry;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
+
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::PgPool;
@@ -29,8 +32,10 @@ use crate::meter;
 use crate::repo::dead_letters::{self, ClaimedLetter};
 use crate::repo::triggers::DEAD_LETTER_CHANNEL;
 use crate::sync::engine::{SyncError, SyncPath};
-use crate::sync::heal::{self, HealAction};
+use crate::sync::heal;
 use crate::sync::policy::DeletedPolicy;
+use crate::sync::reconcile::{Reconciler, StartError};
+use crate::sync::run::RunOptions;
 use crate::sync::target::BoundMapping;
 use leader::LockConnection;
 use retry::RetrySchedule;
@@ -41,9 +46,7 @@ const LEADERSHIP_CHECK: Duration = Duration::from_secs(1);
 const DRAIN_BATCH: i64 = 50;
 /// How long a claimed letter is left alone if its attempt never reports back.
 const CLAIM_LEASE: Duration = Duration::from_secs(60);
-/// Users per statement in the periodic reconciliation.
-const RECONCILE_BATCH: i64 = 1000;
-/// How the audit log names the healing loop.
+/// How the audit log (and the runs it starts) name the healing loop.
 const CALLER: &str = "healing";
 
 /// This replica's part in the healing loop, as `/readyz` reports it.
@@ -74,7 +77,7 @@ impl HealingRole {
 pub struct HealingSettings {
     pub sweep_interval: Duration,
     pub retry_schedule: RetrySchedule,
-    /// `None`: no periodic reconciliation.
+    /// How often a reconciliation run starts; `None`: never.
     pub reconcile_interval: Option<Duration>,
     pub policy: DeletedPolicy,
 }
@@ -84,6 +87,8 @@ pub struct Healer {
     db: PgPool,
     bound: Arc<BoundMapping>,
     settings: HealingSettings,
+    /// Runs the periodic reconciliation.
+    reconciler: Reconciler,
     role: watch::Sender<HealingRole>,
 }
 
@@ -101,6 +106,7 @@ impl Healer {
         db: PgPool,
         bound: Arc<BoundMapping>,
         settings: HealingSettings,
+        reconciler: Reconciler,
     ) -> (Self, watch::Receiver<HealingRole>) {
         let (role, view) = watch::channel(HealingRole::Standby);
         (
@@ -108,6 +114,7 @@ impl Healer {
                 db,
                 bound,
                 settings,
+                reconciler,
                 role,
             },
             view,
@@ -172,13 +179,10 @@ impl Healer {
         let mut check = tokio::time::interval(LEADERSHIP_CHECK);
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         check.reset();
-        let mut reconcile = self.settings.reconcile_interval.map(|period| {
-            // The first tick is immediate: a new leader reconciles at once, so that frequent
-            // restarts never starve the reconciliation.
-            let mut interval = tokio::time::interval(period);
-            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            interval
-        });
+        let mut next_run = self.first_run().await;
+        // A run goes on in a task of its own, so that dead letters keep draining meanwhile; it
+        // holds the run lock itself, and a run cut short by a shutdown is taken over by the next.
+        let mut running: Option<AbortOnDrop> = None;
         // Drain at once: letters may have been recorded while nobody led.
         let mut next_drain = Instant::now();
         let term = loop {
@@ -188,7 +192,12 @@ impl Healer {
                 () = tokio::time::sleep_until(next_drain) => {
                     next_drain = Instant::now() + self.drain().await;
                 }
-                () = tick(&mut reconcile) => self.reconcile().await,
+                () = sleep_until(next_run) => {
+                    if running.as_ref().is_none_or(|run| run.0.is_finished()) {
+                        running = Some(AbortOnDrop(tokio::spawn(reconcile(self.reconciler.clone()))));
+                    }
+                    next_run = self.settings.reconcile_interval.map(|every| Instant::now() + every);
+                }
                 _ = check.tick() => {
                     if !lock.is_alive().await {
                         break Term::Lost;
@@ -266,38 +275,39 @@ impl Healer {
         }
     }
 
-    /// The periodic reconciliation: heal every missing and stale user.
-    async fn reconcile(&self) {
-        match heal::heal_drift(
-            &self.db,
-            &self.bound,
-            RECONCILE_BATCH,
-            CALLER,
-            SyncPath::Healing,
-        )
-        .await
-        {
-            Ok(counts) if counts.created + counts.updated > 0 => {
-                meter::record_syncs(
-                    SyncPath::Healing,
-                    HealAction::Created,
-                    counts.created as u64,
-                );
-                meter::record_syncs(
-                    SyncPath::Healing,
-                    HealAction::Updated,
-                    counts.updated as u64,
-                );
-                tracing::info!(
-                    created = counts.created,
-                    updated = counts.updated,
-                    "healing: reconciled"
-                );
-            }
-            Ok(_) => tracing::debug!("healing: reconciled, nothing to do"),
+    /// When the first periodic run is due: one interval after the last run started (a manual
+    /// one counts), so that restarts and leadership changes neither skip runs nor repeat them;
+    /// at once if there never was one.
+    async fn first_run(&self) -> Option<Instant> {
+        let every = self.settings.reconcile_interval?;
+        let last = match self.reconciler.recent(1).await {
+            Ok(runs) => runs.into_iter().next().map(|run| run.started_at),
             Err(e) => {
-                tracing::warn!(error = %e, "healing: reconciliation failed; retrying next interval")
+                tracing::warn!(error = %e, "healing: cannot read the last run; reconciling in one interval");
+                return Some(Instant::now() + every);
             }
+        };
+        let since = last.map_or(every, |started| {
+            (Utc::now() - started).to_std().unwrap_or_default()
+        });
+        Some(Instant::now() + every.saturating_sub(since))
+    }
+}
+
+/// The periodic reconciliation: a run with every kind and the configured policies, unless one
+/// is already going (started by hand, or by another replica's earlier term).
+async fn reconcile(reconciler: Reconciler) {
+    match reconciler.start(CALLER, RunOptions::all(false)).await {
+        Ok(active) => {
+            let run = reconciler.execute(active, &|_| {}).await;
+            tracing::info!(run_id = %run.id, state = run.state.as_str(),
+                repaired = run.progress.total_repaired(), "healing: periodic reconciliation ended");
+        }
+        Err(StartError::InProgress { .. }) => {
+            tracing::info!("healing: a reconciliation run is in progress; skipping this one");
+        }
+        Err(StartError::Database(e)) => {
+            tracing::warn!(error = %e, "healing: cannot start the periodic reconciliation; retrying next interval");
         }
     }
 }
@@ -314,12 +324,10 @@ async fn try_lead(
     conn.try_lead().await
 }
 
-/// Waits for the next tick, or forever when there is no interval.
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
-        }
+/// Waits until `at`, or forever when there is no `at`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -9,11 +9,7 @@ use uuid::Uuid;
 
 use crate::gotrue::{self, SignUp};
 use crate::helpers::*;
-use usersync::sync::engine::SyncPath;
-use usersync::sync::heal;
-use usersync::sync::mapping::Mapping;
 use usersync::sync::policy::DeletedPolicy;
-use usersync::sync::target::BoundMapping;
 
 /// A dead letter as the tests look at it.
 #[derive(Debug, sqlx::FromRow)]
@@ -117,8 +113,18 @@ async fn a_dead_letter_is_retried_on_a_stored_schedule_and_heals_exactly_once() 
     );
 }
 
+/// The reconciliation runs the healing loop started.
+async fn healing_runs(db: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "select state from usersync.runs where caller = 'healing' order by started_at",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
-async fn the_periodic_reconciliation_heals_missing_and_stale_users() {
+async fn the_periodic_reconciliation_is_a_run_that_heals_missing_and_stale_users() {
     let app = spawn_leader(AppOptions {
         reconcile_interval: Some(Duration::from_millis(300)),
         ..AppOptions::default()
@@ -142,7 +148,7 @@ async fn the_periodic_reconciliation_heals_missing_and_stale_users() {
         .await
         .unwrap();
 
-    eventually(Duration::from_secs(5), "the reconciliation", || async {
+    eventually(Duration::from_secs(10), "the reconciliation", || async {
         let status: Value = app.status(&secret_key()).await.json().await.unwrap();
         status["drift"]["missing"] == 0 && status["drift"]["stale"] == 0
     })
@@ -150,7 +156,7 @@ async fn the_periodic_reconciliation_heals_missing_and_stale_users() {
     for id in &missing {
         assert_eq!(
             events_of(db, *id).await,
-            [("healing".into(), "missing".into(), "created".into())]
+            [("batch".into(), "missing".into(), "created".into())]
         );
     }
     assert_eq!(
@@ -159,8 +165,41 @@ async fn the_periodic_reconciliation_heals_missing_and_stale_users() {
     );
     assert_eq!(
         events_of(db, stale).await,
-        [("healing".into(), "stale".into(), "updated".into())]
+        [("batch".into(), "stale".into(), "updated".into())]
     );
+    assert!(healing_runs(db).await.contains(&"succeeded".to_owned()));
+}
+
+#[tokio::test]
+async fn the_first_periodic_run_waits_one_interval_after_the_last_run() {
+    let app = spawn_app_with(
+        AppOptions {
+            healing: true,
+            reconcile_interval: Some(Duration::from_millis(1500)),
+            ..AppOptions::default()
+        },
+        // A run finished just now (by hand, say): the next periodic one is due an interval later.
+        |db| async move {
+            sqlx::query(
+                "insert into usersync.runs (id, caller, dry_run, state, started_at, finished_at)
+                 values (gen_random_uuid(), 'service', false, 'succeeded', now(), now())",
+            )
+            .execute(&db)
+            .await
+            .unwrap();
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "leadership", || async {
+        app.healing_role().await == "leader"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(healing_runs(&app.db.pool).await.is_empty(), "a run at once");
+    eventually(Duration::from_secs(5), "the periodic run", || async {
+        !healing_runs(&app.db.pool).await.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -190,37 +229,16 @@ async fn a_dead_letter_whose_notification_was_lost_is_found_by_the_sweep() {
 }
 
 #[tokio::test]
-async fn the_drift_heal_walks_every_user_once_in_batches() {
-    let db = TestDb::new().await;
-    let bound = BoundMapping::bind(&db.pool, Mapping::default_mapping())
-        .await
-        .unwrap();
-    for i in 0..7 {
-        AuthUser::new(&format!("b{i}@example.com"))
-            .insert(&db.pool)
-            .await;
-    }
-    let counts = heal::heal_drift(&db.pool, &bound, 3, "test", SyncPath::Healing)
-        .await
-        .unwrap();
-    assert_eq!(counts.created, 7);
-
-    // A target trigger that rewrites what it is given keeps those rows stale for ever: the heal
-    // still visits each once and returns, instead of rewriting them in a loop.
-    sqlx::raw_sql(
-        "create function public.shout() returns trigger language plpgsql set search_path = ''
-         as $$ begin new.email := upper(new.email); return new; end $$;
-         create trigger shout before update on public.users
-         for each row execute function public.shout();
-         update auth.users set email = 'x' || email;",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let counts = heal::heal_drift(&db.pool, &bound, 3, "test", SyncPath::Healing)
-        .await
-        .unwrap();
-    assert_eq!(counts.updated, 7);
+async fn a_manual_run_starts_while_this_replica_leads_the_healing_loop() {
+    let app = spawn_leader(AppOptions::default()).await;
+    let response = app
+        .start_run(&json!({"dry_run": true}), &secret_key())
+        .await;
+    assert_eq!(
+        response.status(),
+        202,
+        "the leader's lock must not be the run lock"
+    );
 }
 
 #[tokio::test]
@@ -232,6 +250,7 @@ async fn a_replica_with_healing_off_reports_off() {
 /// A quick retry schedule, and no periodic reconciliation: the dead letter is the only way the
 /// user can heal.
 const FAST: &[(&str, &str)] = &[
+    ("USERSYNC_HEALING", "on"),
     ("USERSYNC_HEALING_RETRY_SCHEDULE", "300ms"),
     ("USERSYNC_RECONCILE_INTERVAL", "0"),
 ];

@@ -504,15 +504,13 @@ impl TestApp {
             .unwrap();
     }
 
-    /// Audit events of one user: `(kind, action)` in order.
+    /// Audit events of one user: `(kind, action)` in order (see `events_of`).
     pub async fn events_of(&self, id: Uuid) -> Vec<(String, String)> {
-        sqlx::query_as(
-            "select kind, action from usersync.events where user_id = $1 order by at, id",
-        )
-        .bind(id)
-        .fetch_all(&self.db.pool)
-        .await
-        .unwrap()
+        events_of(&self.db.pool, id)
+            .await
+            .into_iter()
+            .map(|(_, kind, action)| (kind, action))
+            .collect()
     }
 
     pub async fn event_count(&self) -> i64 {
@@ -587,7 +585,9 @@ pub async fn install_triggers(
         .expect("the triggers install");
 }
 
-/// The audit events of one user, oldest first: `(path, kind, action)`.
+/// The audit events of one user, oldest first: `(path, kind, action)`. By transaction time
+/// first: event ids come from a sequence each session caches a thousand of, so they are in order
+/// within a session only.
 pub async fn events_of(db: &PgPool, id: Uuid) -> Vec<(String, String, String)> {
     sqlx::query_as(
         "select path, kind, action from usersync.events where user_id = $1 order by at, id",
@@ -812,6 +812,8 @@ impl ServeProcess {
             .env("USERSYNC_LISTEN", format!("127.0.0.1:{port}"))
             .env("USERSYNC_JWT_SECRET", JWT_SECRET)
             .env("USERSYNC_SERVICE_KEYS", SERVICE_KEY)
+            // Off unless a test is about it: its periodic run would race the test's own.
+            .env("USERSYNC_HEALING", "off")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {

@@ -228,11 +228,7 @@ async fn payloads_that_are_not_about_an_auth_user_are_400() {
 async fn the_payload_never_reaches_the_logs() {
     let db = TestDb::new().await;
     let id = AuthUser::new("logged@example.com").insert(&db.pool).await;
-    let serve = ServeProcess::start(
-        &db.url(),
-        &[("USERSYNC_HEALING", "off"), ("RUST_LOG", "trace")],
-    )
-    .await;
+    let serve = ServeProcess::start(&db.url(), &[("RUST_LOG", "trace")]).await;
     let response = reqwest::Client::new()
         .post(format!("{}/v1/hooks/database", serve.address))
         .header("apikey", SERVICE_KEY)

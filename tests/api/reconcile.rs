@@ -537,7 +537,14 @@ async fn a_leading_healing_loop_does_not_block_reconciliation_runs() {
     );
     let db = TestDb::new().await;
     AuthUser::new("led@example.com").insert(&db.pool).await;
-    let serve = ServeProcess::start(&db.url(), &[("USERSYNC_RECONCILE_INTERVAL", "0")]).await;
+    let serve = ServeProcess::start(
+        &db.url(),
+        &[
+            ("USERSYNC_HEALING", "on"),
+            ("USERSYNC_RECONCILE_INTERVAL", "0"),
+        ],
+    )
+    .await;
     let client = reqwest::Client::new();
     // Wait until this replica leads.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

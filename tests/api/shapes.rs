@@ -150,14 +150,14 @@ async fn exercise(shape: Shape) {
         .expect("the delete commits");
     assert_eq!(shape.row(db, id).await.is_none(), shape.cascades);
     let reported = ("trigger".into(), "deleted".into(), "reported".into());
-    let events = events_of(db, id).await;
-    let dead: Vec<(String, String)> =
+    let letters: Vec<(String, String)> =
         sqlx::query_as("select op, error from usersync.dead_letters where user_id = $1")
             .bind(id)
             .fetch_all(db)
             .await
             .unwrap();
-    assert_eq!(events.last().unwrap(), &reported, "{events:?} {dead:?}");
+    let events = events_of(db, id).await;
+    assert_eq!(events.last().unwrap(), &reported, "{events:?} {letters:?}");
 }
 
 #[tokio::test]
