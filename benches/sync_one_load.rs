@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         statement
             .replace("$1", ID_SQL)
             .replace("$2", "'bench'")
+            .replace("$3", "'call'")
             .replace('\n', " ")
     );
     std::fs::write(work.join("sync_one.sql"), script)?;

@@ -125,7 +125,8 @@ pub fn app(state: AppState, config: &HttpConfig) -> Router {
 }
 
 /// The span every request's logs carry: method, route template (never the raw path, which may
-/// hold a user id), and the request id.
+/// hold a user id), and the request id; then, once known, the caller's id and what a sync did.
+/// The access line tower-http writes at the response carries them all: one line per request.
 fn request_span<B>(request: &Request<B>) -> tracing::Span {
     let route = request
         .extensions()
@@ -143,5 +144,6 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         route = %route,
         request_id = %request_id,
         user_id = tracing::field::Empty,
+        action = tracing::field::Empty,
     )
 }

@@ -25,7 +25,7 @@ pub struct SyncRow {
     pub row: Option<serde_json::Value>,
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
 pub async fn sync_one(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
@@ -53,7 +53,7 @@ pub struct DriftRow {
     pub deleted: bool,
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
 pub async fn drift_one(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
@@ -76,7 +76,7 @@ pub struct DeletedRow {
     pub action: Option<String>,
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %user_id, policy = policy.as_str()))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id, policy = policy.as_str()))]
 pub async fn apply_deleted(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
