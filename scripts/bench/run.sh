@@ -130,7 +130,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "   round $round: bare ${bare_sync[-1]} ms, service ${service_sync[-1]} ms"
 done
 rows=$(psql_bench -At -c "select count(*) from public.users")
-events=$(psql_bench -At -c "select count(*) from usersync.events")
+events=$(psql_bench -At -c "select count(*) from usersync.repairs")
 [ "$rows" = "$N" ] && [ "$events" = "$N" ] || { echo "expected $N rows and events, got $rows and $events" >&2; exit 1; }
 rss_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$SERVICE_PID/status")
 

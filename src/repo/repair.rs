@@ -30,16 +30,27 @@ pub fn successor(id: Uuid) -> Option<Uuid> {
     id.as_u128().checked_add(1).map(Uuid::from_u128)
 }
 
-/// The next chunk of at most `size` source rows from `first` on: its last id and row count.
-pub async fn chunk_end(
+/// About `percent` percent of the source's ids, sorted (see `sync::chunks`).
+pub async fn sample_ids(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
-    first: Uuid,
-    size: i64,
-) -> sqlx::Result<(Option<Uuid>, i64)> {
-    sqlx::query_as(&bound.sql.repair.chunk_end)
-        .bind(first)
-        .bind(size)
+    percent: f32,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(&bound.sql.repair.sample_ids)
+        .bind(percent)
+        .fetch_all(db)
+        .await
+}
+
+/// How many source rows `range` holds.
+pub async fn range_rows(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    range: KeyRange,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(&bound.sql.repair.range_rows)
+        .bind(range.first)
+        .bind(range.last)
         .fetch_one(db)
         .await
 }

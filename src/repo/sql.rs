@@ -52,9 +52,10 @@ pub struct RenderedSql {
 /// an event per row it changed in the same statement, and returns how many rows it changed.
 #[derive(Debug, Clone)]
 pub struct RepairSql {
-    /// The last source id of the next chunk: `$1` lowest id, `$2` chunk size; returns
-    /// `(last, rows)`.
-    pub chunk_end: String,
+    /// A sample of the source's ids, sorted: `$1` the percentage of pages to read.
+    pub sample_ids: String,
+    /// How many source rows a range holds: `$1`, `$2`.
+    pub range_rows: String,
     /// Insert the mapped row of every `missing` user, probing the target for a stray row with
     /// each user's email.
     pub create_missing: String,
@@ -114,6 +115,39 @@ const BOUND_ORIGIN: Origin<'static> = Origin {
     caller: "$2",
     path: "$3",
 };
+
+/// Some event records a repair of `id` (a uuid expression) that `filter` (over event `e`)
+/// accepts: a single user's row, found by its `user_id` index, or a run's chunk row, found by
+/// the chunk range that holds `id` and then by the id in its list.
+fn recorded(id: &str, filter: &str) -> String {
+    format!(
+        "(exists (select 1 from usersync.events e where e.user_id = {id} and {filter}) \
+         or exists (select 1 from usersync.events e where e.user_ids is not null \
+         and e.first_id <= {id} and e.last_id >= {id} and {id} = any(e.user_ids) and {filter}))"
+    )
+}
+
+/// Which images of the mapped columns a repair has, for its audit.
+#[derive(Debug, Clone, Copy)]
+struct Images {
+    before: bool,
+    after: bool,
+}
+
+impl Images {
+    const AFTER: Images = Images {
+        before: false,
+        after: true,
+    };
+    const BEFORE: Images = Images {
+        before: true,
+        after: false,
+    };
+    const BOTH: Images = Images {
+        before: true,
+        after: true,
+    };
+}
 
 /// A SQL string literal.
 pub fn literal(value: &str) -> String {
@@ -260,11 +294,9 @@ impl<'a> Renderer<'a> {
     /// usersync once wrote target row `t` from an auth user (see `SOURCE_WRITES`).
     fn once_synced(&self, t: &str) -> String {
         let actions: Vec<String> = SOURCE_WRITES.iter().map(|a| literal(a)).collect();
-        format!(
-            "exists (select 1 from usersync.events e where e.user_id = {t}.{} \
-             and e.action in ({}))",
-            self.key,
-            actions.join(", ")
+        recorded(
+            &format!("{t}.{}", self.key),
+            &format!("e.action in ({})", actions.join(", ")),
         )
     }
 
@@ -571,9 +603,7 @@ audit as (
     select gone.id, {caller}, {path}, 'deleted', {action}, (select before from removed)
       from gone
      where {news}
-        or not exists (select 1 from usersync.events e
-                        where e.user_id = gone.id and e.kind = 'deleted'
-                          and e.at >= coalesce(gone.deleted_at, '-infinity'))
+        or not {reported}
     returning action
 )
 select exists (select 1 from gone) as gone,
@@ -582,6 +612,10 @@ select exists (select 1 from gone) as gone,
             caller = origin.caller,
             path = origin.path,
             deletes = policy == DeletedPolicy::Delete,
+            reported = recorded(
+                "gone.id",
+                "e.kind = 'deleted' and e.at >= coalesce(gone.deleted_at, '-infinity')"
+            ),
         )
     }
 
@@ -767,12 +801,25 @@ select count(s.id) as source_total,
         }
     }
 
-    fn audit_insert(&self, kind: DriftKind, action: &str, rows: &str) -> String {
+    /// The audit of one chunk's repairs, `rows` (`id`, `before`, `after`): one event row with
+    /// the ids and the images the action has, aggregated in one order (see the migration
+    /// `run_audit_per_chunk`), bounded by the chunk's range `$1..=$2`; none when nothing was
+    /// repaired.
+    fn chunk_audit(&self, kind: DriftKind, action: &str, rows: &str, images: Images) -> String {
+        let image = |has: bool, column: &str| match has {
+            true => format!("jsonb_agg({column})"),
+            false => "null::jsonb".to_owned(),
+        };
         format!(
-            "insert into usersync.events (run_id, user_id, caller, path, kind, action, before, after)
-    select $3, id, $4, 'batch', {}, {}, before, after from {rows}",
+            "insert into usersync.events
+           (run_id, user_ids, first_id, last_id, caller, path, kind, action, before, after)
+    select $3, array_agg(id), $1, $2, $4, 'batch', {}, {}, {}, {}
+      from {rows}
+    having count(*) > 0",
             literal(kind.as_str()),
-            literal(action)
+            literal(action),
+            image(images.before, "before"),
+            image(images.after, "after"),
         )
     }
 
@@ -803,7 +850,7 @@ select count(*) from ins",
                 live = self.live("s"),
                 no_row = self.no_target_row("s"),
                 after = self.mapped_json("t"),
-                audit = self.audit_insert(DriftKind::Missing, "created", "ins"),
+                audit = self.chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER),
             )
         };
         let create_missing = create(self.no_stray_namesake_per_row("s"));
@@ -843,7 +890,7 @@ select count(*) from upd",
             sets = sets.join(", "),
             before = self.mapped_json("b"),
             after = self.mapped_json("t"),
-            audit = self.audit_insert(DriftKind::Stale, "updated", "upd"),
+            audit = self.chunk_audit(DriftKind::Stale, "updated", "upd", Images::BOTH),
         );
         let delete = |kind: DriftKind, predicate: &dyn Fn(&str) -> String| {
             format!(
@@ -861,7 +908,7 @@ select count(*) from gone",
                 candidate = predicate("c"),
                 recheck = predicate("t"),
                 before = self.mapped_json("t"),
-                audit = self.audit_insert(kind, "deleted", "gone"),
+                audit = self.chunk_audit(kind, "deleted", "gone", Images::BEFORE),
             )
         };
         RepairSql {
@@ -874,13 +921,8 @@ select count(*) from gone",
                 stray = self.stray("m"),
             ),
             create_missing_known_strays,
-            // uuid has no max(): the chunk is materialised once and read twice.
-            chunk_end: "with chunk as (
-    select id from auth.users where id >= $1 order by id limit $2
-)
-select (select id from chunk order by id desc limit 1) as last,
-       (select count(*) from chunk) as rows"
-                .to_owned(),
+            sample_ids: "select id from auth.users tablesample system ($1) order by id".to_owned(),
+            range_rows: "select count(*) from auth.users where id between $1 and $2".to_owned(),
             create_missing,
             update_stale,
             delete_deleted: delete(DriftKind::Deleted, &|t| self.deleted(t)),

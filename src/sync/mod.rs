@@ -1,5 +1,6 @@
 //! The domain: mapping, drift and the sync decisions. Nothing here knows about HTTP.
 
+pub mod chunks;
 pub mod drift;
 pub mod engine;
 pub mod heal;

@@ -19,6 +19,7 @@ use crate::repo::repair::{self, KeyRange, PairRow, RunContext, SetRepair};
 use crate::repo::runs;
 use crate::repo::status as status_repo;
 use crate::supabase::AdminApi;
+use crate::sync::chunks;
 use crate::sync::drift::DriftKind;
 use crate::sync::policy::{Action, Policies};
 use crate::sync::provision::auth_user_for;
@@ -385,42 +386,27 @@ impl Reconciler {
                 next_to_commit: 0,
             }),
         };
+        let chunk_count = chunks::count(plan.source_total, self.chunk_size);
+        let sample = repair::sample_ids(
+            &self.db,
+            &self.bound,
+            chunks::sample_percent(plan.source_total, chunk_count),
+        )
+        .await?;
+        let mut ranges = chunks::split(&sample, chunk_count).into_iter().enumerate();
         let mut in_flight = FuturesUnordered::new();
-        let mut next_first = Some(Uuid::nil());
-        let mut index = 0;
         loop {
-            while in_flight.len() < workers {
-                let Some(first) = next_first else { break };
-                if walk.state().budget.exhausted() {
-                    next_first = None;
+            while in_flight.len() < workers && !walk.state().budget.exhausted() {
+                let Some((index, range)) = ranges.next() else {
                     break;
-                }
+                };
                 // The lock is only as good as its session: if that is gone, another run may
                 // start, so stop before the next chunk.
                 sqlx::query("select 1")
                     .execute(&mut *lock)
                     .await
                     .map_err(|_| RunError::LostLock)?;
-                let (last, rows) =
-                    repair::chunk_end(&self.db, &self.bound, first, self.chunk_size).await?;
-                let final_chunk = rows < self.chunk_size;
-                let range = KeyRange {
-                    first,
-                    last: match last {
-                        Some(last) if !final_chunk => last,
-                        _ => Uuid::max(),
-                    },
-                };
-                next_first = if final_chunk {
-                    None
-                } else {
-                    Some(
-                        repair::successor(range.last)
-                            .expect("a chunk that is not the last ends below the largest id"),
-                    )
-                };
-                in_flight.push(walk.chunk(index, range, rows));
-                index += 1;
+                in_flight.push(walk.chunk(index as u64, range));
             }
             match in_flight.next().await {
                 None => break,
@@ -489,7 +475,7 @@ impl Walk<'_> {
 
     /// One chunk: provisioning first (HTTP calls cannot join a transaction), then one
     /// transaction with the re-keys, the set-based repairs and the run's progress.
-    async fn chunk(&self, index: u64, range: KeyRange, rows: i64) -> Result<(), RunError> {
+    async fn chunk(&self, index: u64, range: KeyRange) -> Result<(), RunError> {
         let r = self.reconciler;
         if r.wants(&self.options, DriftKind::Orphaned, Action::Provision) {
             self.provision(range).await?;
@@ -497,6 +483,7 @@ impl Walk<'_> {
         let mut done = Progress::default();
         let mut tx = r.db.begin().await?;
         repair::tune_chunk(&mut *tx).await?;
+        let rows = repair::range_rows(&mut *tx, &r.bound, range).await?;
         if let Some(references) = self.references {
             self.rekeys(&mut tx, range, references, &mut done).await?;
         }

@@ -268,7 +268,7 @@ async fn the_service_may_sync_anyone_with_a_service_role_token_or_a_secret_key()
     }
     // The audit log names the caller.
     let callers: Vec<String> =
-        sqlx::query_scalar("select caller from usersync.events where user_id = $1")
+        sqlx::query_scalar("select caller from usersync.repairs where user_id = $1")
             .bind(id)
             .fetch_all(&app.db.pool)
             .await

@@ -414,8 +414,8 @@ async fn sigkill_in_the_middle_of_a_reconciliation_is_finished_by_the_next_run_n
     // Everyone has exactly one profile and exactly one `created` event: nothing done twice.
     let (profiles, events, users_with_two): (i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from public.users),
-                (select count(*) from usersync.events where action = 'created'),
-                (select count(*) from (select user_id from usersync.events
+                (select count(*) from usersync.repairs where action = 'created'),
+                (select count(*) from (select user_id from usersync.repairs
                    group by user_id having count(*) > 1) twice)",
     )
     .fetch_one(&db.pool)

@@ -514,7 +514,7 @@ impl TestApp {
     }
 
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("select count(*) from usersync.events")
+        sqlx::query_scalar("select count(*) from usersync.repairs")
             .fetch_one(&self.db.pool)
             .await
             .unwrap()
@@ -590,7 +590,7 @@ pub async fn install_triggers(
 /// within a session only.
 pub async fn events_of(db: &PgPool, id: Uuid) -> Vec<(String, String, String)> {
     sqlx::query_as(
-        "select path, kind, action from usersync.events where user_id = $1 order by at, id",
+        "select path, kind, action from usersync.repairs where user_id = $1 order by at, event_id, ordinal",
     )
     .bind(id)
     .fetch_all(db)

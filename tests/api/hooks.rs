@@ -62,7 +62,7 @@ async fn an_insert_webhook_syncs_the_user_as_auth_users_has_it_not_as_the_payloa
     );
     // Nothing of the payload is stored.
     let stored: i64 = sqlx::query_scalar(
-        "select count(*) from usersync.events e
+        "select count(*) from usersync.repairs e
           where e::text like '%' || $1 || '%' or e::text like '%Forged%'",
     )
     .bind(&PASSWORD_HASH[7..20])

@@ -86,7 +86,7 @@ async fn an_applied_run_repairs_missing_and_stale_and_records_each_repair() {
     // One event per repair: the run, the caller, and the mapped columns only.
     let (caller, path, run_id, before, after): (String, String, Uuid, Value, Value) =
         sqlx::query_as(
-            "select caller, path, run_id, before, after from usersync.events
+            "select caller, path, run_id, before, after from usersync.repairs
               where user_id = $1 and action = 'updated'",
         )
         .bind(s.stale)
@@ -112,6 +112,40 @@ async fn an_applied_run_repairs_missing_and_stale_and_records_each_repair() {
     assert_eq!(
         app.events_of(s.missing).await,
         [("missing".to_owned(), "created".to_owned())]
+    );
+    let created: (Option<Value>, Value) = sqlx::query_as(
+        "select before, after from usersync.repairs where user_id = $1 and action = 'created'",
+    )
+    .bind(s.missing)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(created.0, None, "a create has no before image");
+    assert_eq!(created.1["email"], "missing@example.com");
+
+    // Stored as one event row per chunk, kind and action: the ids and the images in one order.
+    let chunks: Vec<(String, Vec<Uuid>, Option<Value>, Option<Value>)> = sqlx::query_as(
+        "select action, user_ids, before, after from usersync.events
+          where run_id = $1 order by action",
+    )
+    .bind(Uuid::parse_str(run["id"].as_str().unwrap()).unwrap())
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    let shape: Vec<(&str, usize, bool, bool)> = chunks
+        .iter()
+        .map(|(action, ids, before, after)| {
+            (
+                action.as_str(),
+                ids.len(),
+                before.is_some(),
+                after.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [("created", 1, false, true), ("updated", 1, true, true)]
     );
 }
 
@@ -245,7 +279,7 @@ async fn deleted_profiles_are_removed_by_policy_and_never_come_back() {
     assert!(app.target_row(soft).await.is_none());
     assert!(app.target_row(hard).await.is_none());
     let (before,): (Value,) = sqlx::query_as(
-        "select before from usersync.events where user_id = $1 and action = 'deleted'",
+        "select before from usersync.repairs where user_id = $1 and action = 'deleted'",
     )
     .bind(soft)
     .fetch_one(&app.db.pool)

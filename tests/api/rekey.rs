@@ -136,7 +136,7 @@ async fn rekey_moves_the_profile_and_every_reference_in_one_go() {
         ]
     );
     let (before, after): (Value, Value) = sqlx::query_as(
-        "select before, after from usersync.events where user_id = $1 and action = 'rekeyed'",
+        "select before, after from usersync.repairs where user_id = $1 and action = 'rekeyed'",
     )
     .bind(source)
     .fetch_one(&app.db.pool)

@@ -189,7 +189,7 @@ async fn email_always_follows_the_source_but_names_are_the_apps() {
     assert_eq!(row["full_name"], "Chosen Name");
     // Each write left an audit event with the mapped columns only.
     let actions: Vec<(String, String, Value)> = sqlx::query_as(
-        "select kind, action, after from usersync.events where user_id = $1 order by at, id",
+        "select kind, action, after from usersync.repairs where user_id = $1 order by at, event_id, ordinal",
     )
     .bind(id)
     .fetch_all(&app.db.pool)
@@ -352,10 +352,11 @@ async fn fifty_concurrent_syncs_of_one_new_user_create_exactly_one_row() {
         "{actions:?}"
     );
     assert_eq!(app.target_count().await, 1);
-    let events: i64 = sqlx::query_scalar("select count(*) from usersync.events where user_id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let events: i64 =
+        sqlx::query_scalar("select count(*) from usersync.repairs where user_id = $1")
+            .bind(id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!(events, 1);
 }
