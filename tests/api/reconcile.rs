@@ -124,7 +124,8 @@ async fn an_applied_run_repairs_missing_and_stale_and_records_each_repair() {
     assert_eq!(created.1["email"], "missing@example.com");
 
     // Stored as one event row per chunk, kind and action: the ids and the images in one order.
-    let chunks: Vec<(String, Vec<Uuid>, Option<Value>, Option<Value>)> = sqlx::query_as(
+    type ChunkRow = (String, Vec<Uuid>, Option<Value>, Option<Value>);
+    let chunks: Vec<ChunkRow> = sqlx::query_as(
         "select action, user_ids, before, after from usersync.events
           where run_id = $1 order by action",
     )
