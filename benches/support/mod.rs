@@ -212,6 +212,13 @@ pub fn wrk(
         .output()?;
     let out = String::from_utf8_lossy(&output.stdout).into_owned();
     anyhow::ensure!(output.status.success(), "wrk failed: {out}");
+    // Which kind of error, for whoever reads a run with errors: a status, or a socket's fate.
+    for line in out.lines().filter(|l| {
+        let l = l.trim_start();
+        l.starts_with("Non-2xx") || l.starts_with("Socket errors:")
+    }) {
+        eprintln!("wrk: {}", line.trim());
+    }
     Ok(WrkResult {
         requests_per_second: number_after(&out, "Requests/sec:")
             .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk output:\n{out}"))?,
