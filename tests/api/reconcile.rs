@@ -248,6 +248,44 @@ async fn a_limit_bounds_the_repairs_and_the_next_run_does_the_rest() {
 }
 
 #[tokio::test]
+async fn a_deletion_a_run_recorded_is_not_reported_again_by_the_trigger() {
+    let app = spawn_with(ReconcileConfig {
+        deleted: usersync::config::PolicyConfig {
+            deleted: DeletedPolicy::Delete,
+        },
+        max_delete_share: 1.0,
+        ..ReconcileConfig::default()
+    })
+    .await;
+    let soft = app
+        .insert_auth_user(&AuthUser::new("gone@example.com"))
+        .await;
+    app.reconcile(json!({"dry_run": false})).await;
+    app.exec(&format!(
+        "update auth.users set deleted_at = now() where id = '{soft}'"
+    ))
+    .await;
+    app.reconcile(json!({"dry_run": false})).await;
+    assert_eq!(
+        app.events_of(soft).await,
+        [
+            ("missing".to_owned(), "created".to_owned()),
+            ("deleted".to_owned(), "deleted".to_owned())
+        ]
+    );
+
+    // The trigger path sees a change to the deleted user; the run's chunk row already records
+    // the deletion, so the trigger writes no second event.
+    install_triggers(&app.db.pool, None, DeletedPolicy::Report).await;
+    app.exec(&format!(
+        "update auth.users set email = 'still-gone@example.com' where id = '{soft}'"
+    ))
+    .await;
+
+    assert_eq!(app.events_of(soft).await.len(), 2);
+}
+
+#[tokio::test]
 async fn deleted_profiles_are_removed_by_policy_and_never_come_back() {
     let app = spawn_with(ReconcileConfig {
         deleted: usersync::config::PolicyConfig {
