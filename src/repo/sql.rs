@@ -127,6 +127,28 @@ fn recorded(id: &str, filter: &str) -> String {
     )
 }
 
+/// The audit of one chunk's repairs, `rows` (`id`, `before`, `after`): one event row with
+/// the ids and the images the action has, aggregated in one order (see the migration
+/// `run_audit_per_chunk`), bounded by the chunk's range `$1..=$2`; none when nothing was
+/// repaired.
+fn chunk_audit(kind: DriftKind, action: &str, rows: &str, images: Images) -> String {
+    let image = |has: bool, column: &str| match has {
+        true => format!("jsonb_agg({column})"),
+        false => "null::jsonb".to_owned(),
+    };
+    format!(
+        "insert into usersync.events
+       (run_id, user_ids, first_id, last_id, caller, path, kind, action, before, after)
+select $3, array_agg(id), $1, $2, $4, 'batch', {}, {}, {}, {}
+  from {rows}
+having count(*) > 0",
+        literal(kind.as_str()),
+        literal(action),
+        image(images.before, "before"),
+        image(images.after, "after"),
+    )
+}
+
 /// Which images of the mapped columns a repair has, for its audit.
 #[derive(Debug, Clone, Copy)]
 struct Images {
@@ -801,28 +823,6 @@ select count(s.id) as source_total,
         }
     }
 
-    /// The audit of one chunk's repairs, `rows` (`id`, `before`, `after`): one event row with
-    /// the ids and the images the action has, aggregated in one order (see the migration
-    /// `run_audit_per_chunk`), bounded by the chunk's range `$1..=$2`; none when nothing was
-    /// repaired.
-    fn chunk_audit(&self, kind: DriftKind, action: &str, rows: &str, images: Images) -> String {
-        let image = |has: bool, column: &str| match has {
-            true => format!("jsonb_agg({column})"),
-            false => "null::jsonb".to_owned(),
-        };
-        format!(
-            "insert into usersync.events
-           (run_id, user_ids, first_id, last_id, caller, path, kind, action, before, after)
-    select $3, array_agg(id), $1, $2, $4, 'batch', {}, {}, {}, {}
-      from {rows}
-    having count(*) > 0",
-            literal(kind.as_str()),
-            literal(action),
-            image(images.before, "before"),
-            image(images.after, "after"),
-        )
-    }
-
     fn repair(&self) -> RepairSql {
         let (table, key) = (&self.table, &self.key);
         let (names, values) = self.insert_columns("s");
@@ -850,7 +850,7 @@ select count(*) from ins",
                 live = self.live("s"),
                 no_row = self.no_target_row("s"),
                 after = self.mapped_json("t"),
-                audit = self.chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER),
+                audit = chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER),
             )
         };
         let create_missing = create(self.no_stray_namesake_per_row("s"));
@@ -890,7 +890,7 @@ select count(*) from upd",
             sets = sets.join(", "),
             before = self.mapped_json("b"),
             after = self.mapped_json("t"),
-            audit = self.chunk_audit(DriftKind::Stale, "updated", "upd", Images::BOTH),
+            audit = chunk_audit(DriftKind::Stale, "updated", "upd", Images::BOTH),
         );
         let delete = |kind: DriftKind, predicate: &dyn Fn(&str) -> String| {
             format!(
@@ -908,7 +908,7 @@ select count(*) from gone",
                 candidate = predicate("c"),
                 recheck = predicate("t"),
                 before = self.mapped_json("t"),
-                audit = self.chunk_audit(kind, "deleted", "gone", Images::BEFORE),
+                audit = chunk_audit(kind, "deleted", "gone", Images::BEFORE),
             )
         };
         RepairSql {
