@@ -37,7 +37,7 @@ end
 
 fn main() -> anyhow::Result<()> {
     let seconds: u32 = env_or("BENCH_SECONDS", 15);
-    let users: u32 = env_or("BENCH_USERS", 10_000);
+    let users: u32 = env_or("BENCH_USERS", 100_000);
     let callers: u32 = env_or("BENCH_CALLERS", 64);
     let pool: u32 = env_or("BENCH_POOL", 16);
     let (server, db_url) = database_urls(DB);

@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::supabase::AdminApi;
+use crate::sync::coalesce::Coalescing;
 use crate::sync::policy::{
     DeletedPolicy, MismatchedPolicy, MissingPolicy, OrphanedPolicy, Policies, StalePolicy,
 };
@@ -291,6 +292,21 @@ pub struct HttpConfig {
           value_name = "USERSYNC_CONCURRENCY_LIMIT", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency_limit: u32,
+
+    /// Most users one sync statement writes. Sync requests that queue while the database is busy
+    /// go together in one statement (one round trip for all of them); an idle service still
+    /// runs each request alone, at once. `1` runs every request alone.
+    #[arg(long = "sync-batch-size", env = "USERSYNC_SYNC_BATCH_SIZE",
+          value_name = "USERSYNC_SYNC_BATCH_SIZE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub sync_batch_size: u32,
+
+    /// Most sync statements running at once (each on a connection of the pool); requests
+    /// beyond them queue for the next batch.
+    #[arg(long = "sync-statements", env = "USERSYNC_SYNC_STATEMENTS",
+          value_name = "USERSYNC_SYNC_STATEMENTS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub sync_statements: u32,
 
     /// Sync requests one caller may make per minute (a user by id; an unauthenticated caller by
     /// IP address); beyond it, 429 with `Retry-After`. `0` turns the limit off. The service is
@@ -664,6 +680,17 @@ pub struct ServeConfig {
     pub healing: HealingConfig,
     #[command(flatten)]
     pub hooks: HooksConfig,
+}
+
+impl ServeConfig {
+    /// How the API's sync requests share statements.
+    pub fn coalescing(&self) -> Coalescing {
+        Coalescing {
+            max_batch: self.http.sync_batch_size as usize,
+            in_flight: self.http.sync_statements as usize,
+            wait: self.database.acquire_timeout,
+        }
+    }
 }
 
 /// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.

@@ -22,6 +22,25 @@ pub fn pool(config: &DatabaseConfig) -> PgPool {
         .connect_lazy_with(config.url.options.clone().application_name("usersync"))
 }
 
+/// Whether `error` means "the database is away" rather than "we have a bug": connection-level
+/// failures (refused, reset, a proxy that hangs up mid-handshake, no free connection in time),
+/// and SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutdown,
+/// restart, cannot connect now). Such a failure is answered 503, and retrying it elsewhere is
+/// pointless.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    }
+}
+
 /// Applies the migrations; safe to run any number of times, from any number of replicas (sqlx
 /// takes an advisory lock).
 ///

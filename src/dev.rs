@@ -100,6 +100,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             body_limit: 64 * 1024,
             header_limit: 16 * 1024,
             concurrency_limit: 256,
+            sync_batch_size: 64,
+            sync_statements: 4,
             rate_limit_per_minute: 60,
             rate_limit_burst: 10,
             cors_origins: None,

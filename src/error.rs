@@ -4,6 +4,7 @@
 //! Nothing internal crosses this line: a 5xx is logged here, once, with its cause chain, and the
 //! client gets a fixed sentence.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -55,7 +56,7 @@ pub enum ApiError {
     #[error("the profile is being changed concurrently; retry")]
     Contended,
     #[error("the database is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     #[error("not ready: {failing}")]
     NotReady {
         failing: String,
@@ -236,21 +237,14 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        // Connection-level failures (refused, reset, a proxy that hangs up mid-handshake), and
-        // SQLSTATE classes 08 (connection exception) and 57 (operator intervention: shutdown,
-        // restart, cannot connect now) mean "the database is away", not "we have a bug".
-        let database_away = match &error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => true,
-            sqlx::Error::Database(e) => e
-                .code()
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
-            _ => false,
-        };
-        if database_away {
+        Arc::new(error).into()
+    }
+}
+
+/// A database error shared by the requests of one coalesced sync (see `sync::coalesce`).
+impl From<Arc<sqlx::Error>> for ApiError {
+    fn from(error: Arc<sqlx::Error>) -> Self {
+        if crate::db::is_unavailable(&error) {
             ApiError::Unavailable(error)
         } else {
             ApiError::Internal(error.into())
@@ -266,6 +260,7 @@ impl From<SyncError> for ApiError {
             SyncError::EmailConflict => ApiError::EmailConflict,
             SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
+            SyncError::Shared(e) => e.into(),
         }
     }
 }

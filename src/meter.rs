@@ -76,6 +76,13 @@ pub fn record_sync(path: SyncPath, action: HealAction) {
     .increment(1);
 }
 
+/// One sync statement of the API and how many users it synced: their ratio is how much the
+/// coalescing batches (see `sync::coalesce`).
+pub fn record_sync_statement(users: usize) {
+    counter!("usersync_sync_statements_total").increment(1);
+    counter!("usersync_sync_statement_users_total").increment(users as u64);
+}
+
 /// Scrape-time state: the exporter and when the database gauges were last refreshed.
 pub struct Meter {
     refresh_every: Duration,

@@ -17,6 +17,7 @@ use crate::config::ServeConfig;
 use crate::http::{self, RateLimiter};
 use crate::meter::Meter;
 use crate::state::AppState;
+use crate::sync::coalesce::SyncQueue;
 use crate::sync::mapping::Mapping;
 use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
@@ -64,10 +65,12 @@ impl Application {
             }
             None => (None, watch::channel(HealingRole::Off).1),
         };
+        let syncs = SyncQueue::start(db.clone(), mapping.clone(), config.coalescing());
         let state = AppState {
             db,
             verifier: Arc::new(verifier),
             mapping,
+            syncs,
             policy: config.reconcile.deleted.deleted,
             webhook_secret: config.hooks.webhook_secret.clone().map(WebhookSecret::new),
             healing,

@@ -10,6 +10,7 @@ use crate::auth::Verifier;
 use crate::config::MetricsAccess;
 use crate::http::RateLimiter;
 use crate::meter::Meter;
+use crate::sync::coalesce::SyncQueue;
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub db: PgPool,
     pub verifier: Arc<Verifier>,
     pub mapping: Arc<BoundMapping>,
+    /// The API's sync requests, coalesced under load.
+    pub syncs: SyncQueue,
     /// What happens to a deleted user's target row (the webhook applies it).
     pub policy: DeletedPolicy,
     /// Accepted by `POST /v1/hooks/database` in place of a service key, when configured.

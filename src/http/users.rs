@@ -80,14 +80,7 @@ async fn sync_user(
 }
 
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
-    let outcome = engine::sync_one(
-        &state.db,
-        &state.mapping,
-        id,
-        &caller.audit_name(),
-        SyncPath::Call,
-    )
-    .await?;
+    let outcome = state.syncs.sync(id, caller.audit_name()).await?;
     meter::record_sync(SyncPath::Call, outcome.action.into());
     // On the request span, so that the one access line per request says what the sync did: a
     // line of its own would double the logging cost of the service's hottest path.

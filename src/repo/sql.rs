@@ -23,6 +23,9 @@ use crate::sync::policy::DeletedPolicy;
 pub struct RenderedSql {
     /// Sync one user: `$1` user id, `$2` caller, `$3` path (both for the audit event).
     pub sync_one: String,
+    /// Sync many users in one statement: `$1` their ids (distinct), `$2` the caller of each,
+    /// `$3` the path. One row per id, as `sync_one` reports it.
+    pub sync_batch: String,
     /// Apply the `report` policy to one user who is gone or soft-deleted, and nothing to a live
     /// one: `$1` user id, `$2` caller, `$3` path.
     pub deleted_report: String,
@@ -568,19 +571,49 @@ audit as (
     /// Sync one user: read the `auth.users` row and upsert the target in one statement, which
     /// reports what it found and did.
     pub fn sync_statement(&self, origin: Origin<'_>) -> String {
-        let (table, key, id) = (&self.table, &self.key, origin.user_id);
+        let id = origin.user_id;
+        self.sync_of(
+            &format!(
+                "select ({id})::uuid as id, ({})::text as caller",
+                origin.caller
+            ),
+            &format!("s.id = {id}"),
+            origin.path,
+        )
+    }
+
+    /// The same for many users at once, one result row each: `$1` their ids (distinct), `$2`
+    /// the caller of each, `$3` the path.
+    fn sync_batch_statement(&self) -> String {
+        self.sync_of(
+            "select r.id, r.caller from unnest($1::uuid[], $2::text[]) as r(id, caller)",
+            "s.id = any($1::uuid[])",
+            "$3",
+        )
+    }
+
+    /// A sync over `requests` (a query of `id` and `caller`, distinct ids) whose source rows
+    /// `filter` selects: one statement for one user or many, so that a batch can never sync a
+    /// user differently from a single call. The existing row is read from the statement's
+    /// snapshot, i.e. before the upsert.
+    fn sync_of(&self, requests: &str, filter: &str, path: &str) -> String {
+        let (table, key) = (&self.table, &self.key);
         format!(
-            "with {src},
+            "with req as ({requests}),
+{src},
 {upsert}
-select exists (select 1 from src) as found,
-       coalesce((select deleted_at is not null from src), false) as deleted,
-       coalesce((select is_anonymous from src), false) and {skip} as skipped,
-       coalesce((select not has_row and mismatched from src), false) as mismatched,
-       (select created from ins) as created,
-       coalesce((select row from ins), (select to_jsonb(c) from {table} c where c.{key} = {id}))
-           as row",
-            src = self.src_cte(&format!("s.id = {id}")),
-            upsert = self.upsert_ctes(origin.caller, origin.path),
+select req.id,
+       src.id is not null as found,
+       coalesce(src.deleted_at is not null, false) as deleted,
+       coalesce(src.is_anonymous, false) and {skip} as skipped,
+       coalesce(not src.has_row and src.mismatched, false) as mismatched,
+       ins.created,
+       coalesce(ins.row, (select to_jsonb(c) from {table} c where c.{key} = req.id)) as row
+  from req
+  left join src on src.id = req.id
+  left join ins on ins.id = req.id",
+            src = self.src_cte(filter),
+            upsert = self.upsert_ctes("(select r.caller from req r where r.id = ins.id)", path),
             skip = self.mapping.anonymous == AnonymousPolicy::Skip,
         )
     }
@@ -983,6 +1016,7 @@ moved as (
     pub fn render(&self) -> RenderedSql {
         RenderedSql {
             sync_one: self.sync_statement(BOUND_ORIGIN),
+            sync_batch: self.sync_batch_statement(),
             deleted_report: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Report),
             deleted_delete: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Delete),
             drift_one: self.drift_one(),

@@ -10,6 +10,8 @@ use crate::sync::target::BoundMapping;
 /// What the sync-one statement reports (see `repo::sql` for the statement itself).
 #[derive(Debug, sqlx::FromRow)]
 pub struct SyncRow {
+    /// The user the row is about (a batch answers for many).
+    pub id: Uuid,
     /// An `auth.users` row has the id.
     pub found: bool,
     /// That row is soft-deleted.
@@ -38,6 +40,24 @@ pub async fn sync_one(
         .bind(caller)
         .bind(path.as_str())
         .fetch_one(db)
+        .await
+}
+
+/// Syncs many users in one statement, one row per id. `ids` must be distinct; `callers[i]` is
+/// the audit caller of `ids[i]`.
+#[tracing::instrument(level = "debug", skip_all, fields(users = ids.len()))]
+pub async fn sync_many(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    ids: &[Uuid],
+    callers: &[String],
+    path: SyncPath,
+) -> sqlx::Result<Vec<SyncRow>> {
+    sqlx::query_as(&bound.sql.sync_batch)
+        .bind(ids)
+        .bind(callers)
+        .bind(path.as_str())
+        .fetch_all(db)
         .await
 }
 

@@ -1,7 +1,9 @@
 //! Sync one user, and tell one user's drift: the domain decisions over `repo::users`.
 
+use std::sync::Arc;
+
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::repo::users::{self, DriftRow, SyncRow};
@@ -89,6 +91,10 @@ pub enum SyncError {
     Contended,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The statement of a coalesced sync failed short of the data (no connection, the pool
+    /// exhausted): every request it carried gets the same error.
+    #[error(transparent)]
+    Shared(Arc<sqlx::Error>),
 }
 
 /// Syncs one user in a single statement that reads the `auth.users` row and upserts the target.
@@ -97,14 +103,14 @@ pub enum SyncError {
 /// after this statement's snapshot was taken and wrote exactly what this one would, so the
 /// upsert did nothing and the snapshot shows no row. A second statement sees it as `unchanged`.
 pub async fn sync_one(
-    db: &PgPool,
+    conn: &mut PgConnection,
     bound: &BoundMapping,
     user_id: Uuid,
     caller: &str,
     path: SyncPath,
 ) -> Result<SyncOutcome, SyncError> {
     for _ in 0..2 {
-        let row = users::sync_one(db, bound, user_id, caller, path)
+        let row = users::sync_one(&mut *conn, bound, user_id, caller, path)
             .await
             .map_err(|e| unique_violation_to_conflict(e, bound))?;
         if let Some(outcome) = decide(row)? {
@@ -115,7 +121,7 @@ pub async fn sync_one(
 }
 
 /// Turns the statement's flags into an outcome; `None` means "retry" (see `sync_one`).
-fn decide(row: SyncRow) -> Result<Option<SyncOutcome>, SyncError> {
+pub(crate) fn decide(row: SyncRow) -> Result<Option<SyncOutcome>, SyncError> {
     if !row.found {
         return Err(SyncError::UserNotFound);
     }

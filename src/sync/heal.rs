@@ -77,7 +77,13 @@ pub async fn heal_user(
     caller: &str,
     path: SyncPath,
 ) -> Result<HealAction, SyncError> {
-    match engine::sync_one(db, bound, user_id, caller, path).await {
+    // The connection goes back before `apply_deleted` takes one: a pool of one must not wait
+    // on itself.
+    let synced = {
+        let mut conn = db.acquire().await?;
+        engine::sync_one(&mut conn, bound, user_id, caller, path).await
+    };
+    match synced {
         Ok(outcome) => Ok(outcome.action.into()),
         Err(SyncError::UserNotFound | SyncError::UserDeleted) => {
             apply_deleted(db, bound, policy, user_id, caller, path).await

@@ -1,6 +1,7 @@
 //! The domain: mapping, drift and the sync decisions. Nothing here knows about HTTP.
 
 pub mod chunks;
+pub mod coalesce;
 pub mod drift;
 pub mod engine;
 pub mod heal;

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod cli;
+mod coalesce;
 mod confusion;
 mod doctor;
 mod drift;
