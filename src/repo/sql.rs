@@ -131,18 +131,20 @@ fn recorded(id: &str, filter: &str) -> String {
 }
 
 /// The audit of one chunk's repairs, `rows` (`id`, `before`, `after`): one event row with
-/// the ids and the images the action has, aggregated in one order (see the migration
-/// `run_audit_per_chunk`), bounded by the chunk's range `$1..=$2`; none when nothing was
+/// the ids and the images the action has, aggregated in one order, each image an array of the
+/// mapped columns' values named once by `names` (see the migrations `run_audit_per_chunk` and
+/// `chunk_images_as_arrays`), bounded by the chunk's range `$1..=$2`; none when nothing was
 /// repaired.
-fn chunk_audit(kind: DriftKind, action: &str, rows: &str, images: Images) -> String {
+fn chunk_audit(kind: DriftKind, action: &str, rows: &str, images: Images, names: &str) -> String {
     let image = |has: bool, column: &str| match has {
         true => format!("jsonb_agg({column})"),
         false => "null::jsonb".to_owned(),
     };
     format!(
         "insert into usersync.events
-       (run_id, user_ids, first_id, last_id, caller, path, kind, action, before, after)
-select $3, array_agg(id), $1, $2, $4, 'batch', {}, {}, {}, {}
+       (run_id, user_ids, first_id, last_id, caller, path, kind, action, image_columns, before,
+        after)
+select $3, array_agg(id), $1, $2, $4, 'batch', {}, {}, {names}, {}, {}
   from {rows}
 having count(*) > 0",
         literal(kind.as_str()),
@@ -449,6 +451,29 @@ impl<'a> Renderer<'a> {
             .map(|c| format!("{}, {t}.{}", literal(c.name.as_str()), c.name.quoted()))
             .collect();
         format!("jsonb_build_object({})", pairs.join(", "))
+    }
+
+    /// The mapped columns of target row `t` as a JSON array of their values, in mapping order: a
+    /// run's image of one row (see `chunk_audit`; `mapped_names` names them).
+    fn mapped_array(&self, t: &str) -> String {
+        let values: Vec<String> = self
+            .mapping
+            .columns
+            .iter()
+            .map(|c| format!("{t}.{}", c.name.quoted()))
+            .collect();
+        format!("jsonb_build_array({})", values.join(", "))
+    }
+
+    /// The names of the mapped columns, in mapping order, as a `text[]`.
+    fn mapped_names(&self) -> String {
+        let names: Vec<String> = self
+            .mapping
+            .columns
+            .iter()
+            .map(|c| literal(c.name.as_str()))
+            .collect();
+        format!("array[{}]::text[]", names.join(", "))
     }
 
     /// The email of target row `t` as text, or null when the mapping has no email column.
@@ -858,7 +883,8 @@ select count(s.id) as source_total,
 
     fn repair(&self) -> RepairSql {
         let (table, key) = (&self.table, &self.key);
-        let (names, values) = self.insert_columns("s");
+        let (columns, values) = self.insert_columns("s");
+        let names = self.mapped_names();
         // `missing`, with two changes for speed. The "no target row" test is left to
         // `on conflict do nothing`, which makes it through the primary key as it inserts (a
         // `not exists` would hash the whole target per chunk); only a run with a row limit
@@ -867,7 +893,7 @@ select count(s.id) as source_total,
         let create = |no_namesake: String| {
             format!(
                 "with ins as (
-    insert into {table} as t ({key}, {names})
+    insert into {table} as t ({key}, {columns})
     select s.id, {values}
       from auth.users s
      where s.id between $1 and $2 and {live} and ($5::bigint is null or {no_row})
@@ -882,8 +908,8 @@ audit as (
 select count(*) from ins",
                 live = self.live("s"),
                 no_row = self.no_target_row("s"),
-                after = self.mapped_json("t"),
-                audit = chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER),
+                after = self.mapped_array("t"),
+                audit = chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER, &names),
             )
         };
         let create_missing = create(self.no_stray_namesake_per_row("s"));
@@ -921,9 +947,9 @@ audit as (
 select count(*) from upd",
             stale = self.stale("s", "t"),
             sets = sets.join(", "),
-            before = self.mapped_json("b"),
-            after = self.mapped_json("t"),
-            audit = chunk_audit(DriftKind::Stale, "updated", "upd", Images::BOTH),
+            before = self.mapped_array("b"),
+            after = self.mapped_array("t"),
+            audit = chunk_audit(DriftKind::Stale, "updated", "upd", Images::BOTH, &names),
         );
         let delete = |kind: DriftKind, predicate: &dyn Fn(&str) -> String| {
             format!(
@@ -940,8 +966,8 @@ audit as (
 select count(*) from gone",
                 candidate = predicate("c"),
                 recheck = predicate("t"),
-                before = self.mapped_json("t"),
-                audit = chunk_audit(kind, "deleted", "gone", Images::BEFORE),
+                before = self.mapped_array("t"),
+                audit = chunk_audit(kind, "deleted", "gone", Images::BEFORE, &names),
             )
         };
         RepairSql {

@@ -645,3 +645,71 @@ async fn a_leading_healing_loop_does_not_block_reconciliation_runs() {
         .unwrap();
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
 }
+
+#[tokio::test]
+async fn the_repairs_view_names_each_users_values_in_new_and_older_chunk_rows() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let user = AuthUser::new(&format!("user{n}@example.com"))
+            .user_metadata(json!({"full_name": format!("User {n}")}));
+        ids.push(app.insert_auth_user(&user).await);
+    }
+    let run = app.reconcile(json!({"dry_run": false})).await;
+    assert_eq!(run["state"], "succeeded");
+    let chunk_rows: i64 = sqlx::query_scalar("select count(*) from usersync.events")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(chunk_rows, 1, "five creates, one chunk row");
+    for id in &ids {
+        let after: Value = sqlx::query_scalar(
+            "select after from usersync.repairs where user_id = $1 and action = 'created'",
+        )
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        let row = app.target_row(*id).await.unwrap();
+        for column in ["email", "full_name", "role", "created_at", "updated_at"] {
+            assert_eq!(after[column], row[column], "{column} of {id}");
+        }
+    }
+
+    // A chunk row written before images were arrays: objects, and no `image_columns`.
+    let (old_a, old_b) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query(
+        "insert into usersync.events
+             (run_id, user_ids, first_id, last_id, caller, path, kind, action, before, after)
+         values ($1, array[$2, $3]::uuid[], $2, $3, 'service', 'batch', 'stale', 'updated',
+                 '[{\"email\": \"a@old\"}, {\"email\": \"b@old\"}]',
+                 '[{\"email\": \"a@new\"}, {\"email\": \"b@new\"}]')",
+    )
+    .bind(Uuid::parse_str(run["id"].as_str().unwrap()).unwrap())
+    .bind(old_a.min(old_b))
+    .bind(old_a.max(old_b))
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let images: Vec<(Uuid, Value, Value)> = sqlx::query_as(
+        "select user_id, before, after from usersync.repairs where kind = 'stale' order by ordinal",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        images,
+        [
+            (
+                old_a.min(old_b),
+                json!({"email": "a@old"}),
+                json!({"email": "a@new"})
+            ),
+            (
+                old_a.max(old_b),
+                json!({"email": "b@old"}),
+                json!({"email": "b@new"})
+            ),
+        ]
+    );
+}
