@@ -110,11 +110,13 @@ pub async fn reschedule(
 /// How long until the next pending letter is due (zero if one is overdue); `None` when none
 /// is pending.
 pub async fn next_due_in(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Duration>> {
+    // Not `greatest(..., 0)` in SQL: `greatest` skips nulls, so "none pending" would read as
+    // "one due now", and the healing leader would poll this in a tight loop.
     let seconds: Option<f64> = sqlx::query_scalar(
-        "select greatest(extract(epoch from min(next_attempt_at) - now()), 0)::float8
+        "select extract(epoch from min(next_attempt_at) - now())::float8
            from usersync.dead_letters where resolved_at is null",
     )
     .fetch_one(db)
     .await?;
-    Ok(seconds.map(Duration::from_secs_f64))
+    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }

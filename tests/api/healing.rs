@@ -338,3 +338,50 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_kil
     assert_eq!(count(&second_logs, "healing: this replica leads"), 1);
     assert_eq!(count(&second_logs, "healing: dead letter healed"), 1);
 }
+
+/// Transactions committed in this test's database so far, as the statistics system has them
+/// (each busy backend reports at least once a second).
+async fn commits(db: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select xact_commit from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_leader_waits_for_the_next_sweep_instead_of_polling() {
+    let app = spawn_leader(AppOptions::default()).await;
+    let db = &app.db.pool;
+    assert_eq!(
+        usersync::repo::dead_letters::next_due_in(db).await.unwrap(),
+        None,
+        "no letter pending: nothing is due"
+    );
+    // With nothing pending, the leader's next look is the sweep (30 s by default): in three
+    // seconds it checks its lock a few times. A leader that took "none pending" for "due now"
+    // ran two statements in a loop, thousands of transactions a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = commits(db).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = commits(db).await - before;
+    assert!(during < 200, "{during} transactions in 3 s of idling");
+
+    let id = app
+        .insert_auth_user(&AuthUser::new("due@example.com"))
+        .await;
+    sqlx::query(
+        "insert into usersync.dead_letters (user_id, op, error, next_attempt_at)
+         values ($1, 'insert', 'x', now() + interval '1 hour')",
+    )
+    .bind(id)
+    .execute(db)
+    .await
+    .unwrap();
+    let due = usersync::repo::dead_letters::next_due_in(db).await.unwrap();
+    assert!(
+        due.is_some_and(|d| d > Duration::from_secs(3500)),
+        "{due:?}"
+    );
+}
