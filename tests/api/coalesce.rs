@@ -16,44 +16,21 @@ fn one_statement() -> AppOptions {
     }
 }
 
-/// Blocks the sync of `blocker` (whose profile exists and whose email changed, so the sync must
-/// write the row) on a row lock, sends `ids`' syncs while it waits so that they queue behind it,
-/// then lets it go. Returns each id's status and body, in order.
+/// Blocks the sync of `blocker` (whose profile exists) on a row lock, sends `ids`' syncs while it
+/// waits so that they queue behind it, then lets it go. Returns each id's status and body, in
+/// order.
 async fn sync_queued_behind_a_blocked_sync(
     app: &TestApp,
     blocker: Uuid,
     ids: &[Uuid],
 ) -> Vec<(u16, Value)> {
-    sqlx::query("update auth.users set email = 'moved-' || email where id = $1")
-        .bind(blocker)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    let mut lock = app.db.pool.begin().await.unwrap();
-    sqlx::query("select 1 from public.users where id = $1 for update")
-        .bind(blocker)
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    let send = |id: Uuid| {
-        let (client, address, token) = (app.client.clone(), app.address.clone(), user_token(id));
-        tokio::spawn(async move {
-            let Auth::Bearer(token) = token else {
-                unreachable!()
-            };
-            let response = client
-                .post(format!("{address}/v1/users/me/sync"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
-        })
-    };
-    let blocked = send(blocker);
+    let lock = hold_next_sync(&app.db.pool, blocker).await;
+    let blocked = spawn_sync_me(&app.address, blocker);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let queued: Vec<_> = ids.iter().map(|id| send(*id)).collect();
+    let queued: Vec<_> = ids
+        .iter()
+        .map(|id| spawn_sync_me(&app.address, *id))
+        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.rollback().await.unwrap();
     let (status, body) = blocked.await.unwrap();
@@ -234,29 +211,10 @@ async fn a_request_waits_for_a_busy_statement_a_bounded_time_then_503() {
     config.database.acquire_timeout = Duration::from_millis(500);
     let app = TestApp::start(db, config).await;
     assert_eq!(app.sync_me(&user_token(id)).await.status(), 200);
-    sqlx::query("update auth.users set email = 'busy2@example.com' where id = $1")
-        .bind(id)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
     // The one statement allowed blocks on a row lock this test holds; the pool has connections
     // to spare, so only the statement slot is busy.
-    let mut lock = app.db.pool.begin().await.unwrap();
-    sqlx::query("select 1 from public.users where id = $1 for update")
-        .bind(id)
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    let blocked = {
-        let (client, address) = (app.client.clone(), app.address.clone());
-        let Auth::Bearer(token) = user_token(id) else {
-            unreachable!()
-        };
-        tokio::spawn(async move {
-            let sent = client.post(format!("{address}/v1/users/me/sync"));
-            sent.bearer_auth(token).send().await.unwrap().status()
-        })
-    };
+    let lock = hold_next_sync(&app.db.pool, id).await;
+    let blocked = spawn_sync_me(&app.address, id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let queued = app.sync_me(&user_token(other)).await;
@@ -269,6 +227,6 @@ async fn a_request_waits_for_a_busy_statement_a_bounded_time_then_503() {
     );
     assert!(app.target_row(other).await.is_none(), "nothing was written");
     lock.rollback().await.unwrap();
-    assert_eq!(blocked.await.unwrap(), 200);
+    assert_eq!(blocked.await.unwrap().0, 200);
     assert_eq!(app.sync_me(&user_token(other)).await.status(), 200);
 }

@@ -187,32 +187,8 @@ async fn an_exhausted_pool_makes_requests_wait_a_bounded_time_then_503() {
     let app = TestApp::start(db, config).await;
     assert_eq!(app.sync_me(&user_token(id)).await.status(), 200);
     // Make the one pooled connection busy: its sync blocks on a row lock this test holds.
-    sqlx::query("update auth.users set email = 'busy2@example.com' where id = $1")
-        .bind(id)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    let mut blocker = app.db.pool.begin().await.unwrap();
-    sqlx::query("select 1 from public.users where id = $1 for update")
-        .bind(id)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let first = {
-        let (address, token) = (app.address.clone(), user_token(id));
-        tokio::spawn(async move {
-            let Auth::Bearer(token) = token else {
-                unreachable!()
-            };
-            reqwest::Client::new()
-                .post(format!("{address}/v1/users/me/sync"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let blocker = hold_next_sync(&app.db.pool, id).await;
+    let first = spawn_sync_me(&app.address, id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let second = app.sync_me(&user_token(id)).await;
@@ -224,7 +200,7 @@ async fn an_exhausted_pool_makes_requests_wait_a_bounded_time_then_503() {
     );
     blocker.rollback().await.unwrap();
     assert_eq!(
-        first.await.unwrap(),
+        first.await.unwrap().0,
         200,
         "the blocked request finished once the lock went"
     );
@@ -249,18 +225,8 @@ async fn sigterm_lets_in_flight_requests_finish() {
             .status(),
         200
     );
-    sqlx::query("update auth.users set email = 'term2@example.com' where id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     // Hold the profile row so that the next syncs are still running when SIGTERM arrives.
-    let mut blocker = db.pool.begin().await.unwrap();
-    sqlx::query("select 1 from public.users where id = $1 for update")
-        .bind(id)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = hold_next_sync(&db.pool, id).await;
     let in_flight: Vec<_> = (0..3)
         .map(|_| {
             let request = client
@@ -299,7 +265,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(email, "term2@example.com");
+    assert_eq!(email, "held-term@example.com");
 }
 
 /// Seeds `n` auth users with no profile (all `missing`), the way a backfill finds them.

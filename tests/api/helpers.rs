@@ -605,6 +605,43 @@ pub async fn events_of(db: &PgPool, id: Uuid) -> Vec<(String, String, String)> {
     .unwrap()
 }
 
+/// Makes the next sync of `id` wait: changes the user's email in `auth.users`, so that the sync
+/// must write the profile row (to `held-` and the old email), and locks that row until the
+/// returned transaction ends.
+pub async fn hold_next_sync(db: &PgPool, id: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    sqlx::query("update auth.users set email = 'held-' || email where id = $1")
+        .bind(id)
+        .execute(db)
+        .await
+        .unwrap();
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("select 1 from public.users where id = $1 for update")
+        .bind(id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock
+}
+
+/// Sends `POST /v1/users/me/sync` as `id` to the service at `address` in the background; the
+/// task ends with the answer's status and body.
+pub fn spawn_sync_me(address: &str, id: Uuid) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (address, token) = (address.to_owned(), user_token(id));
+    tokio::spawn(async move {
+        let Auth::Bearer(token) = token else {
+            unreachable!()
+        };
+        let response = reqwest::Client::new()
+            .post(format!("{address}/v1/users/me/sync"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    })
+}
+
 /// Polls `check` every 50 ms until it holds, for at most `within`; panics naming `what`.
 pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
 where
