@@ -85,9 +85,9 @@ impl SyncQueue {
             reply,
         };
         // Either side gone means a dispatcher or a batch task panicked.
-        let crashed = |_| SyncError::Database(sqlx::Error::WorkerCrashed);
-        self.jobs.send(job).await.map_err(|_| crashed(()))?;
-        answer.await.map_err(|_| crashed(()))?
+        let crashed = || SyncError::Database(sqlx::Error::WorkerCrashed);
+        self.jobs.send(job).await.map_err(|_| crashed())?;
+        answer.await.map_err(|_| crashed())?
     }
 }
 

@@ -187,17 +187,7 @@ async fn an_exhausted_pool_makes_requests_wait_a_bounded_time_then_503() {
     let app = TestApp::start(db, config).await;
     assert_eq!(app.sync_me(&user_token(id)).await.status(), 200);
     // Make the one pooled connection busy: its sync blocks on a row lock this test holds.
-    let blocker = hold_next_sync(&app.db.pool, id).await;
-    let first = spawn_sync_me(&app.address, id);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    let second = app.sync_me(&user_token(id)).await;
-    let waited = started.elapsed();
-    assert_problem(second, 503, "database_unavailable").await;
-    assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
-        "waited {waited:?}"
-    );
+    let (_, blocker, first) = assert_next_sync_waits_then_503(&app, id, id).await;
     blocker.rollback().await.unwrap();
     assert_eq!(
         first.await.unwrap().0,
@@ -286,28 +276,18 @@ async fn seed_missing(db: &TestDb, n: i32) {
 }
 
 async fn start_applied_run(client: &reqwest::Client, address: &str) -> Value {
-    client
-        .post(format!("{address}/v1/reconciliations"))
-        .header("apikey", SERVICE_KEY)
-        .json(&serde_json::json!({"dry_run": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let start = client.post(format!("{address}/v1/reconciliations"));
+    as_service(start.json(&serde_json::json!({"dry_run": false}))).await
 }
 
 async fn run_state(client: &reqwest::Client, address: &str, id: &str) -> Value {
-    client
-        .get(format!("{address}/v1/reconciliations/{id}"))
-        .header("apikey", SERVICE_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    as_service(client.get(format!("{address}/v1/reconciliations/{id}"))).await
+}
+
+/// Sends `request` with the service key; its JSON answer.
+async fn as_service(request: reqwest::RequestBuilder) -> Value {
+    let response = request.header("apikey", SERVICE_KEY).send().await.unwrap();
+    response.json().await.unwrap()
 }
 
 #[tokio::test]

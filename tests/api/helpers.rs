@@ -642,6 +642,33 @@ pub fn spawn_sync_me(address: &str, id: Uuid) -> tokio::task::JoinHandle<(u16, V
     })
 }
 
+/// Holds the next sync of `busy` (see `hold_next_sync`) and sends one of `next` while it waits:
+/// that one must be answered 503 `database_unavailable` after about the acquire timeout the
+/// test configured (500 ms), never hang. Returns its problem body, the lock and the held
+/// request, for the caller to check, release and await.
+pub async fn assert_next_sync_waits_then_503(
+    app: &TestApp,
+    busy: Uuid,
+    next: Uuid,
+) -> (
+    Value,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<(u16, Value)>,
+) {
+    let lock = hold_next_sync(&app.db.pool, busy).await;
+    let held = spawn_sync_me(&app.address, busy);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let answer = app.sync_me(&user_token(next)).await;
+    let waited = started.elapsed();
+    let body = assert_problem(answer, 503, "database_unavailable").await;
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    (body, lock, held)
+}
+
 /// Polls `check` every 50 ms until it holds, for at most `within`; panics naming `what`.
 pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
 where

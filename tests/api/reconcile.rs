@@ -21,6 +21,18 @@ async fn spawn_with(reconcile: ReconcileConfig) -> TestApp {
     .await
 }
 
+/// An app whose runs delete deleted users' profiles, with no mass-delete bound in the way.
+async fn spawn_deleting() -> TestApp {
+    spawn_with(ReconcileConfig {
+        deleted: usersync::config::PolicyConfig {
+            deleted: DeletedPolicy::Delete,
+        },
+        max_delete_share: 1.0,
+        ..ReconcileConfig::default()
+    })
+    .await
+}
+
 /// `kind -> count` of a run's plan.
 fn planned(run: &Value) -> Value {
     let kinds = run["plan"]["kinds"].as_object().unwrap();
@@ -249,14 +261,7 @@ async fn a_limit_bounds_the_repairs_and_the_next_run_does_the_rest() {
 
 #[tokio::test]
 async fn a_deletion_a_run_recorded_is_not_reported_again_by_the_trigger() {
-    let app = spawn_with(ReconcileConfig {
-        deleted: usersync::config::PolicyConfig {
-            deleted: DeletedPolicy::Delete,
-        },
-        max_delete_share: 1.0,
-        ..ReconcileConfig::default()
-    })
-    .await;
+    let app = spawn_deleting().await;
     let soft = app
         .insert_auth_user(&AuthUser::new("gone@example.com"))
         .await;
@@ -287,14 +292,7 @@ async fn a_deletion_a_run_recorded_is_not_reported_again_by_the_trigger() {
 
 #[tokio::test]
 async fn deleted_profiles_are_removed_by_policy_and_never_come_back() {
-    let app = spawn_with(ReconcileConfig {
-        deleted: usersync::config::PolicyConfig {
-            deleted: DeletedPolicy::Delete,
-        },
-        max_delete_share: 1.0,
-        ..ReconcileConfig::default()
-    })
-    .await;
+    let app = spawn_deleting().await;
     // A soft-deleted user and a hard-deleted one, both synced while they were alive.
     let soft = app
         .insert_auth_user(&AuthUser::new("soft@example.com"))
