@@ -5,6 +5,7 @@
 //! triggers, prints tokens and curl lines, and serves (healing included). Nothing here runs in
 //! production: `auth.*` is Supabase Auth's.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -129,7 +130,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{}", app.port());
     let user_token = mint::mint(&secret, Subject::User(DEMO_USER), None, 24 * 3600)?;
     let service_token = mint::mint(&secret, Subject::Service, None, 24 * 3600)?;
-    println!("{}", banner(&base, &url, &user_token, &service_token));
+    // One write, and a reader that has gone is no reason to stop: a harness that read the
+    // banner up to its last line and closed the pipe made `println!` panic (its trailing
+    // newline is a second write) and took the service down before its first request.
+    let text = format!("{}\n", banner(&base, &url, &user_token, &service_token));
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!(%error, "could not print the banner; serving anyway");
+    }
+    drop(stdout);
     app.run_until_stopped(startup::shutdown_signal()).await?;
     drop(pg);
     Ok(())
