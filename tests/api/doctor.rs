@@ -1,7 +1,5 @@
 //! `usersync doctor` against a database seeded with every risk it names, and a healthy one.
 
-use uuid::Uuid;
-
 use crate::helpers::*;
 use usersync::sync::policy::DeletedPolicy;
 
@@ -35,14 +33,6 @@ create table public.comments (
 alter table public.users enable row level security;
 ";
 
-/// The URL of `db` as another role (trust authentication, as on the test server).
-fn url_as(db: &TestDb, role: &str) -> String {
-    let url = db.url();
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{role}@{host}")
-}
-
 #[test]
 fn doctor_names_every_risk_one_line_each_and_fails() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -50,35 +40,38 @@ fn doctor_names_every_risk_one_line_each_and_fails() {
         let db = TestDb::new().await;
         sqlx::raw_sql(RISKY).execute(&db.pool).await.unwrap();
         // usersync connects as a role that RLS applies to: neither owner nor BYPASSRLS.
-        let role = format!("doctor_{}", Uuid::new_v4().simple());
+        let role = NO_RLS_BYPASS_ROLE;
         sqlx::raw_sql(&format!(
-            "create role {role} login; grant usage on schema auth to {role};
-             grant select on auth.users to {role}; grant select, insert, update on public.users to {role};"
+            "grant select, insert, update on public.users to {role};"
         ))
         .execute(&db.pool)
         .await
         .unwrap();
 
         let (code, stdout, stderr) =
-            usersync_cli(&["doctor"], &[("DATABASE_URL", &url_as(&db, &role))]);
+            usersync_cli(&["doctor"], &[("DATABASE_URL", &db.url_as(role))]);
 
-        sqlx::raw_sql(&format!("drop owned by {role}; drop role {role}"))
-            .execute(&db.pool)
-            .await
-            .unwrap();
         assert_eq!(code, 1, "{stdout}\n{stderr}");
         let lines: Vec<&str> = stdout.lines().collect();
         let expected = [
             ("unsafe-trigger:", "on_auth_user_created"),
             ("search-path:", "public.handle_new_user()"),
             ("search-path:", "public.is_admin()"),
-            ("blocking-foreign-key:", "public.posts.posts_author_id_fkey references auth.users"),
-            ("blocking-foreign-key:", "public.comments.comments_user_id_fkey references public.users"),
-            ("target-rls:", &role),
+            (
+                "blocking-foreign-key:",
+                "public.posts.posts_author_id_fkey references auth.users",
+            ),
+            (
+                "blocking-foreign-key:",
+                "public.comments.comments_user_id_fkey references public.users",
+            ),
+            ("target-rls:", role),
         ];
         for (kind, subject) in expected {
             assert!(
-                lines.iter().any(|l| l.starts_with(kind) && l.contains(subject)),
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(kind) && l.contains(subject)),
                 "no `{kind}` line about {subject} in:\n{stdout}"
             );
         }
@@ -87,7 +80,10 @@ fn doctor_names_every_risk_one_line_each_and_fails() {
             .iter()
             .find(|l| l.starts_with("search-path:") && l.contains("handle_new_user"))
             .unwrap();
-        assert!(handle_new_user.contains("supabase_auth_admin") && handle_new_user.contains("security definer"));
+        assert!(
+            handle_new_user.contains("supabase_auth_admin")
+                && handle_new_user.contains("security definer")
+        );
     });
 }
 

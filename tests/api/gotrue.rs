@@ -37,13 +37,10 @@ impl SignUp {
     }
 }
 
+/// A transaction of Supabase Auth's: `db` is logged in as `supabase_auth_admin`, whose
+/// role-level `search_path` is `auth`.
 async fn as_auth_admin(db: &PgPool) -> Transaction<'static, Postgres> {
-    let mut tx = db.begin().await.unwrap();
-    sqlx::raw_sql("set local role supabase_auth_admin; set local search_path = auth")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx
+    db.begin().await.unwrap()
 }
 
 /// `signupNewUser` (or admin `createUser`): insert with an empty role and provider-only app

@@ -49,10 +49,10 @@ async fn fix_target(db: &PgPool) {
 }
 
 /// Signs a user up while the target is broken: the sign-up commits, a dead letter is left.
-async fn sign_up_into_a_broken_target(db: &PgPool) -> Uuid {
-    break_target(db).await;
+async fn sign_up_into_a_broken_target(db: &TestDb) -> Uuid {
+    break_target(&db.pool).await;
     gotrue::sign_up(
-        db,
+        &db.auth_admin,
         &SignUp::new("healme@example.com").app_metadata(json!({"role": "admin"})),
     )
     .await
@@ -86,7 +86,7 @@ async fn a_dead_letter_is_retried_on_a_stored_schedule_and_heals_exactly_once() 
     let db = &app.db.pool;
     install_triggers(db, None, DeletedPolicy::Report).await;
 
-    let id = sign_up_into_a_broken_target(db).await;
+    let id = sign_up_into_a_broken_target(&app.db).await;
 
     // The NOTIFY makes the leader try at once; it fails and stores the next attempt, jittered.
     eventually(Duration::from_secs(5), "a failed attempt", || async {
@@ -280,7 +280,7 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_kil
     assert_eq!(first.healing_role().await, "leader");
 
     // A sign-up fails to sync; the leader tries at once and fails too.
-    let id = sign_up_into_a_broken_target(&db.pool).await;
+    let id = sign_up_into_a_broken_target(&db).await;
     eventually(Duration::from_secs(5), "the leader's attempt", || async {
         letter_of(&db.pool, id)
             .await

@@ -53,11 +53,27 @@ fn server_url() -> &'static str {
     })
 }
 
+/// The role every test connects as unless it says why it needs another: hosted Supabase's
+/// `postgres` (not a superuser, not the owner of `auth.users`; see tests/fixtures/hosted_role.sql).
+pub const HOSTED_ROLE: &str = "hosted_postgres";
+/// A role without BYPASSRLS that may read `auth.users`, where RLS then hides every row.
+pub const NO_RLS_BYPASS_ROLE: &str = "hosted_norls";
+/// Supabase Auth's own role, which owns `auth.*` and writes `auth.users`.
+pub const AUTH_ADMIN_ROLE: &str = "supabase_auth_admin";
+/// The password of the test roles (the server may ask for one).
+pub const ROLE_PASSWORD: &str = "usersync-test";
+
+/// The server's superuser, connected to `database`: for building templates and databases.
 fn options_for(database: &str) -> PgConnectOptions {
     server_url()
         .parse::<PgConnectOptions>()
         .expect("DATABASE_URL is a valid Postgres URL")
         .database(database)
+}
+
+/// `role` (one of the test roles), connected to `database`.
+fn options_as(database: &str, role: &str) -> PgConnectOptions {
+    options_for(database).username(role).password(ROLE_PASSWORD)
 }
 
 /// The template database, built once per test binary (named after the fixtures' content, so a
@@ -70,6 +86,7 @@ async fn template() -> &'static str {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 fixtures::SUPABASE_AUTH.hash(&mut h);
+                HOSTED_ROLE_FIXTURE.hash(&mut h);
                 fixtures::PUBLIC_USERS.hash(&mut h);
                 for m in usersync::db::MIGRATOR.iter() {
                     m.checksum.hash(&mut h);
@@ -104,13 +121,28 @@ async fn ensure_template(name: &str) {
         .execute(&mut admin)
         .await
         .unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options_for(&building))
+    // What Supabase's platform owns is made by the superuser: the auth schema (owned by
+    // supabase_auth_admin) and the roles. The project's own objects (the target table, the
+    // usersync schema) are made by the customer's role, as `usersync migrate` makes them there.
+    let mut superuser = PgConnection::connect_with(&options_for(&building))
         .await
         .unwrap();
     sqlx::raw_sql(fixtures::SUPABASE_AUTH)
-        .execute(&pool)
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+    sqlx::raw_sql(HOSTED_ROLE_FIXTURE)
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("alter database {building} owner to {HOSTED_ROLE}"))
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+    superuser.close().await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options_as(&building, HOSTED_ROLE))
         .await
         .unwrap();
     sqlx::raw_sql(fixtures::PUBLIC_USERS)
@@ -130,10 +162,18 @@ async fn ensure_template(name: &str) {
     }
 }
 
+/// The hosted-role fixture (see `HOSTED_ROLE`).
+const HOSTED_ROLE_FIXTURE: &str = include_str!("../fixtures/hosted_role.sql");
+
 /// A fresh database for one test, dropped when the value is dropped.
 pub struct TestDb {
     pub name: String,
+    /// Connected as `HOSTED_ROLE`, as the service is.
     pub pool: PgPool,
+    /// Connected as `supabase_auth_admin` (its `search_path` is `auth`): Supabase Auth's writes.
+    pub auth_admin: PgPool,
+    /// Connected as the server's superuser, for the few tests that say why they need it.
+    pub superuser: PgPool,
 }
 
 impl TestDb {
@@ -146,9 +186,11 @@ impl TestDb {
         // Cloning a template fails while anyone else is connected to it; retry briefly.
         let mut attempt = 0;
         loop {
-            let created = sqlx::raw_sql(&format!("create database {name} template {template}"))
-                .execute(&mut admin)
-                .await;
+            let created = sqlx::raw_sql(&format!(
+                "create database {name} template {template} owner {HOSTED_ROLE}"
+            ))
+            .execute(&mut admin)
+            .await;
             match created {
                 Ok(_) => break,
                 Err(e) if attempt < 50 => {
@@ -164,25 +206,46 @@ impl TestDb {
         }
         let pool = PgPoolOptions::new()
             .max_connections(5)
-            .connect_with(options_for(&name))
+            .connect_with(options_as(&name, HOSTED_ROLE))
             .await
             .unwrap();
-        Self { name, pool }
+        let lazy = |options| {
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect_lazy_with(options)
+        };
+        Self {
+            auth_admin: lazy(options_as(&name, AUTH_ADMIN_ROLE)),
+            superuser: lazy(options_for(&name)),
+            name,
+            pool,
+        }
     }
 
+    /// The database's URL as `HOSTED_ROLE`: what the service and the CLI are given.
     pub fn url(&self) -> String {
-        let mut url = url_without_db();
-        url.push('/');
-        url.push_str(&self.name);
-        url
+        self.url_as(HOSTED_ROLE)
     }
-}
 
-fn url_without_db() -> String {
-    let url = server_url();
-    let (base, rest) = url.split_at(url.find("://").unwrap() + 3);
-    let authority = rest.split(['/', '?']).next().unwrap();
-    format!("{base}{authority}")
+    /// The database's URL as one of the test roles.
+    pub fn url_as(&self, role: &str) -> String {
+        let url = server_url();
+        let (scheme, rest) = url.split_at(url.find("://").unwrap() + 3);
+        let authority = rest.split(['/', '?']).next().unwrap();
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        format!("{scheme}{role}:{ROLE_PASSWORD}@{host}/{}", self.name)
+    }
+
+    /// A pool connected as `role`.
+    pub async fn pool_as(&self, role: &str) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options_as(&self.name, role))
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for TestDb {

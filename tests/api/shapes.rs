@@ -107,7 +107,7 @@ async fn exercise(shape: Shape) {
 
     // Sign-up: the final row, with the app's own defaults for what the mapping leaves out.
     let id = gotrue::sign_up(
-        db,
+        &app.db.auth_admin,
         &SignUp::new("ada@example.com")
             .user_metadata(json!({"full_name": "Ada"}))
             .app_metadata(json!({"role": "admin"})),
@@ -123,17 +123,17 @@ async fn exercise(shape: Shape) {
     assert_eq!(events_of(db, id).await.len(), 1);
 
     // Sign-in: nothing written.
-    gotrue::sign_in(db, id, Some(json!({"full_name": "Ada L."}))).await;
+    gotrue::sign_in(&app.db.auth_admin, id, Some(json!({"full_name": "Ada L."}))).await;
     assert_eq!(shape.row(db, id).await.unwrap(), created);
     assert_eq!(events_of(db, id).await.len(), 1);
 
     // Email change: only once confirmed.
-    gotrue::request_email_change(db, id, "ada@new.example.com").await;
+    gotrue::request_email_change(&app.db.auth_admin, id, "ada@new.example.com").await;
     assert_eq!(
         shape.row(db, id).await.unwrap()[shape.email],
         "ada@example.com"
     );
-    gotrue::confirm_email_change(db, id).await;
+    gotrue::confirm_email_change(&app.db.auth_admin, id).await;
     let changed = shape.row(db, id).await.unwrap();
     assert_eq!(changed[shape.email], "ada@new.example.com");
     assert_ne!(changed[shape.stamp], created[shape.stamp]);
@@ -145,7 +145,7 @@ async fn exercise(shape: Shape) {
     assert_eq!(body["action"], "unchanged", "{body}");
 
     // Hard delete: reported; the row stays unless the table cascades.
-    gotrue::delete_user(db, id)
+    gotrue::delete_user(&app.db.auth_admin, id)
         .await
         .expect("the delete commits");
     assert_eq!(shape.row(db, id).await.is_none(), shape.cascades);

@@ -130,7 +130,7 @@ async fn a_sign_up_replayed_as_supabase_auth_admin_syncs_the_final_row_at_commit
     // The insert carries role '' and provider-only app metadata; the role and the admin's
     // custom app metadata arrive in later statements of the same transaction.
     let id = gotrue::sign_up(
-        &db.pool,
+        &db.auth_admin,
         &SignUp::new("ada@example.com")
             .user_metadata(json!({"full_name": "Ada Lovelace", "role": "admin"}))
             .app_metadata(json!({"role": "admin"})),
@@ -156,7 +156,7 @@ async fn a_role_in_user_metadata_never_reaches_the_profile_through_the_trigger()
     let db = TestDb::new().await;
     install_triggers(&db.pool, None, DeletedPolicy::Report).await;
     let id = gotrue::sign_up(
-        &db.pool,
+        &db.auth_admin,
         &SignUp::new("mallory@example.com").user_metadata(json!({"role": "admin"})),
     )
     .await
@@ -169,7 +169,7 @@ async fn a_sign_in_writes_nothing_to_the_target() {
     let db = TestDb::new().await;
     install_triggers(&db.pool, None, DeletedPolicy::Report).await;
     let id = gotrue::sign_up(
-        &db.pool,
+        &db.auth_admin,
         &SignUp::new("grace@example.com").user_metadata(json!({"full_name": "Grace"})),
     )
     .await
@@ -179,9 +179,9 @@ async fn a_sign_in_writes_nothing_to_the_target() {
 
     // A password sign-in, then an OAuth sign-in that merges new provider claims into
     // user_metadata (names are on_create: the app owns them once the row exists).
-    gotrue::sign_in(&db.pool, id, None).await;
+    gotrue::sign_in(&db.auth_admin, id, None).await;
     gotrue::sign_in(
-        &db.pool,
+        &db.auth_admin,
         id,
         Some(json!({"full_name": "Grace Hopper", "avatar_url": "https://x/a.png"})),
     )
@@ -198,12 +198,12 @@ async fn a_sign_in_writes_nothing_to_the_target() {
 async fn an_email_change_propagates_only_once_confirmed() {
     let db = TestDb::new().await;
     install_triggers(&db.pool, None, DeletedPolicy::Report).await;
-    let id = gotrue::sign_up(&db.pool, &SignUp::new("old@example.com"))
+    let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("old@example.com"))
         .await
         .unwrap();
 
     let auth_before = auth_row(&db.pool, id).await;
-    gotrue::request_email_change(&db.pool, id, "new@example.com").await;
+    gotrue::request_email_change(&db.auth_admin, id, "new@example.com").await;
     assert_eq!(
         target_row(&db.pool, id).await.unwrap()["email"],
         "old@example.com"
@@ -212,7 +212,7 @@ async fn an_email_change_propagates_only_once_confirmed() {
     assert!(!queues_update(&db.pool, id, &auth_before).await);
 
     let auth_before = auth_row(&db.pool, id).await;
-    gotrue::confirm_email_change(&db.pool, id).await;
+    gotrue::confirm_email_change(&db.auth_admin, id).await;
     assert!(queues_update(&db.pool, id, &auth_before).await);
     assert_eq!(
         target_row(&db.pool, id).await.unwrap()["email"],
@@ -228,11 +228,11 @@ async fn an_email_change_propagates_only_once_confirmed() {
 async fn an_app_metadata_change_updates_the_role() {
     let db = TestDb::new().await;
     install_triggers(&db.pool, None, DeletedPolicy::Report).await;
-    let id = gotrue::sign_up(&db.pool, &SignUp::new("linus@example.com"))
+    let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("linus@example.com"))
         .await
         .unwrap();
     gotrue::set_app_metadata(
-        &db.pool,
+        &db.auth_admin,
         id,
         json!({"provider": "email", "providers": ["email"], "role": "admin"}),
     )
@@ -253,7 +253,7 @@ async fn a_broken_target_still_lets_the_sign_up_commit_and_leaves_one_dead_lette
     listener.listen("usersync_dead_letters").await.unwrap();
 
     let id = gotrue::sign_up(
-        &db.pool,
+        &db.auth_admin,
         &SignUp::new("margaret@example.com").app_metadata(json!({"role": "admin"})),
     )
     .await
@@ -292,10 +292,10 @@ async fn a_broken_target_still_lets_the_sign_up_commit_and_leaves_one_dead_lette
 async fn a_hard_delete_is_reported_by_default_and_the_profile_kept() {
     let db = TestDb::new().await;
     install_triggers(&db.pool, None, DeletedPolicy::Report).await;
-    let id = gotrue::sign_up(&db.pool, &SignUp::new("gone@example.com"))
+    let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("gone@example.com"))
         .await
         .unwrap();
-    gotrue::delete_user(&db.pool, id).await.unwrap();
+    gotrue::delete_user(&db.auth_admin, id).await.unwrap();
 
     assert!(target_row(&db.pool, id).await.is_some());
     let reported = ("trigger".into(), "deleted".into(), "reported".into());
@@ -306,15 +306,15 @@ async fn a_hard_delete_is_reported_by_default_and_the_profile_kept() {
 async fn under_the_delete_policy_hard_and_soft_deletes_remove_the_profile() {
     let db = TestDb::new().await;
     install_triggers(&db.pool, None, DeletedPolicy::Delete).await;
-    let hard = gotrue::sign_up(&db.pool, &SignUp::new("hard@example.com"))
+    let hard = gotrue::sign_up(&db.auth_admin, &SignUp::new("hard@example.com"))
         .await
         .unwrap();
-    let soft = gotrue::sign_up(&db.pool, &SignUp::new("soft@example.com"))
+    let soft = gotrue::sign_up(&db.auth_admin, &SignUp::new("soft@example.com"))
         .await
         .unwrap();
 
-    gotrue::delete_user(&db.pool, hard).await.unwrap();
-    gotrue::soft_delete_user(&db.pool, soft).await;
+    gotrue::delete_user(&db.auth_admin, hard).await.unwrap();
+    gotrue::soft_delete_user(&db.auth_admin, soft).await;
 
     for id in [hard, soft] {
         assert!(target_row(&db.pool, id).await.is_none());
