@@ -16,13 +16,14 @@ use crate::config::{
     ServeConfig,
 };
 use crate::doctor::Risk;
-use crate::repo::triggers;
+use crate::repo::email_index::{self, EmailIndex};
+use crate::repo::triggers::{self, Uninstalled};
 use crate::startup::{self, Application};
 use crate::sync::drift::DriftKind;
 use crate::sync::mapping::Mapping;
 use crate::sync::reconcile::{Reconciler, StartError};
 use crate::sync::run::{Run, RunOptions, RunState};
-use crate::sync::target::BoundMapping;
+use crate::sync::target::{BindError, BoundMapping};
 use crate::{db, dev, doctor, openapi, sync, telemetry};
 
 #[derive(Debug, Parser)]
@@ -49,8 +50,14 @@ pub struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve(Box<ServeConfig>),
-    /// Apply the usersync schema's migrations (safe to repeat).
-    Migrate(DatabaseConfig),
+    /// Apply the usersync schema's migrations, and build the index on the target's
+    /// `lower(email)` that per-user lookups need (safe to repeat).
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        mapping: MappingConfig,
+    },
     /// Install, remove or print the trigger path on auth.users, rendered from the mapping.
     Triggers {
         #[command(subcommand)]
@@ -193,10 +200,20 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let app = Application::build(&config, pool).await?;
             app.run_until_stopped(startup::shutdown_signal()).await?;
         }
-        Command::Migrate(database) => {
+        Command::Migrate { database, mapping } => {
             let pool = db::pool(&database);
             db::migrate(&pool).await?;
             println!("usersync schema is up to date");
+            let mapping = Mapping::load(mapping.mapping.as_deref())?;
+            match BoundMapping::bind(&pool, mapping).await {
+                Ok(bound) => println!("{}", ensure_email_index(&pool, &bound).await?),
+                // The app may create its table after usersync's schema: the index waits for
+                // `triggers install` or the next `migrate`.
+                Err(BindError::Mapping(e)) => {
+                    println!("email index not built yet: {e}")
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Command::Triggers { action } => run_triggers(action).await?,
         Command::Doctor(args) => return doctor(args).await,
@@ -236,6 +253,7 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
     match action {
         TriggersAction::Install(args) => {
             let (bound, pool) = bind(&args).await?;
+            println!("{}", ensure_email_index(&pool, &bound).await?);
             triggers::install(&pool, &bound, args.policy.deleted).await?;
             println!(
                 "usersync triggers installed: auth.users -> {} (deleted users: {})",
@@ -244,8 +262,14 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
             );
         }
         TriggersAction::Uninstall(database) => {
-            triggers::uninstall(&db::pool(&database)).await?;
-            println!("usersync triggers removed");
+            match triggers::uninstall(&db::pool(&database)).await? {
+                Uninstalled::Removed => println!("usersync triggers removed"),
+                Uninstalled::Neutralised { owner } => println!(
+                "usersync triggers neutralised: they stay on auth.users and do nothing, because \
+                 only its owner may drop them; to drop them, run as {owner}: {}",
+                triggers::drop_triggers_sql()
+            ),
+            }
         }
         TriggersAction::Show(args) => {
             let (bound, _) = bind(&args).await?;
@@ -253,6 +277,25 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Builds usersync's index on the target's `lower(email)` where the target has none, and says
+/// so in one line.
+async fn ensure_email_index(db: &sqlx::PgPool, bound: &BoundMapping) -> anyhow::Result<String> {
+    let target = bound.mapping.target.qualified();
+    Ok(match email_index::ensure(db, bound).await {
+        Ok(EmailIndex::NotNeeded) => format!("email index: not needed ({target} maps no email)"),
+        Ok(EmailIndex::Present(name)) => format!("email index: {target} has {name}"),
+        Ok(EmailIndex::Built(name)) => format!("email index: built {name} on {target}"),
+        // Only the table's owner may index it: say what to run, and go on.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => format!(
+            "email index: not built ({}); until the table's owner runs `{};`, every first \
+             sync reads the whole of {target}",
+            e.message(),
+            email_index::create_sql(bound, true).unwrap_or_default()
+        ),
+        Err(e) => return Err(e.into()),
+    })
 }
 
 /// Prints one line per risk (or "no risks found"); fails when it found any.

@@ -94,6 +94,7 @@ pub async fn target_shape(
            join pg_namespace n on n.oid = c.relnamespace
            join pg_attribute a on a.attrelid = i.indrelid and a.attnum > 0
           where n.nspname = $1 and c.relname = $2 and i.indnatts = 1 and i.indpred is null
+            and i.indisvalid
             and pg_get_expr(i.indexprs, i.indrelid) in (
                 'lower(' || quote_ident(a.attname) || ')',
                 'lower((' || quote_ident(a.attname) || ')::text)')",

@@ -26,6 +26,9 @@ const MANAGED_SCHEMAS: &[&str] = &[
     "cron",
     "pgtle",
     "_analytics",
+    // usersync's own: rendered by usersync, each pins `search_path = ''` or, where Postgres
+    // must inline it (the update trigger's WHEN), names every operator and type in pg_catalog.
+    "usersync",
 ];
 
 /// A trigger on `auth.users` and what its function is made of.
@@ -80,9 +83,11 @@ pub async fn functions_without_search_path(
                  p.oid in (select tgfoid from auth_trigger_functions) as behind_auth_trigger
             from pg_proc p
             join pg_namespace pn on pn.oid = p.pronamespace
+            join pg_language l on l.oid = p.prolang
            where p.prokind in ('f', 'p')
              and not exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c
                               where c like 'search_path=%')
+             and l.lanname not in ('internal', 'c')
              and (p.oid in (select tgfoid from auth_trigger_functions)
                   or (pn.nspname <> all($1) and pn.nspname not like 'pg\_%'
                       and not exists (select 1 from pg_depend d

@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod dead_letters;
 pub mod doctor;
 pub mod drift;
+pub mod email_index;
 pub mod health;
 pub mod rekey;
 pub mod repair;

@@ -134,6 +134,18 @@ pub async fn rekey(
     from: Uuid,
     run: RunContext<'_>,
 ) -> sqlx::Result<bool> {
+    sqlx::query_scalar(&statement(bound, references))
+        .bind(to)
+        .bind(from)
+        .bind(run.run_id)
+        .bind(run.caller)
+        .fetch_one(db)
+        .await
+}
+
+/// The re-key statement for these references: `$1` the new id, `$2` the old one, `$3` the run,
+/// `$4` the caller.
+pub fn statement(bound: &BoundMapping, references: &[Reference]) -> String {
     let key = bound.mapping.target.key.quoted();
     let sql = &bound.sql.repair;
     let mut ctes = vec![sql.rekey_moved.clone()];
@@ -156,12 +168,5 @@ pub async fn rekey(
         ));
     }
     ctes.push(sql.rekey_audit.clone());
-    let statement = format!("with {}\nselect count(*) > 0 from moved", ctes.join(",\n"));
-    sqlx::query_scalar(&statement)
-        .bind(to)
-        .bind(from)
-        .bind(run.run_id)
-        .bind(run.caller)
-        .fetch_one(db)
-        .await
+    format!("with {}\nselect count(*) > 0 from moved", ctes.join(",\n"))
 }

@@ -7,7 +7,7 @@
 //! means.
 //!
 //! The predicates are built from a few named pieces (`live`, `lonely`, `stray`, `same_person`,
-//! `once_synced`). Each kind is written over those pieces in the shape the planner handles well
+//! `known_user`). Each kind is written over those pieces in the shape the planner handles well
 //! where it is used: correlated `exists` for one id or one key range (the planner turns a
 //! top-level `not exists` into an anti-join), and one full join for the whole-table counts.
 
@@ -89,6 +89,11 @@ pub struct RepairSql {
 /// Audit actions that mean "usersync wrote this row from an `auth.users` row": a target row
 /// with such a history had an auth user once, so if that user is gone now it was deleted.
 pub const SOURCE_WRITES: &[&str] = &["created", "updated", "rekeyed", "provisioned"];
+
+/// The id Supabase Auth gives every user's `instance_id` (`uuid.Nil`), under which it looks
+/// users up by `lower(email)` through its own `(instance_id, lower(email))` index.
+const GOTRUE_INSTANCE: &str = "'00000000-0000-0000-0000-000000000000'::uuid";
+
 impl RenderedSql {
     /// The deleted-user statement of a policy.
     pub fn deleted(&self, policy: DeletedPolicy) -> &str {
@@ -110,6 +115,11 @@ pub struct Origin<'a> {
     pub caller: &'a str,
     /// Which path, a `text` expression (`usersync.events.path`).
     pub path: &'a str,
+    /// A `boolean` expression: true when this origin itself saw the auth user being deleted
+    /// (the trigger, firing for a `DELETE` on `auth.users`). Only that is evidence enough that a
+    /// profile belonged to a deleted user when nothing in the audit trail says so; an id from
+    /// a request or a webhook payload is not.
+    pub witnessed_delete: &'a str,
 }
 
 /// The origin of the statements the service runs: `$1` user id, `$2` caller, `$3` path.
@@ -117,17 +127,26 @@ const BOUND_ORIGIN: Origin<'static> = Origin {
     user_id: "$1",
     caller: "$2",
     path: "$3",
+    witnessed_delete: "false",
 };
 
-/// Some event records a repair of `id` (a uuid expression) that `filter` (over event `e`)
-/// accepts: a single user's row, found by its `user_id` index, or a run's chunk row, found by
-/// the chunk range that holds `id` and then by the id in its list.
-fn recorded(id: &str, filter: &str) -> String {
+/// Some event records a repair of `id` (a uuid expression): a single user's row that
+/// `user_filter` accepts, found by its `user_id` index, or a run's chunk row that
+/// `chunk_filter` accepts, found by the GiST index on its id span and then by the id in its
+/// list. Both are index lookups whatever the size of the audit log (see the migration
+/// `index_driven_audit`).
+fn recorded_by(id: &str, user_filter: &str, chunk_filter: &str) -> String {
     format!(
-        "(exists (select 1 from usersync.events e where e.user_id = {id} and {filter}) \
+        "(exists (select 1 from usersync.events e where e.user_id = {id} and {user_filter}) \
          or exists (select 1 from usersync.events e where e.user_ids is not null \
-         and e.first_id <= {id} and e.last_id >= {id} and {id} = any(e.user_ids) and {filter}))"
+         and usersync.id_span(e.first_id, e.last_id, '[]') @> {id} and {id} = any(e.user_ids) \
+         and {chunk_filter}))"
     )
+}
+
+/// `recorded_by` with one filter for both kinds of row.
+fn recorded(id: &str, filter: &str) -> String {
+    recorded_by(id, filter, filter)
 }
 
 /// The audit of one chunk's repairs, `rows` (`id`, `before`, `after`): one event row with
@@ -181,11 +200,16 @@ pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-fn json_path_expr(column: &str, alias: &str, path: &JsonPath) -> String {
+/// A metadata path as a `text[]` literal, each key quoted: `'{"address","city"}'`.
+fn json_path_literal(path: &JsonPath) -> String {
     let segments: Vec<String> = path.segments().iter().map(|s| format!("\"{s}\"")).collect();
+    literal(&format!("{{{}}}", segments.join(",")))
+}
+
+fn json_path_expr(column: &str, alias: &str, path: &JsonPath) -> String {
     format!(
         "nullif({alias}.{column} #>> {}, '')",
-        literal(&format!("{{{}}}", segments.join(",")))
+        json_path_literal(path)
     )
 }
 
@@ -318,21 +342,46 @@ impl<'a> Renderer<'a> {
         }
     }
 
-    /// usersync once wrote target row `t` from an auth user (see `SOURCE_WRITES`).
-    fn once_synced(&self, t: &str) -> String {
+    /// The audit trail knows target row `t`'s id as an auth user's: usersync wrote the row from
+    /// one (see `SOURCE_WRITES`), or recorded that user's deletion. If no auth user has the id
+    /// now, that user was deleted.
+    fn known_user(&self, t: &str) -> String {
         let actions: Vec<String> = SOURCE_WRITES.iter().map(|a| literal(a)).collect();
         recorded(
             &format!("{t}.{}", self.key),
-            &format!("e.action in ({})", actions.join(", ")),
+            &format!(
+                "(e.action in ({}) or e.kind = 'deleted')",
+                actions.join(", ")
+            ),
         )
     }
 
-    /// A stray target row some lonely source row claims by email.
+    /// A stray target row some lonely source row claims by email. For the whole-table
+    /// statements, where the planner hashes `auth.users` once.
     fn claimed(&self, t: &str) -> String {
         format!(
             "exists (select 1 from auth.users s2 where {} and {})",
             self.lonely("s2"),
             self.same_person("s2", t)
+        )
+    }
+
+    /// `claimed` for one target row, through indexes only. usersync cannot index `auth.users`
+    /// (it belongs to Supabase Auth), so it probes Supabase Auth's own: the unique index on
+    /// `email` (Supabase Auth stores every email lower-cased) and, for an email stored in
+    /// another case, the `(instance_id, lower(email))` index Supabase Auth looks users up by,
+    /// under its nil instance. Only a source row written by hand, with an email in capitals
+    /// and another `instance_id`, is matched by the whole-table statements alone.
+    fn claimed_by_index(&self, t: &str) -> String {
+        let Some(email) = self.mapping.email_column() else {
+            return "false".into();
+        };
+        let email = format!("{t}.{}", email.quoted());
+        format!(
+            "(exists (select 1 from auth.users s2 where {lonely} and s2.email = lower({email})) \
+             or exists (select 1 from auth.users s2 where {lonely} \
+             and s2.instance_id = {GOTRUE_INSTANCE} and lower(s2.email) = lower({email})))",
+            lonely = self.lonely("s2"),
         )
     }
 
@@ -347,11 +396,6 @@ impl<'a> Renderer<'a> {
             self.stray("m"),
             self.same_person(s, "m")
         )
-    }
-
-    /// The target side of a mismatch: a stray row whose email a lonely source row has.
-    pub fn mismatched_target(&self, t: &str) -> String {
-        format!("({} and {})", self.stray(t), self.claimed(t))
     }
 
     /// Live, no target row of its id, and not mismatched. Given the first two, "not mismatched"
@@ -417,26 +461,32 @@ impl<'a> Renderer<'a> {
         )
     }
 
-    /// No source row has its id, it is not mismatched, and usersync never synced it from an
-    /// auth user (if it had, the user was deleted: see `deleted`).
+    /// No source row has its id, it is not mismatched, and the audit trail never knew its id as
+    /// an auth user's (if it did, the user was deleted: see `deleted`).
     pub fn orphaned(&self, t: &str) -> String {
+        self.orphaned_with(t, &self.claimed(t))
+    }
+
+    fn orphaned_with(&self, t: &str, claimed: &str) -> String {
         format!(
-            "({} and not {} and not {})",
+            "({} and not {claimed} and not {})",
             self.not_in_source(t),
-            self.claimed(t),
-            self.once_synced(t)
+            self.known_user(t)
         )
     }
 
-    /// The auth user is soft-deleted, or gone after usersync had synced it (a hard delete).
+    /// The auth user is soft-deleted, or gone and known to the audit trail (a hard delete).
     pub fn deleted(&self, t: &str) -> String {
+        self.deleted_with(t, &self.claimed(t))
+    }
+
+    fn deleted_with(&self, t: &str, claimed: &str) -> String {
         format!(
             "(exists (select 1 from auth.users sd where sd.id = {t}.{key} \
              and sd.deleted_at is not null) \
-             or ({} and not {} and {}))",
+             or ({} and not {claimed} and {}))",
             self.not_in_source(t),
-            self.claimed(t),
-            self.once_synced(t),
+            self.known_user(t),
             key = self.key,
         )
     }
@@ -643,11 +693,19 @@ select req.id,
         )
     }
 
-    /// Apply the deleted policy to one user whose source row is gone (hard delete) or
-    /// soft-deleted; a live user is left alone, so a late or replayed signal cannot remove a
-    /// profile. `delete` removes the target row; both policies record one `deleted` event (action
-    /// `deleted` or `reported`), so that a later run knows the deletion was deliberate and never
-    /// brings the user back. Reports once per deletion: repeating the statement changes nothing.
+    /// Apply the deleted policy to one user, exactly when the `deleted` kind says the user is
+    /// deleted: the auth row is soft-deleted, or it is gone and either `origin` saw it go (the
+    /// trigger on a `DELETE`) or the audit trail knew the id as an auth user's, and no lonely
+    /// auth user claims the profile by email (that profile is mismatched, not deleted). A
+    /// live user, a mismatched, orphaned or never-synced profile, and an id nobody knows are
+    /// left alone, whatever a signal says, and record nothing.
+    ///
+    /// `delete` removes the profile; both policies record one `deleted` event (action `deleted`
+    /// or `reported`), so that a later run knows the deletion was deliberate and never brings
+    /// the user back. A deletion is reported once: a soft delete is known by its `deleted_at`
+    /// (kept in the event's `source_deleted_at`; Supabase Auth takes it from its own clock,
+    /// after its transaction began, and may fire the trigger twice in that transaction), a hard
+    /// delete by any deletion recorded before.
     pub fn deleted_statement(&self, origin: Origin<'_>, policy: DeletedPolicy) -> String {
         let (table, key, id) = (&self.table, &self.key, origin.user_id);
         let removed = match policy {
@@ -669,18 +727,34 @@ select req.id,
             ),
             DeletedPolicy::Report => ("'reported'", "false"),
         };
+        let gone_id = "gone.id";
+        let known = {
+            let actions: Vec<String> = SOURCE_WRITES.iter().map(|a| literal(a)).collect();
+            recorded(
+                &format!("({id})::uuid"),
+                &format!(
+                    "(e.action in ({}) or e.kind = 'deleted')",
+                    actions.join(", ")
+                ),
+            )
+        };
         format!(
             "with gone as (
-    select ({id})::uuid as id,
-           (select s.deleted_at from auth.users s where s.id = {id}) as deleted_at
-     where not exists (select 1 from auth.users s where s.id = {id} and s.deleted_at is null)
+    select ({id})::uuid as id, sd.deleted_at
+      from (select) one
+      left join auth.users sd on sd.id = {id}
+     where case when sd.id is not null then sd.deleted_at is not null
+                else ({witnessed} or {known})
+                     and not exists (select 1 from {table} c where c.{key} = {id} and {claimed})
+           end
 ),
 removed as (
     {removed}
 ),
 audit as (
-    insert into usersync.events (user_id, caller, path, kind, action, before)
-    select gone.id, {caller}, {path}, 'deleted', {action}, (select before from removed)
+    insert into usersync.events (user_id, caller, path, kind, action, before, source_deleted_at)
+    select gone.id, {caller}, {path}, 'deleted', {action}, (select before from removed),
+           gone.deleted_at
       from gone
      where {news}
         or not {reported}
@@ -689,47 +763,71 @@ audit as (
 select exists (select 1 from gone) as gone,
        exists (select 1 from removed) and {deletes} as removed,
        (select action from audit) as action",
+            witnessed = origin.witnessed_delete,
+            claimed = self.claimed_by_index("c"),
             caller = origin.caller,
             path = origin.path,
             deletes = policy == DeletedPolicy::Delete,
-            reported = recorded(
-                "gone.id",
+            reported = recorded_by(
+                gone_id,
+                "e.kind = 'deleted' and (gone.deleted_at is null \
+                 or e.source_deleted_at = gone.deleted_at)",
                 "e.kind = 'deleted' and e.at >= coalesce(gone.deleted_at, '-infinity')"
             ),
         )
     }
 
     /// A boolean expression over two versions `o` and `n` of an `auth.users` row: true when the
-    /// change matters to the target (an `always` value, liveness, or anonymity under `skip`).
-    /// Every sign-in bumps `updated_at` and `last_sign_in_at`; unless the mapping reads those,
-    /// a sign-in is not a change.
+    /// change may matter to the target (a value an `always` column reads, liveness, or anonymity
+    /// under `skip`). Every sign-in bumps `updated_at` and `last_sign_in_at`; unless the mapping
+    /// reads those, a sign-in is not a change.
+    ///
+    /// It compares the raw values the mapping reads, never their casts, so that it cannot fail
+    /// (it runs inside the writer's statement: an error would fail a sign-in), and it names
+    /// every operator and type in `pg_catalog`: it runs with the writer's `search_path`,
+    /// because a function with a fixed one cannot be inlined (see `repo::triggers`).
     pub fn changed_predicate(&self, o: &str, n: &str) -> String {
-        let (old, new): (Vec<String>, Vec<String>) = self
-            .mapping
-            .always_columns()
-            .map(|c| (self.typed_expr(c, o), self.typed_expr(c, n)))
-            .unzip();
-        let mut checks = vec![format!("{o}.deleted_at is distinct from {n}.deleted_at")];
-        if !old.is_empty() {
-            checks.insert(
-                0,
-                format!(
-                    "row({}) is distinct from row({})",
-                    old.join(", "),
-                    new.join(", ")
-                ),
-            );
+        let differs =
+            |value: &dyn Fn(&str) -> String| format!("{} is distinct from {}", value(o), value(n));
+        let mut checks = Vec::new();
+        for column in self.mapping.always_columns() {
+            match &column.source {
+                ValueSource::Column(c) => checks.push(differs(&|r: &str| {
+                    format!("({r}.{})::pg_catalog.text", c.quoted())
+                })),
+                ValueSource::UserMetadata(paths) | ValueSource::AppMetadata(paths) => {
+                    let json = match &column.source {
+                        ValueSource::UserMetadata(_) => "raw_user_meta_data",
+                        _ => "raw_app_meta_data",
+                    };
+                    for path in paths {
+                        let path = json_path_literal(path);
+                        checks.push(differs(&|r: &str| {
+                            format!("({r}.{json} operator(pg_catalog.#>>) {path})")
+                        }));
+                    }
+                }
+                ValueSource::Constant(_) | ValueSource::Now => {}
+            }
         }
+        checks.push(differs(&|r: &str| {
+            format!("({r}.deleted_at)::pg_catalog.text")
+        }));
         if self.mapping.anonymous == AnonymousPolicy::Skip {
-            checks.push(format!(
-                "{o}.is_anonymous is distinct from {n}.is_anonymous"
-            ));
+            checks.push(differs(&|r: &str| {
+                format!("({r}.is_anonymous)::pg_catalog.text")
+            }));
         }
+        let mut seen = std::collections::HashSet::new();
+        checks.retain(|c| seen.insert(c.clone()));
         checks.join("\n        or ")
     }
 
+    /// The kinds of one id, each an index lookup (see `claimed_by_index`).
     fn drift_one(&self) -> String {
         let (table, key) = (&self.table, &self.key);
+        let claimed = self.claimed_by_index("t");
+        let mismatched_t = format!("({} and {claimed})", self.stray("t"));
         format!(
             "select exists (select 1 from auth.users s where s.id = $1) as in_source,
        exists (select 1 from {table} t where t.{key} = $1) as in_target,
@@ -743,9 +841,8 @@ select exists (select 1 from gone) as gone,
             missing = self.missing("s"),
             stale = self.stale("s", "t"),
             mismatched_s = self.mismatched_source("s"),
-            mismatched_t = self.mismatched_target("t"),
-            orphaned = self.orphaned("t"),
-            deleted = self.deleted("t"),
+            orphaned = self.orphaned_with("t", &claimed),
+            deleted = self.deleted_with("t", &claimed),
         )
     }
 
@@ -782,7 +879,7 @@ select count(s.id) as source_total,
             stray = self.stray("m"),
             live = self.live("s"),
             stale = self.stale("s", "t"),
-            once = self.once_synced("t"),
+            once = self.known_user("t"),
         )
     }
 

@@ -5,13 +5,25 @@
 //! Supabase Auth writes a new user in several statements of one transaction (insert with an
 //! empty role, then the role, then app metadata, then the identity). The insert and update
 //! triggers are therefore deferred constraint triggers: they run at commit and re-read the row,
-//! seeing its final state. An update queues the trigger only when a mapped value changed (the
-//! `WHEN` clause), so the `updated_at`/`last_sign_in_at` bump of every sign-in costs one cheap
-//! comparison and writes nothing. Every error is caught and becomes a dead letter plus a
-//! `NOTIFY`: a broken target never stops a sign-up or a sign-in.
+//! seeing its final state. Every error is caught and becomes a dead letter plus a `NOTIFY`: a
+//! broken target never stops a sign-up or a sign-in.
+//!
+//! An update queues the trigger only when a value the mapping reads changed: its `WHEN` clause
+//! calls `usersync.auth_user_changed(old, new)`, a one-expression SQL function without a fixed
+//! `search_path`, which Postgres inlines into the clause. So the `updated_at` and
+//! `last_sign_in_at` bump of every sign-in costs a few comparisons and no function call, and
+//! the function's body follows the mapping (`create or replace`) while the trigger itself never
+//! changes: refreshing the install after a mapping change never needs to drop a trigger on
+//! `auth.users`, which only its owner may do.
+//!
+//! Only the owner of `auth.users` (Supabase Auth's role) may drop triggers on it. Hosted
+//! Supabase's `postgres` may create them, and drop them only where the platform grants it;
+//! `uninstall` without that right neutralises the functions (the triggers stay, doing nothing)
+//! and says what the owner can run to drop them.
 
 use sqlx::PgPool;
 
+use crate::repo::email_index;
 use crate::repo::sql::{Origin, Renderer};
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
@@ -40,6 +52,7 @@ const TRIGGER_ORIGIN: Origin<'static> = Origin {
     user_id: "v_user_id",
     caller: "'db:' || session_user",
     path: "'trigger'",
+    witnessed_delete: "tg_op = 'DELETE'",
 };
 
 /// The SQL that installs the trigger path for `bound` under `policy`: one transaction,
@@ -67,7 +80,7 @@ pub fn install_sql(bound: &BoundMapping, policy: DeletedPolicy) -> String {
 begin;
 
 create schema if not exists usersync;
-
+{email_index}
 -- A failed sync, kept for the healing loop (one pending letter per user), and a NOTIFY so that
 -- it is retried at once. Only the error's message and SQLSTATE are kept, never its DETAIL,
 -- which can quote row values.
@@ -96,19 +109,17 @@ end
 {tag};
 
 -- Whether an update of auth.users matters to the target: the update trigger's WHEN clause.
--- It runs as whoever updates auth.users, so it reads only its arguments, and any error means
--- \"yes\" (the trigger function catches its own errors).
+-- One SQL expression over its arguments, without a fixed search_path (every operator is named
+-- in pg_catalog), so that Postgres inlines it into the clause: a sign-in, which changes nothing
+-- the mapping reads, calls no function at all. (Stable, not immutable: a timestamp's text is
+-- stable, and an immutable function over it would not be inlined.) It compares raw values as
+-- text, never the mapping's casts, so it cannot fail inside Supabase Auth's own statement.
 create or replace function usersync.auth_user_changed(o auth.users, n auth.users)
 returns boolean
-language plpgsql
+language sql
 stable
-set search_path = ''
 as {tag}
-begin
-    return {changed};
-exception when others then
-    return true;
-end
+    select {changed}
 {tag};
 
 -- The sync itself, at commit: re-read the auth.users row, upsert the target (only the columns
@@ -130,8 +141,14 @@ begin
         v_user_id := new.id;
     end if;
     begin
-        {sync}
-        into v_result;
+        if tg_op <> 'DELETE' then
+            {sync}
+            into v_result;
+            -- A live user is done: only a gone or soft-deleted one has a deleted policy.
+            if v_result.found and not v_result.deleted then
+                return null;
+            end if;
+        end if;
         {deleted}
         into v_result;
     exception when others then
@@ -157,13 +174,38 @@ begin
 commit;
 ",
         target = bound.mapping.target.qualified(),
+        email_index = email_index_sql(bound),
         policy = policy.as_str(),
         channel = DEAD_LETTER_CHANNEL,
         changed = indent(&changed, 4),
         create_triggers = create_triggers(),
-        sync = indent(&sync, 8),
+        sync = indent(&sync, 12),
         deleted = indent(&deleted, 8),
     )
+}
+
+/// The index on the target's `lower(email)` that keeps the sync's email lookup an index probe
+/// (see `repo::email_index`), when the target has no such index yet. Inside the transaction it
+/// cannot be built `concurrently`, and it holds off writes to the target while it builds:
+/// `usersync triggers install` builds it concurrently first (as does `usersync migrate`), and
+/// then this is a no-op.
+fn email_index_sql(bound: &BoundMapping) -> String {
+    let has_one = bound
+        .mapping
+        .email_column()
+        .is_some_and(|e| bound.shape.lower_indexed.iter().any(|c| c == e.as_str()));
+    match email_index::create_sql(bound, false) {
+        Some(create) if !has_one => format!(
+            "
+-- Per-user lookups by email (is this user's email held by a profile without an auth user?)
+-- need an index on the target's lower(email): without one, every sign-up reads the whole
+-- target. Built under a lock that holds off writes to the target; on a large table run
+-- `usersync migrate` first, which builds it concurrently, and this does nothing.
+{create};
+"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The statements (for a `do` block) that create each of `TRIGGERS` that does not exist yet.
@@ -193,19 +235,68 @@ fn create_triggers() -> String {
 }
 
 /// The SQL that removes everything `install_sql` creates (the usersync schema and its tables
-/// stay: they belong to the migrations).
+/// stay: they belong to the migrations). A trigger is dropped only where it exists: `drop
+/// trigger if exists` asks for ownership of `auth.users` even when there is nothing to drop.
 pub fn uninstall_sql() -> String {
-    let mut sql = String::from("begin;\n");
+    let mut sql = String::from("begin;\ndo $usersync$\nbegin\n");
     for (trigger, _) in TRIGGERS {
         sql.push_str(&format!(
-            "drop trigger if exists {trigger} on auth.users;\n"
+            "    if exists (select 1 from pg_trigger
+                where tgrelid = 'auth.users'::regclass and tgname = '{trigger}') then
+        drop trigger {trigger} on auth.users;
+    end if;
+"
         ));
     }
+    sql.push_str("end\n$usersync$;\n");
     for function in FUNCTIONS {
         sql.push_str(&format!("drop function if exists {function};\n"));
     }
     sql.push_str("commit;\n");
     sql
+}
+
+/// What the owner of `auth.users` runs to drop usersync's triggers.
+pub fn drop_triggers_sql() -> String {
+    TRIGGERS
+        .iter()
+        .map(|(trigger, _)| format!("drop trigger if exists {trigger} on auth.users;"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The SQL that turns the trigger path into no-ops without touching the triggers: the update
+/// trigger's `WHEN` is always false, and the sync function returns at once (catching every
+/// error, so that `doctor` rightly finds nothing unsafe in it).
+fn neutralise_sql() -> String {
+    "begin;
+create or replace function usersync.auth_user_changed(o auth.users, n auth.users)
+returns boolean language sql stable as $usersync$ select false $usersync$;
+create or replace function usersync.sync_auth_user()
+returns trigger language plpgsql security definer set search_path = ''
+as $usersync$
+begin
+    -- Neutralised by `usersync triggers uninstall`: the triggers on auth.users stay until
+    -- their owner drops them, and do nothing.
+    return null;
+exception when others then
+    return null;
+end
+$usersync$;
+drop function if exists usersync.record_dead_letter(uuid, text, text, text);
+commit;
+"
+    .to_owned()
+}
+
+/// What `uninstall` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uninstalled {
+    /// The triggers and their functions are gone.
+    Removed,
+    /// Only `owner` may drop triggers on `auth.users`: they stay, but do nothing (see
+    /// `drop_triggers_sql`).
+    Neutralised { owner: String },
 }
 
 /// A dollar-quote tag that occurs in none of `bodies` (a mapping constant could contain one).
@@ -235,7 +326,23 @@ pub async fn install(db: &PgPool, bound: &BoundMapping, policy: DeletedPolicy) -
     run_script(db, &install_sql(bound, policy)).await
 }
 
-/// Removes the trigger path.
-pub async fn uninstall(db: &PgPool) -> sqlx::Result<()> {
-    run_script(db, &uninstall_sql()).await
+/// Removes the trigger path; without the right to drop triggers on `auth.users`, neutralises it.
+pub async fn uninstall(db: &PgPool) -> sqlx::Result<Uninstalled> {
+    match run_script(db, &uninstall_sql()).await {
+        Ok(()) => Ok(Uninstalled::Removed),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+            run_script(db, &neutralise_sql()).await?;
+            let owner = sqlx::query_scalar(
+                "select pg_get_userbyid(relowner)::text from pg_class
+                  where oid = 'auth.users'::regclass",
+            )
+            .fetch_one(db)
+            .await?;
+            Ok(Uninstalled::Neutralised { owner })
+        }
+        Err(e) => Err(e),
+    }
 }
+
+/// SQLSTATE 42501: the role lacks a privilege (here: ownership of `auth.users`).
+const INSUFFICIENT_PRIVILEGE: &str = "42501";

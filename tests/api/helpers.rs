@@ -227,6 +227,13 @@ impl TestDb {
         self.url_as(HOSTED_ROLE)
     }
 
+    /// The database's URL as the server's superuser, for the few tests that say why.
+    pub fn superuser_url(&self) -> String {
+        let url = server_url();
+        let base = &url[..url.rfind('/').expect("a URL with a database")];
+        format!("{base}/{}", self.name)
+    }
+
     /// The database's URL as one of the test roles.
     pub fn url_as(&self, role: &str) -> String {
         let url = server_url();
@@ -236,15 +243,6 @@ impl TestDb {
             .rsplit_once('@')
             .map_or(authority, |(_, host)| host);
         format!("{scheme}{role}:{ROLE_PASSWORD}@{host}/{}", self.name)
-    }
-
-    /// A pool connected as `role`.
-    pub async fn pool_as(&self, role: &str) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(options_as(&self.name, role))
-            .await
-            .unwrap()
     }
 }
 

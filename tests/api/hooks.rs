@@ -169,6 +169,72 @@ async fn a_delete_webhook_applies_the_deleted_policy() {
 }
 
 #[tokio::test]
+async fn a_delete_signal_removes_only_the_profile_of_a_deleted_user() {
+    let app = spawn_app_with_options(AppOptions {
+        policy: DeletedPolicy::Delete,
+        ..AppOptions::default()
+    })
+    .await;
+    let db = &app.db.pool;
+    // Mismatched: a stray profile holding the email of a live auth user without a profile.
+    app.insert_auth_user(&AuthUser::new("lonely@example.com"))
+        .await;
+    let mismatched = Uuid::new_v4();
+    app.insert_profile(mismatched, Some("lonely@example.com"))
+        .await;
+    // Orphaned: a profile the app made, with no auth user and no history.
+    let orphaned = Uuid::new_v4();
+    app.insert_profile(orphaned, Some("orphan@example.com"))
+        .await;
+    // Never synced: the app made the profile of a user who was then hard-deleted; usersync
+    // never knew them.
+    let unknown = app
+        .insert_auth_user(&AuthUser::new("unknown@example.com"))
+        .await;
+    app.insert_profile(unknown, Some("unknown@example.com"))
+        .await;
+    sqlx::query("delete from auth.users where id = $1")
+        .bind(unknown)
+        .execute(db)
+        .await
+        .unwrap();
+    let events = app.event_count().await;
+    let rows = app.target_snapshot().await;
+
+    for id in [mismatched, orphaned, unknown, Uuid::new_v4()] {
+        let response = app
+            .hook(&payload("DELETE", id, "forged@example.com"), &secret_key())
+            .await;
+        assert_eq!(action_of(response).await, "unchanged", "{id}");
+    }
+    assert_eq!(app.target_snapshot().await, rows, "no profile went");
+    assert_eq!(app.event_count().await, events, "nothing was recorded");
+
+    // A soft-deleted user's profile is a deleted user's, signal or not.
+    let mut soft = AuthUser::new("soft@example.com");
+    soft.deleted = true;
+    let soft = app.insert_auth_user(&soft).await;
+    app.insert_profile(soft, Some("soft@example.com")).await;
+    let response = app
+        .hook(&payload("UPDATE", soft, "soft@example.com"), &secret_key())
+        .await;
+    assert_eq!(action_of(response).await, "deleted");
+    assert!(app.target_row(soft).await.is_none());
+}
+
+#[tokio::test]
+async fn a_random_id_records_nothing_under_the_report_policy() {
+    let app = spawn_app().await;
+    for op in ["DELETE", "UPDATE", "INSERT"] {
+        let response = app
+            .hook(&payload(op, Uuid::new_v4(), "x@example.com"), &secret_key())
+            .await;
+        assert_eq!(action_of(response).await, "unchanged", "{op}");
+    }
+    assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
 async fn a_late_insert_webhook_for_a_deleted_user_creates_nothing() {
     let app = spawn_app().await;
     let mut user = AuthUser::new("late@example.com");

@@ -21,6 +21,7 @@ mod observability;
 mod provision;
 mod reconcile;
 mod rekey;
+mod scale;
 mod secrets;
 mod shapes;
 mod sync_one;

@@ -20,7 +20,10 @@ async fn trigger_catalog(db: &PgPool) -> Vec<String> {
          union all
          select format('function %s %s %s %s %s %s', p.oid, p.oid::regprocedure, p.prosecdef,
                        p.proconfig, p.proacl, md5(p.prosrc))
-           from pg_proc p where p.pronamespace = 'usersync'::regnamespace
+           from pg_proc p
+          where p.oid in (to_regprocedure('usersync.sync_auth_user()'),
+                          to_regprocedure('usersync.auth_user_changed(auth.users, auth.users)'),
+                          to_regprocedure('usersync.record_dead_letter(uuid, text, text, text)'))
          union all
          select format('constraint %s %s', c.oid, c.conname)
            from pg_constraint c where c.conrelid = 'auth.users'::regclass and c.contype = 't'
@@ -81,11 +84,12 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
             first.iter().filter(|l| l.starts_with("function")).count(),
             3
         );
-        // Every function pins an empty search_path; the two that write are security definer,
-        // and only the WHEN clause's comparison is executable by others.
+        // The two functions that write pin an empty search_path and are security definer; the
+        // WHEN clause's comparison is neither (Postgres could not inline it), and only it is
+        // executable by others.
         for line in first.iter().filter(|l| l.starts_with("function")) {
-            assert!(line.contains(r#"{"search_path=\"\""}"#), "{line}");
             let definer = !line.contains("auth_user_changed");
+            assert_eq!(line.contains(r#"{"search_path=\"\""}"#), definer, "{line}");
             assert_eq!(line.contains(" t {"), definer, "{line}");
         }
 
@@ -113,6 +117,39 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
             "the shown SQL differs"
         );
 
+        // The customer's role may not drop triggers on auth.users: uninstall neutralises them
+        // and says, in one line, what to run and as whom.
+        let (code, stdout, stderr) = usersync_cli(&["triggers", "uninstall"], &env);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let line = stdout.trim();
+        assert_eq!(line.lines().count(), 1, "{stdout}");
+        assert!(line.contains("neutralised"), "{line}");
+        let (_, drop) = line
+            .split_once("run as supabase_auth_admin: ")
+            .expect("names the owner");
+        let neutral = trigger_catalog(&db.pool).await;
+        assert_eq!(
+            neutral.iter().filter(|l| l.starts_with("trigger")).count(),
+            3
+        );
+        assert_eq!(
+            neutral.iter().filter(|l| l.starts_with("function")).count(),
+            2
+        );
+        // A sign-up through the neutralised triggers commits and leaves nothing behind.
+        let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("after@example.com"))
+            .await
+            .expect("the sign-up commits");
+        assert_eq!(target_row(&db.pool, id).await, None);
+        assert!(events_of(&db.pool, id).await.is_empty());
+        let letters: i64 = sqlx::query_scalar("select count(*) from usersync.dead_letters")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(letters, 0);
+
+        // The owner runs what it was told; then uninstall removes the rest, and again nothing.
+        sqlx::raw_sql(drop).execute(&db.auth_admin).await.unwrap();
         for _ in 0..2 {
             let (code, stdout, stderr) = usersync_cli(&["triggers", "uninstall"], &env);
             assert_eq!(code, 0, "{stderr}");
@@ -120,6 +157,37 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
             assert_eq!(trigger_catalog(&db.pool).await, Vec::<String>::new());
         }
     });
+}
+
+#[tokio::test]
+async fn uninstall_never_touches_a_trigger_that_is_not_usersyncs() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    sqlx::raw_sql(
+        "create function public.audit_signup() returns trigger language plpgsql
+         security definer set search_path = '' as $$
+         begin return null; exception when others then return null; end $$;
+         create trigger audit_signup after insert on auth.users
+           for each row execute function public.audit_signup();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // As the customer's role (who may not drop triggers on auth.users: it neutralises them),
+    // then as a superuser (who may: it removes them).
+    for url in [db.url(), db.superuser_url()] {
+        let (code, stdout, stderr) =
+            usersync_cli(&["triggers", "uninstall"], &[("DATABASE_URL", &url)]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+    }
+    let left: Vec<String> = sqlx::query_scalar(
+        "select tgname::text from pg_trigger
+          where tgrelid = 'auth.users'::regclass and not tgisinternal order by 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, ["audit_signup"]);
 }
 
 #[tokio::test]
@@ -192,6 +260,60 @@ async fn a_sign_in_writes_nothing_to_the_target() {
     // Not even queued: the WHEN clause filters the sign-in out before the trigger runs.
     assert_ne!(auth_row(&db.pool, id).await, auth_before);
     assert!(!queues_update(&db.pool, id, &auth_before).await);
+}
+
+/// Function calls made in one transaction of Supabase Auth's, after its deferred triggers
+/// fired, by usersync function: `(name, calls)`. As the superuser, because only it may turn on
+/// `track_functions`, whose counts are kept per session.
+async fn calls_in(db: &TestDb, id: Uuid, update: &str) -> Vec<(String, i64)> {
+    let mut tx = db.superuser.begin().await.unwrap();
+    sqlx::raw_sql(
+        "set local track_functions = 'all'; set local role supabase_auth_admin;
+         set local search_path = auth",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(update)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // Fires every queued deferred trigger now, as the commit would.
+    sqlx::raw_sql("set constraints all immediate; reset role")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let calls = sqlx::query_as(
+        "select funcname::text, calls from pg_stat_xact_user_functions
+          where schemaname = 'usersync' order by 1",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    calls
+}
+
+#[tokio::test]
+async fn a_sign_in_calls_no_function_and_a_real_change_syncs_once() {
+    let db = TestDb::new().await;
+    install_triggers(&db.pool, None, DeletedPolicy::Report).await;
+    let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("ida@example.com"))
+        .await
+        .unwrap();
+
+    // The WHEN clause's function is inlined: a sign-in calls nothing and queues nothing.
+    let sign_in = "update users set last_sign_in_at = now(), updated_at = now() where id = $1";
+    assert_eq!(calls_in(&db, id, sign_in).await, []);
+
+    // A change the mapping reads queues the sync, which runs once; still no call of the WHEN's.
+    let role = "update users set raw_app_meta_data = raw_app_meta_data || '{\"role\": \"admin\"}',
+                                updated_at = now() where id = $1";
+    assert_eq!(
+        calls_in(&db, id, role).await,
+        [("sync_auth_user".to_owned(), 1)]
+    );
 }
 
 #[tokio::test]

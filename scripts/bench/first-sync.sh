@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# The first sync of new users through the API at a small and a large table (design.md,
+# "Performance targets": the trigger path's companion, for projects without the triggers): each
+# of NEW auth users without a profile calls `POST /v1/users/me/sync` once, with its own token,
+# against the release binary, and every request's latency is measured (wrk, CONNECTIONS at once).
+# The same at each size of SIZES existing users with profiles; the largest size's p50 and p99
+# are compared with the smallest's (target: within 1.2x).
+#
+# Usage:  scripts/bench/first-sync.sh          (DATABASE_URL names the server; a superuser)
+#         SIZES="1000 100000" NEW=5000 KEEP_DB=1 BIN=/tmp/wt/target/release/usersync \
+#           scripts/bench/first-sync.sh
+#
+#   SIZES        existing users, each with a profile (default "1000 1000000"); increasing
+#   NEW          new users (auth user, no profile) synced once each per size (default 20000)
+#   WARM         more new users synced first, not counted: warms the service's pool, the plans
+#                and the caches (default 1000)
+#   CONNECTIONS  concurrent callers (default 16)
+#   BIN          the usersync binary (default: target/release/usersync, built here)
+#
+# It creates (and at the end drops) the database BENCH_DB (usersync_bench_first_sync). The
+# sizes are seeded in increasing order into the same database (generate_series, profiles by one
+# bare insert, vacuum analyze); each size's new users, their profiles and the events are deleted
+# before the next. Tokens are HS256 user tokens as Supabase Auth issues them (sub, aud and role
+# `authenticated`, iat, exp), signed with python3's standard library. Needs wrk (Debian: wrk),
+# python3, curl, jq and psql.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+SIZES="${SIZES:-1000 1000000}"
+NEW="${NEW:-20000}"
+WARM="${WARM:-1000}"
+CONNECTIONS="${CONNECTIONS:-16}"
+SERVER_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+BASE_URL="${SERVER_URL%/*}"
+DB="${BENCH_DB:-usersync_bench_first_sync}"
+BENCH_URL="$BASE_URL/$DB"
+KEY="sb_secret_bench_0123456789abcdef"
+JWT_SECRET="bench-jwt-secret-0123456789abcdef0123456789"
+PORT="${BENCH_PORT:-18082}"
+
+for tool in wrk python3 curl jq psql; do
+  command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
+done
+
+psql_admin() { psql "$SERVER_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql_bench() { psql "$BENCH_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "met" : "MISSED") }'; }
+
+if [ -z "${BIN:-}" ]; then
+  echo "== building the release binary"
+  cargo build --release --quiet
+  BIN=target/release/usersync
+fi
+[ -x "$BIN" ] || { echo "no usersync binary at $BIN" >&2; exit 2; }
+
+WORK="$(mktemp -d)"
+SERVICE_PID=""
+WRK_PID=""
+stop_pid() { [ -z "$1" ] || { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }; }
+cleanup() {
+  stop_pid "$WRK_PID"
+  stop_pid "$SERVICE_PID"
+  rm -rf "$WORK"
+  # KEEP_DB=1 leaves the database for a closer look.
+  [ -n "${KEEP_DB:-}" ] || psql_admin -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== creating $DB"
+psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
+psql_bench -f tests/fixtures/supabase_auth.sql -f tests/fixtures/public_users.sql >/dev/null
+DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
+
+# Users (from+1 .. to] with profiles; ids md5('user' || g), as in signup.sh.
+seed() {
+  local from="$1" to="$2"
+  psql_bench <<SQL
+insert into auth.users (instance_id, id, aud, role, email, encrypted_password,
+    email_confirmed_at, raw_app_meta_data, raw_user_meta_data, confirmation_token,
+    recovery_token, email_change_token_new, email_change, email_change_token_current,
+    reauthentication_token, phone_change, phone_change_token, is_sso_user, is_anonymous,
+    created_at, updated_at)
+select '00000000-0000-0000-0000-000000000000', md5('user' || g)::uuid, 'authenticated',
+       'authenticated', 'user' || g || '@example.com', '', now(),
+       jsonb_build_object('provider', 'email', 'providers', jsonb_build_array('email'),
+                          'role', case when g % 100 = 0 then 'admin' end),
+       jsonb_build_object('full_name', 'User ' || g, 'avatar_url',
+                          'https://example.com/a/' || g || '.png'),
+       '', '', '', '', '', '', '', '', false, false,
+       now() - (g || ' seconds')::interval, now()
+  from generate_series($from + 1, $to) g;
+insert into public.users (id, email, full_name, avatar_url, role, created_at, updated_at)
+select s.id, s.email,
+       coalesce(nullif(s.raw_user_meta_data #>> '{full_name}', ''),
+                nullif(s.raw_user_meta_data #>> '{name}', ''),
+                nullif(s.raw_user_meta_data #>> '{user_name}', ''),
+                nullif(s.raw_user_meta_data #>> '{username}', '')),
+       coalesce(nullif(s.raw_user_meta_data #>> '{avatar_url}', ''),
+                nullif(s.raw_user_meta_data #>> '{picture}', '')),
+       coalesce(nullif(s.raw_app_meta_data #>> '{role}', ''), 'user'),
+       s.created_at, now()
+  from auth.users s
+ where s.deleted_at is null
+on conflict do nothing;
+SQL
+}
+
+# The new users: auth users without profiles, as GoTrue leaves them after a sign-up.
+add_new_users() {
+  psql_bench <<SQL
+insert into auth.users (instance_id, id, aud, role, email, encrypted_password,
+    email_confirmed_at, raw_app_meta_data, raw_user_meta_data, confirmation_token,
+    recovery_token, email_change_token_new, email_change, email_change_token_current,
+    reauthentication_token, phone_change, phone_change_token, is_sso_user, is_anonymous,
+    created_at, updated_at)
+select '00000000-0000-0000-0000-000000000000', md5('new' || g)::uuid, 'authenticated',
+       'authenticated', 'new' || g || '@example.com', '', now(),
+       jsonb_build_object('provider', 'email', 'providers', jsonb_build_array('email')),
+       jsonb_build_object('full_name', 'New ' || g, 'email_verified', true),
+       '', '', '', '', '', '', '', '', false, false, now(), now()
+  from generate_series(1, $((NEW + WARM))) g;
+SQL
+}
+
+remove_new_users() {
+  psql_bench <<SQL
+delete from public.users where email like 'new%@example.com';
+delete from auth.users where email like 'new%@example.com';
+truncate usersync.events, usersync.dead_letters;
+SQL
+}
+
+# HS256 tokens, one a line, for the ids on stdin.
+mint_tokens() {
+  python3 -c '
+import base64, hashlib, hmac, json, sys, time
+secret = sys.argv[1].encode()
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+now = int(time.time())
+for line in sys.stdin:
+    sub = line.strip()
+    if not sub:
+        continue
+    claims = {"sub": sub, "aud": "authenticated", "role": "authenticated", "iat": now,
+              "exp": now + 3600}
+    body = header + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
+    sig = b64(hmac.new(secret, body, hashlib.sha256).digest())
+    print((body + b"." + sig).decode())
+' "$JWT_SECRET"
+}
+
+start_service() {
+  DATABASE_URL="$BENCH_URL" USERSYNC_SERVICE_KEYS="$KEY" USERSYNC_LISTEN="127.0.0.1:$PORT" \
+    USERSYNC_JWT_SECRET="$JWT_SECRET" USERSYNC_RATE_LIMIT_PER_MINUTE=0 \
+    USERSYNC_RECONCILE_INTERVAL=0 USERSYNC_LOG_FORMAT=json RUST_LOG="usersync=warn,sqlx=error" \
+    "$BIN" serve &
+  SERVICE_PID=$!
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "the service did not become ready" >&2
+  exit 1
+}
+stop_service() { stop_pid "$SERVICE_PID"; SERVICE_PID=""; }
+
+# Each wrk thread has one connection and its own share of the tokens, each used once; a thread
+# stops after its last answer and leaves a file in DONE_DIR. wrk's main thread sleeps out its
+# duration whatever its threads do, so it is interrupted (SIGINT: it then prints its summary)
+# once every thread is done. The Lua counts the answers that say "created" and any request
+# beyond a thread's share; the run fails unless every new user was created exactly once.
+cat >"$WORK/first_sync.lua" <<'LUA'
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local nthreads = tonumber(os.getenv("WRK_THREADS"))
+  mine = {}
+  local i = 0
+  for line in io.lines(os.getenv("TOKENS")) do
+    if i % nthreads == id then mine[#mine + 1] = line end
+    i = i + 1
+  end
+  next_token, answered, created, other, extra = 1, 0, 0, 0, 0
+  -- wrk calls thread 0's request() once before it starts, to check the request: not sent.
+  verify_call = (id == 0)
+end
+
+function request()
+  if verify_call then
+    verify_call = false
+    return wrk.format("POST", "/v1/users/me/sync", {}, "")
+  end
+  local token = mine[next_token]
+  if token == nil then
+    extra = extra + 1
+    token = mine[#mine]
+  end
+  next_token = next_token + 1
+  return wrk.format("POST", "/v1/users/me/sync", { ["Authorization"] = "Bearer " .. token }, "")
+end
+
+function response(status, headers, body)
+  answered = answered + 1
+  if status == 200 and string.find(body, '"action":"created"', 1, true) then
+    created = created + 1
+  else
+    other = other + 1
+  end
+  if answered >= #mine then
+    local f = io.open(os.getenv("DONE_DIR") .. "/" .. id, "w")
+    f:close()
+    wrk.thread:stop()
+  end
+end
+
+function done(summary, latency, requests)
+  local c, o, x = 0, 0, 0
+  for _, t in ipairs(threads) do
+    c, o, x = c + t:get("created"), o + t:get("other"), x + t:get("extra")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d created=%d other=%d extra=%d errors=%d p50=%.2f p90=%.2f p99=%.2f max=%.2f\n",
+    summary.requests, c, o, x, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000))
+end
+LUA
+
+# run_wrk TOKENS_FILE: sets RESULT, wrk's RESULT line with the wall time appended (elapsed_ms=).
+run_wrk() {
+  local tokens="$1" done_dir t0 t1 n
+  n=$(wc -l <"$tokens")
+  done_dir="$(mktemp -d -p "$WORK")"
+  t0=$(date +%s%3N)
+  TOKENS="$tokens" DONE_DIR="$done_dir" WRK_THREADS="$CONNECTIONS" \
+    wrk -t "$CONNECTIONS" -c "$CONNECTIONS" -d 3600s --timeout 30s -s "$WORK/first_sync.lua" \
+    "http://127.0.0.1:$PORT" >"$WORK/wrk.out" 2>&1 &
+  WRK_PID=$!
+  while [ "$(find "$done_dir" -type f | wc -l)" -lt "$CONNECTIONS" ]; do
+    kill -0 "$WRK_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  t1=$(date +%s%3N)
+  kill -INT "$WRK_PID" 2>/dev/null || true
+  wait "$WRK_PID" || true
+  WRK_PID=""
+  grep -q '^RESULT' "$WORK/wrk.out" || { echo "wrk failed:" >&2; cat "$WORK/wrk.out" >&2; exit 1; }
+  RESULT="$(grep '^RESULT' "$WORK/wrk.out") elapsed_ms=$((t1 - t0)) tokens=$n"
+}
+field() { sed -E "s/.* $1=([^ ]+).*/\1/" <<<"$2"; }
+
+ROWS=(); P50=(); P99=(); FIRST_SIZE=""
+seeded=0
+for size in $SIZES; do
+  [ "$size" -gt "$seeded" ] || { echo "SIZES must increase: $SIZES" >&2; exit 2; }
+  echo "== $size users with profiles, $NEW new users (+$WARM to warm up)"
+  seed "$seeded" "$size"
+  seeded=$size
+  add_new_users
+  psql_bench -c "vacuum analyze auth.users" -c "vacuum analyze public.users" -c "checkpoint"
+  # The order of the inserts: the first WARM new users warm up, the rest are measured.
+  psql_bench -At -c "select md5('new' || g)::uuid from generate_series(1, $WARM) g" | mint_tokens >"$WORK/warm.txt"
+  psql_bench -At -c "select md5('new' || g)::uuid from generate_series($WARM + 1, $((NEW + WARM))) g" | mint_tokens >"$WORK/tokens.txt"
+  start_service
+  probe=$(curl -s -X POST "http://127.0.0.1:$PORT/v1/users/me/sync" \
+            -H "Authorization: Bearer $(head -1 "$WORK/warm.txt")")
+  [ "$(jq -r .action <<<"$probe")" = created ] || { echo "sync-me refused the bench token: $probe" >&2; exit 1; }
+  sed -i 1d "$WORK/warm.txt"
+  if [ -s "$WORK/warm.txt" ]; then run_wrk "$WORK/warm.txt"; fi
+  run_wrk "$WORK/tokens.txt"
+  result="$RESULT"
+  stop_service
+  echo "   $result"
+  created=$(field created "$result"); errors=$(field errors "$result")
+  other=$(field other "$result"); extra=$(field extra "$result")
+  if [ "$created" != "$NEW" ] || [ "$errors" != 0 ] || [ "$other" != 0 ] || [ "$extra" != 0 ]; then
+    echo "expected $NEW first syncs (created), got: $result" >&2
+    exit 1
+  fi
+  profiles=$(psql_bench -At -c "select count(*) from public.users")
+  [ "$profiles" = "$((size + NEW + WARM))" ] || { echo "expected $((size + NEW + WARM)) profiles, got $profiles" >&2; exit 1; }
+  p50=$(field p50 "$result"); p99=$(field p99 "$result")
+  rps=$(awk -v n="$NEW" -v ms="$(field elapsed_ms "$result")" 'BEGIN { printf "%d", n * 1000 / ms }')
+  [ -n "$FIRST_SIZE" ] || { FIRST_SIZE=$size; P50_FIRST=$p50; P99_FIRST=$p99; }
+  r50=$(ratio "$p50" "$P50_FIRST"); r99=$(ratio "$p99" "$P99_FIRST")
+  ROWS+=("| $size | $NEW | $rps | $p50 ms | $p99 ms | $(field max "$result") ms | ${r50}x ($(verdict "$r50" 1.2)) | ${r99}x ($(verdict "$r99" 1.2)) |")
+  remove_new_users
+done
+
+echo
+echo "First sync of new users, POST /v1/users/me/sync once per user, $CONNECTIONS connections (wrk), release build:"
+echo
+echo "| existing profiles | first syncs | req/s | p50 | p99 | max | p50 / at $FIRST_SIZE (<= 1.2) | p99 / at $FIRST_SIZE (<= 1.2) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+printf '%s\n' "${ROWS[@]}"
