@@ -2,7 +2,7 @@
 # What a sign-up and a sign-in cost with the trigger path (design.md, "Performance targets"),
 # each next to its baselines on the same database in the same run:
 #
-#   sign-up: GoTrue's own sign-up transaction (POST /signup, email, autoconfirm), replayed by
+#   sign-up: GoTrue's own sign-up transaction (POST /signup, email), replayed by
 #            pgbench as supabase_auth_admin, with (a) no trigger on auth.users, (b) the Supabase
 #            docs' recipe (`public.handle_new_user()`, after insert, security definer) and
 #            (c) usersync's triggers (`usersync triggers install`);
@@ -21,9 +21,10 @@
 #   SECONDS   seconds per measurement (default 20; DURATION works too)
 #   ROUNDS    measurements of each setup, alternating; the best is compared (default 1)
 #   WARMUP    seconds of an unrecorded no-trigger sign-up run before each size (default 5)
-#   SIGNUP_FLOW  autoconfirm (default: the Supabase CLI's local default, no mail in the
-#             transaction) or confirm (hosted Supabase's default: a confirmation token and a
-#             one-time-token row instead of the confirmation)
+#   SIGNUP_FLOW  confirm (default: GoTrue's and hosted Supabase's default, "Confirm email" on:
+#             the transaction ends with the confirmation token and its one-time-token row; the
+#             mail sent inside it is not replayed) or autoconfirm (GOTRUE_MAILER_AUTOCONFIRM, the
+#             Supabase CLI's local default: it ends with user.Confirm instead)
 #   BIN       the usersync binary (default: target/release/usersync, built here)
 #
 # It creates (and at the end drops) the database BENCH_DB (usersync_bench_signup). The sizes are
@@ -46,8 +47,9 @@
 #   - the values GoTrue makes in Go (uuid v4 ids, time.Now(), the JSON it marshals) come from one
 #     `select ... \gset` before the transaction: a round trip GoTrue does not make, the same in
 #     every setup. Values GoTrue binds that never vary (uuid.Nil, '', false, NULL) are literals.
-#   - not replayed: bcrypt and the JWT (Go, no database), the confirmation mail, and the separate
-#     transaction that issues an autoconfirmed user's first session after the sign-up commits.
+#   - not replayed: bcrypt and the JWT (Go, no database), the confirmation mail (sent inside
+#     GoTrue's transaction, so a real sign-up holds it open longer), and the separate transaction
+#     that issues an autoconfirmed user's first session after the sign-up commits.
 # GoTrue's other auth tables that these statements touch (audit_log_entries, sessions,
 # refresh_tokens, mfa_amr_claims, mfa_factors, one_time_tokens) are created here with the
 # columns, keys and indexes GoTrue's migrations give them; the fixture has only users and
@@ -63,7 +65,7 @@ SIZES="${SIZES:-10000 100000 1000000}"
 CLIENTS="${CLIENTS:-1 16}"
 ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-5}"
-SIGNUP_FLOW="${SIGNUP_FLOW:-autoconfirm}"
+SIGNUP_FLOW="${SIGNUP_FLOW:-confirm}"
 SERVER_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 BASE_URL="${SERVER_URL%/*}"
 DB="${BENCH_DB:-usersync_bench_signup}"

@@ -21,6 +21,7 @@ mod observability;
 mod provision;
 mod reconcile;
 mod rekey;
+mod replays;
 mod scale;
 mod secrets;
 mod shapes;

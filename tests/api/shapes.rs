@@ -110,7 +110,8 @@ async fn exercise(shape: Shape) {
         &app.db.auth_admin,
         &SignUp::new("ada@example.com")
             .user_metadata(json!({"full_name": "Ada"}))
-            .app_metadata(json!({"role": "admin"})),
+            .app_metadata(json!({"role": "admin"}))
+            .confirmed(),
     )
     .await
     .expect("the sign-up commits");
@@ -123,17 +124,25 @@ async fn exercise(shape: Shape) {
     assert_eq!(events_of(db, id).await.len(), 1);
 
     // Sign-in: nothing written.
-    gotrue::sign_in(&app.db.auth_admin, id, Some(json!({"full_name": "Ada L."}))).await;
+    gotrue::sign_in(&app.db.auth_admin, id).await.unwrap();
+    let github = gotrue::OAuthIdentity::github(1815, "ada", "Ada L.", "ada@example.com", true);
+    gotrue::oauth_sign_in(&app.db.auth_admin, &github)
+        .await
+        .unwrap();
     assert_eq!(shape.row(db, id).await.unwrap(), created);
     assert_eq!(events_of(db, id).await.len(), 1);
 
     // Email change: only once confirmed.
-    gotrue::request_email_change(&app.db.auth_admin, id, "ada@new.example.com").await;
+    gotrue::request_email_change(&app.db.auth_admin, id, "ada@new.example.com")
+        .await
+        .unwrap();
     assert_eq!(
         shape.row(db, id).await.unwrap()[shape.email],
         "ada@example.com"
     );
-    gotrue::confirm_email_change(&app.db.auth_admin, id).await;
+    gotrue::confirm_email_change(&app.db.auth_admin, id)
+        .await
+        .unwrap();
     let changed = shape.row(db, id).await.unwrap();
     assert_eq!(changed[shape.email], "ada@new.example.com");
     assert_ne!(changed[shape.stamp], created[shape.stamp]);

@@ -238,22 +238,27 @@ async fn a_sign_in_writes_nothing_to_the_target() {
     install_triggers(&db.pool, None, DeletedPolicy::Report).await;
     let id = gotrue::sign_up(
         &db.auth_admin,
-        &SignUp::new("grace@example.com").user_metadata(json!({"full_name": "Grace"})),
+        &SignUp::new("grace@example.com")
+            .user_metadata(json!({"full_name": "Grace"}))
+            .confirmed(),
     )
     .await
     .unwrap();
     let before = target_row(&db.pool, id).await.unwrap();
     let auth_before = auth_row(&db.pool, id).await;
 
-    // A password sign-in, then an OAuth sign-in that merges new provider claims into
-    // user_metadata (names are on_create: the app owns them once the row exists).
-    gotrue::sign_in(&db.auth_admin, id, None).await;
-    gotrue::sign_in(
-        &db.auth_admin,
-        id,
-        Some(json!({"full_name": "Grace Hopper", "avatar_url": "https://x/a.png"})),
-    )
-    .await;
+    // A password sign-in, then a GitHub sign-in with the same verified email, which links the
+    // identity and merges the provider's claims into user_metadata (names are on_create: the
+    // app owns them once the row exists).
+    gotrue::sign_in(&db.auth_admin, id).await.unwrap();
+    let github =
+        gotrue::OAuthIdentity::github(7, "grace", "Grace Hopper", "grace@example.com", true);
+    assert_eq!(
+        gotrue::oauth_sign_in(&db.auth_admin, &github)
+            .await
+            .unwrap(),
+        id
+    );
 
     assert_eq!(target_row(&db.pool, id).await.unwrap(), before);
     assert_eq!(events_of(&db.pool, id).await.len(), 1, "only the creation");
@@ -325,7 +330,9 @@ async fn an_email_change_propagates_only_once_confirmed() {
         .unwrap();
 
     let auth_before = auth_row(&db.pool, id).await;
-    gotrue::request_email_change(&db.auth_admin, id, "new@example.com").await;
+    gotrue::request_email_change(&db.auth_admin, id, "new@example.com")
+        .await
+        .unwrap();
     assert_eq!(
         target_row(&db.pool, id).await.unwrap()["email"],
         "old@example.com"
@@ -334,7 +341,9 @@ async fn an_email_change_propagates_only_once_confirmed() {
     assert!(!queues_update(&db.pool, id, &auth_before).await);
 
     let auth_before = auth_row(&db.pool, id).await;
-    gotrue::confirm_email_change(&db.auth_admin, id).await;
+    gotrue::confirm_email_change(&db.auth_admin, id)
+        .await
+        .unwrap();
     assert!(queues_update(&db.pool, id, &auth_before).await);
     assert_eq!(
         target_row(&db.pool, id).await.unwrap()["email"],
@@ -358,7 +367,8 @@ async fn an_app_metadata_change_updates_the_role() {
         id,
         json!({"provider": "email", "providers": ["email"], "role": "admin"}),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(target_row(&db.pool, id).await.unwrap()["role"], "admin");
 }
 
@@ -436,7 +446,9 @@ async fn under_the_delete_policy_hard_and_soft_deletes_remove_the_profile() {
         .unwrap();
 
     gotrue::delete_user(&db.auth_admin, hard).await.unwrap();
-    gotrue::soft_delete_user(&db.auth_admin, soft).await;
+    gotrue::soft_delete_user(&db.auth_admin, soft)
+        .await
+        .unwrap();
 
     for id in [hard, soft] {
         assert!(target_row(&db.pool, id).await.is_none());
