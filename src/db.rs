@@ -41,6 +41,22 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A database error as usersync records and logs it (run errors, failures, dead letters, log
+/// lines). A data exception's message (SQLSTATE class 22) quotes the value at fault, which may
+/// be what a user wrote in their own metadata: only its SQLSTATE is kept. Other messages name
+/// objects (a constraint, a column, a privilege), never values.
+pub fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(e) => match e.code() {
+            Some(code) if code.starts_with("22") => {
+                format!("a value cannot be stored (SQLSTATE {code})")
+            }
+            _ => e.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// Applies the migrations; safe to run any number of times, from any number of replicas (sqlx
 /// takes an advisory lock).
 ///

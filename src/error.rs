@@ -39,6 +39,8 @@ pub enum ApiError {
     UserDeleted,
     #[error("another profile holds this email (the same person under another id?); reconcile with the `rekey` repair")]
     EmailConflict,
+    #[error("this user's value for column `{column}` cannot be stored in the profile table; the user is synced once the value in auth.users changes")]
+    RefusedValue { column: String },
     #[error("no such route")]
     RouteNotFound,
     #[error("no reconciliation run has this id")]
@@ -111,6 +113,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::UserDeleted => StatusCode::GONE,
+            ApiError::RefusedValue { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::EmailConflict | ApiError::RunInProgress { .. } => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -144,6 +147,7 @@ impl ApiError {
             ApiError::UserNotFound => "user_not_found",
             ApiError::UserDeleted => "user_deleted",
             ApiError::EmailConflict => "email_conflict",
+            ApiError::RefusedValue { .. } => "invalid_value",
             ApiError::RouteNotFound => "not_found",
             ApiError::RunNotFound => "run_not_found",
             ApiError::RunInProgress { .. } => "run_in_progress",
@@ -247,7 +251,10 @@ impl From<Arc<sqlx::Error>> for ApiError {
         if crate::db::is_unavailable(&error) {
             ApiError::Unavailable(error)
         } else {
-            ApiError::Internal(error.into())
+            ApiError::Internal(anyhow::anyhow!(
+                "database error: {}",
+                crate::db::describe(&error)
+            ))
         }
     }
 }
@@ -258,6 +265,7 @@ impl From<SyncError> for ApiError {
             SyncError::UserNotFound => ApiError::UserNotFound,
             SyncError::UserDeleted => ApiError::UserDeleted,
             SyncError::EmailConflict => ApiError::EmailConflict,
+            SyncError::RefusedValue { column } => ApiError::RefusedValue { column },
             SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
             SyncError::Shared(e) => e.into(),

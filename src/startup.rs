@@ -16,6 +16,7 @@ use crate::auth::Verifier;
 use crate::config::ServeConfig;
 use crate::http::{self, RateLimiter};
 use crate::meter::Meter;
+use crate::repo::email_index;
 use crate::state::AppState;
 use crate::sync::coalesce::SyncQueue;
 use crate::sync::mapping::Mapping;
@@ -43,6 +44,10 @@ impl Application {
         config.reconcile.check().map_err(anyhow::Error::msg)?;
         let mapping = Mapping::load(config.mapping.mapping.as_deref())?;
         let bound = Arc::new(BoundMapping::bind(&db, mapping).await?);
+        for warning in &bound.warnings {
+            tracing::warn!("mapping: {warning}");
+        }
+        warn_without_email_index(&db, &bound).await;
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
@@ -148,4 +153,19 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Says at start-up that every first sync will read the whole target, when the target has no
+/// index on `lower(email)` (`usersync migrate` builds one; see `repo::email_index`).
+async fn warn_without_email_index(db: &PgPool, bound: &BoundMapping) {
+    if let (Ok(None), Some(create)) = (
+        email_index::find(db, bound).await,
+        email_index::create_sql(bound, true),
+    ) {
+        tracing::warn!(
+            "{} has no index on lower(email): every first sync reads the whole table; run \
+             `usersync migrate`, or `{create}`",
+            bound.mapping.target.qualified()
+        );
+    }
 }

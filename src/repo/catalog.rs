@@ -15,6 +15,9 @@ pub struct ColumnInfo {
     pub has_default: bool,
     /// Generated and identity-always columns cannot be written.
     pub writable: bool,
+    /// A string type without constraints of its own (`text`, `varchar(n)`, `char(n)`,
+    /// `citext`; not a domain): any text casts into it, so a metadata value cannot fail.
+    pub text_like: bool,
 }
 
 /// The target table's columns and the unique indexes that cover its email column.
@@ -39,13 +42,15 @@ pub async fn target_shape(
     db: impl PgExecutor<'_> + Copy,
     target: &TargetTable,
 ) -> sqlx::Result<Option<TargetShape>> {
-    let rows: Vec<(String, String, bool, bool, bool)> = sqlx::query_as(
+    let rows: Vec<(String, String, bool, bool, bool, bool)> = sqlx::query_as(
         "select a.attname::text,
                 format_type(a.atttypid, a.atttypmod),
                 a.attnotnull,
                 a.atthasdef or a.attidentity <> '',
-                a.attgenerated = '' and a.attidentity <> 'a'
+                a.attgenerated = '' and a.attidentity <> 'a',
+                t.typcategory = 'S' and t.typtype <> 'd'
            from pg_attribute a
+           join pg_type t on t.oid = a.atttypid
            join pg_class c on c.oid = a.attrelid
            join pg_namespace n on n.oid = c.relnamespace
           where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')
@@ -60,17 +65,20 @@ pub async fn target_shape(
     }
     let columns = rows
         .into_iter()
-        .map(|(name, sql_type, not_null, has_default, writable)| {
-            (
-                name,
-                ColumnInfo {
-                    sql_type,
-                    not_null,
-                    has_default,
-                    writable,
-                },
-            )
-        })
+        .map(
+            |(name, sql_type, not_null, has_default, writable, text_like)| {
+                (
+                    name,
+                    ColumnInfo {
+                        sql_type,
+                        not_null,
+                        has_default,
+                        writable,
+                        text_like,
+                    },
+                )
+            },
+        )
         .collect();
     let unique: Vec<(String, Vec<String>)> = sqlx::query_as(
         "select ic.relname::text,

@@ -138,6 +138,35 @@ pub async fn apply(
     }
 }
 
+/// A user the range's inserts or updates left out: the target cannot store their value for
+/// `column_name`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RefusedRow {
+    pub id: Uuid,
+    /// `missing` or `stale`.
+    pub kind: DriftKind,
+    pub column_name: String,
+}
+
+/// The users of `range` whose values the target cannot store; none when the mapping has no
+/// column that can refuse a value.
+pub async fn refused_users(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    range: KeyRange,
+) -> sqlx::Result<Vec<RefusedRow>> {
+    match &bound.sql.repair.refused_users {
+        None => Ok(Vec::new()),
+        Some(sql) => {
+            sqlx::query_as(sql)
+                .bind(range.first)
+                .bind(range.last)
+                .fetch_all(db)
+                .await
+        }
+    }
+}
+
 /// An orphaned target row and its mapped columns.
 #[derive(Debug, sqlx::FromRow)]
 pub struct OrphanRow {

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 
 use crate::repo::catalog::TargetShape;
 use crate::sync::drift::DriftKind;
-use crate::sync::mapping::{AnonymousPolicy, ColumnMapping, JsonPath, Mapping, ValueSource};
+use crate::sync::mapping::{
+    AnonymousPolicy, ColumnMapping, InvalidValue, JsonPath, Mapping, ValueSource,
+};
 use crate::sync::policy::DeletedPolicy;
 
 /// The statements a bound mapping runs.
@@ -69,6 +71,10 @@ pub struct RepairSql {
     pub stray_emails: String,
     /// Write the `always` columns of every `stale` row.
     pub update_stale: String,
+    /// The `missing` and `stale` users of the range whose value for some column the target
+    /// cannot store (`id`, `kind`, `column_name`): the inserts and updates leave them out, and
+    /// the run reports each as a failure. `None` when the mapping has no such column.
+    pub refused_users: Option<String>,
     /// Delete every `deleted` row.
     pub delete_deleted: String,
     /// Delete every `orphaned` row.
@@ -263,10 +269,105 @@ impl<'a> Renderer<'a> {
         }
     }
 
-    /// The source value of a column, cast to the target column's type.
+    /// The source value of a column, cast to the target column's type. A metadata value that
+    /// the column's type may refuse is cast only if `usersync.castable` says it can be (else it
+    /// is null, or the mapping's `default` under `invalid = "default"`), so that no statement
+    /// that reads it can fail because of one user's value.
     pub fn typed_expr(&self, column: &ColumnMapping, alias: &str) -> String {
         let sql_type = &self.shape.columns[column.name.as_str()].sql_type;
-        format!("({})::{sql_type}", value_expr(column, alias))
+        let value = value_expr(column, alias);
+        if !self.cast_checked(column) {
+            return format!("({value})::{sql_type}");
+        }
+        let fallback = match (column.invalid, &column.default) {
+            (InvalidValue::Default, Some(default)) => {
+                format!(" else ({})::{sql_type}", literal(default))
+            }
+            _ => String::new(),
+        };
+        format!(
+            "(case when usersync.castable({value}, {}) then ({value})::{sql_type}{fallback} end)",
+            literal(sql_type)
+        )
+    }
+
+    /// Whether the column takes text a user writes (metadata) into a type that may refuse it.
+    fn cast_checked(&self, column: &ColumnMapping) -> bool {
+        matches!(
+            column.source,
+            ValueSource::UserMetadata(_) | ValueSource::AppMetadata(_)
+        ) && !self.shape.columns[column.name.as_str()].text_like
+    }
+
+    /// Whether the column's value may be null where the column is NOT NULL (an explicit null is
+    /// refused even where the table has a default).
+    fn may_be_null_into_not_null(&self, column: &ColumnMapping) -> bool {
+        let info = &self.shape.columns[column.name.as_str()];
+        let never_null = match &column.source {
+            ValueSource::Constant(_) | ValueSource::Now => true,
+            // The only NOT NULL columns of auth.users.
+            ValueSource::Column(c) => matches!(c.as_str(), "id" | "is_sso_user" | "is_anonymous"),
+            ValueSource::UserMetadata(_) | ValueSource::AppMetadata(_) => false,
+        };
+        info.not_null && !never_null && column.default.is_none()
+            || info.not_null && self.cast_checked(column) && column.invalid == InvalidValue::Null
+    }
+
+    /// A boolean expression: source row `s` holds a value `column` cannot store, under its
+    /// `invalid` setting; `None` when no value can be refused.
+    fn refused(&self, column: &ColumnMapping, s: &str) -> Option<String> {
+        let mut checks = Vec::new();
+        if self.cast_checked(column) && column.invalid == InvalidValue::Fail {
+            let sql_type = &self.shape.columns[column.name.as_str()].sql_type;
+            checks.push(format!(
+                "not usersync.castable({}, {})",
+                value_expr(column, s),
+                literal(sql_type)
+            ));
+        }
+        if self.may_be_null_into_not_null(column) {
+            checks.push(format!("{} is null", self.typed_expr(column, s)));
+        }
+        (!checks.is_empty()).then(|| format!("({})", checks.join(" or ")))
+    }
+
+    /// The name of the first column whose value source row `s` cannot store, or null: over
+    /// every mapped column for an insert, over the `always` ones for an update of an existing
+    /// row (the others are not written then).
+    pub fn refused_column(&self, s: &str, existing: bool) -> String {
+        let arms: Vec<String> = self
+            .mapping
+            .columns
+            .iter()
+            .filter(|c| !existing || c.is_compared())
+            .filter_map(|c| {
+                self.refused(c, s)
+                    .map(|check| format!("when {check} then {}", literal(c.name.as_str())))
+            })
+            .collect();
+        if arms.is_empty() {
+            return "null::text".into();
+        }
+        format!("(case {} end)", arms.join(" "))
+    }
+
+    /// Warnings about the mapping that do not stop it: metadata, which anyone writes about
+    /// themselves, feeding a column that may refuse it.
+    pub fn warnings(&self) -> Vec<String> {
+        self.mapping
+            .columns
+            .iter()
+            .filter(|c| self.cast_checked(c))
+            .map(|c| {
+                format!(
+                    "column `{}` takes metadata into {}: a user's value that does not cast is \
+                     handled by `invalid = \"{}\"`",
+                    c.name,
+                    self.shape.columns[c.name.as_str()].sql_type,
+                    c.invalid.as_str()
+                )
+            })
+            .collect()
     }
 
     /// For a column copied from an `auth.users` column, an `insert` that Postgres can only
@@ -574,11 +675,15 @@ impl<'a> Renderer<'a> {
     select s.id, s.deleted_at, s.is_anonymous,
            exists (select 1 from {table} t where t.{key} = s.id) as has_row,
            {mismatch} as mismatched,
+           {refused_insert} as refused_insert,
+           {refused_update} as refused_update,
            {src_values}
       from auth.users s
      where {filter}
 )",
             mismatch = self.mismatched_source("s"),
+            refused_insert = self.refused_column("s", false),
+            refused_update = self.refused_column("s", true),
             src_values = src_values.join(",\n           "),
         )
     }
@@ -625,6 +730,7 @@ impl<'a> Renderer<'a> {
     insert into {table} as t ({key}, {names})
     select id, {names} from src
      where deleted_at is null{skip_anonymous} and (has_row or not mismatched)
+       and case when has_row then refused_update is null else refused_insert is null end
     on conflict ({key}) {on_conflict}
     returning t.{key} as id, to_jsonb(t) as row, t.xmax = 0 as created, {after} as after
 ),
@@ -682,6 +788,8 @@ select req.id,
        coalesce(src.deleted_at is not null, false) as deleted,
        coalesce(src.is_anonymous, false) and {skip} as skipped,
        coalesce(not src.has_row and src.mismatched, false) as mismatched,
+       case when src.has_row then src.refused_update else src.refused_insert end
+           as refused_column,
        ins.created,
        coalesce(ins.row, (select to_jsonb(c) from {table} c where c.{key} = req.id)) as row
   from req
@@ -994,7 +1102,7 @@ select count(s.id) as source_total,
     select s.id, {values}
       from auth.users s
      where s.id between $1 and $2 and {live} and ($5::bigint is null or {no_row})
-       and {no_namesake}
+       and {no_namesake} and {refused} is null
      limit $5
     on conflict ({key}) do nothing
     returning t.{key} as id, null::jsonb as before, {after} as after
@@ -1005,6 +1113,7 @@ audit as (
 select count(*) from ins",
                 live = self.live("s"),
                 no_row = self.no_target_row("s"),
+                refused = self.refused_column("s", false),
                 after = self.mapped_array("t"),
                 audit = chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER, &names),
             )
@@ -1029,13 +1138,14 @@ select count(*) from ins",
             "with candidates as (
     select t.{key} as id
       from {table} t join auth.users s on s.id = t.{key}
-     where t.{key} between $1 and $2 and {stale}
+     where t.{key} between $1 and $2 and {stale} and {refused} is null
      limit $5
 ),
 upd as (
     update {table} as t set {sets}
       from candidates c, auth.users s, {table} b
      where t.{key} = c.id and s.id = c.id and b.{key} = c.id and {stale}
+       and {refused} is null
     returning t.{key} as id, {before} as before, {after} as after
 ),
 audit as (
@@ -1043,6 +1153,7 @@ audit as (
 )
 select count(*) from upd",
             stale = self.stale("s", "t"),
+            refused = self.refused_column("s", true),
             sets = sets.join(", "),
             before = self.mapped_array("b"),
             after = self.mapped_array("t"),
@@ -1067,7 +1178,32 @@ select count(*) from gone",
                 audit = chunk_audit(kind, "deleted", "gone", Images::BEFORE, &names),
             )
         };
+        let refused_users = {
+            let (insert, update) = (
+                self.refused_column("s", false),
+                self.refused_column("s", true),
+            );
+            let mut parts = Vec::new();
+            if insert != "null::text" {
+                parts.push(format!(
+                    "select s.id, 'missing' as kind, {insert} as column_name
+  from auth.users s
+ where s.id between $1 and $2 and {missing} and {insert} is not null",
+                    missing = self.missing("s"),
+                ));
+            }
+            if update != "null::text" {
+                parts.push(format!(
+                    "select s.id, 'stale' as kind, {update} as column_name
+  from auth.users s join {table} t on t.{key} = s.id
+ where s.id between $1 and $2 and {stale} and {update} is not null",
+                    stale = self.stale("s", "t"),
+                ));
+            }
+            (!parts.is_empty()).then(|| parts.join("\nunion all\n"))
+        };
         RepairSql {
+            refused_users,
             stray_emails: format!(
                 "select array(select distinct {email} from {table} m where {stray} limit $1)",
                 email = match self.mapping.email_column() {

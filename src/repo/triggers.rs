@@ -144,15 +144,28 @@ begin
         if tg_op <> 'DELETE' then
             {sync}
             into v_result;
-            -- A live user is done: only a gone or soft-deleted one has a deleted policy.
+            -- A live user is done: only a gone or soft-deleted one has a deleted policy. A value
+            -- the target cannot store fails this user alone, named by its column (never the
+            -- value, which anyone can set in their own metadata).
             if v_result.found and not v_result.deleted then
+                if v_result.refused_column is not null and v_result.created is null then
+                    perform usersync.record_dead_letter(v_user_id, lower(tg_op),
+                        'column ' || v_result.refused_column
+                            || ': this user''s value cannot be stored in it', null);
+                end if;
                 return null;
             end if;
         end if;
         {deleted}
         into v_result;
     exception when others then
-        perform usersync.record_dead_letter(v_user_id, lower(tg_op), sqlerrm, sqlstate);
+        -- A data exception's message quotes the value at fault (a user's metadata, say): keep
+        -- only its SQLSTATE.
+        perform usersync.record_dead_letter(v_user_id, lower(tg_op),
+            case when left(sqlstate, 2) = '22' then 'a value cannot be stored (SQLSTATE '
+                                                    || sqlstate || ')'
+                 else sqlerrm end,
+            sqlstate);
     end;
     return null;
 end

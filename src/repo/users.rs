@@ -21,6 +21,9 @@ pub struct SyncRow {
     /// Creating the row would make a second profile for the same person (see
     /// `Renderer::mismatched_source`).
     pub mismatched: bool,
+    /// The first mapped column whose value, for this user, the target cannot store (see
+    /// `Renderer::refused_column`): nothing was written.
+    pub refused_column: Option<String>,
     /// `Some(true)` inserted, `Some(false)` updated, `None` nothing written.
     pub created: Option<bool>,
     /// The target row after the statement.

@@ -22,8 +22,10 @@ use crate::sync::target::BoundMapping;
     Deserialize,
     utoipa::ToSchema,
     clap::ValueEnum,
+    sqlx::Type,
 )]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum DriftKind {
     /// A live source row with no target row of its id (and not mismatched).
     Missing,

@@ -86,6 +86,10 @@ pub enum SyncError {
     /// index on the target.
     #[error("another profile holds this email")]
     EmailConflict,
+    /// The user's value for this column cannot be stored in it (metadata that does not cast,
+    /// or null into a NOT NULL column): the user is not synced until the value changes.
+    #[error("this user's value for column `{column}` cannot be stored in it")]
+    RefusedValue { column: String },
     /// The row was created and deleted again between two attempts; a retry will settle it.
     #[error("the profile changed under two attempts in a row")]
     Contended,
@@ -133,6 +137,11 @@ pub(crate) fn decide(row: SyncRow) -> Result<Option<SyncOutcome>, SyncError> {
         (Some(false), _) => SyncAction::Updated,
         (None, _) if row.mismatched => return Err(SyncError::EmailConflict),
         (None, _) if row.skipped => SyncAction::Skipped,
+        (None, _) if row.refused_column.is_some() => {
+            return Err(SyncError::RefusedValue {
+                column: row.refused_column.unwrap_or_default(),
+            })
+        }
         (None, Some(_)) => SyncAction::Unchanged,
         (None, None) => return Ok(None),
     };

@@ -138,6 +138,31 @@ pub enum SyncMode {
     OnCreate,
 }
 
+/// What happens to a user's value that the target column cannot store (metadata `"12; drop
+/// table x"` for an `integer` column: anyone can write their own user_metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidValue {
+    /// The user is not synced, and the failure is recorded with the user's id and the column
+    /// (never the value); every other user is synced.
+    #[default]
+    Fail,
+    /// The column is written as null.
+    Null,
+    /// The column is written as the mapping's `default`.
+    Default,
+}
+
+impl InvalidValue {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidValue::Fail => "fail",
+            InvalidValue::Null => "null",
+            InvalidValue::Default => "default",
+        }
+    }
+}
+
 /// One target column and where its value comes from.
 #[derive(Debug, Clone)]
 pub struct ColumnMapping {
@@ -146,6 +171,8 @@ pub struct ColumnMapping {
     pub sync: SyncMode,
     pub default: Option<String>,
     pub allow: Option<Vec<String>>,
+    /// What a value the column cannot store becomes.
+    pub invalid: InvalidValue,
 }
 
 /// What happens to anonymous sign-ins (`is_anonymous`).
@@ -217,6 +244,7 @@ struct RawColumn {
     sync: Option<SyncMode>,
     default: Option<String>,
     allow: Option<Vec<String>>,
+    invalid: Option<InvalidValue>,
 }
 
 impl Mapping {
@@ -376,12 +404,19 @@ fn parse_column(name: &str, raw: RawColumn, key: &Ident) -> Result<ColumnMapping
             _ => {}
         }
     }
+    let invalid = raw.invalid.unwrap_or_default();
+    if invalid == InvalidValue::Default && raw.default.is_none() {
+        return Err(column_error(
+            "`invalid = \"default\"` needs a `default` to write".into(),
+        ));
+    }
     Ok(ColumnMapping {
         name: ident,
         source,
         sync,
         default: raw.default,
         allow: raw.allow,
+        invalid,
     })
 }
 

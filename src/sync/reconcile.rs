@@ -54,7 +54,7 @@ pub enum StartError {
 /// Why a run stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::db::describe(.0))]
     Database(#[from] sqlx::Error),
     #[error("lost the database session that holds the run lock; stopped so that no other run overlaps this one")]
     LostLock,
@@ -520,6 +520,30 @@ impl Walk<'_> {
             self.state().budget.spend(repaired, deleting);
             done.repaired(kind, repaired as u64);
         }
+        // The users those inserts and updates left out because the target cannot store one of
+        // their values: each fails alone, named by the column, never by the value.
+        let refusing = [
+            (DriftKind::Missing, Action::Create),
+            (DriftKind::Stale, Action::Update),
+        ]
+        .into_iter()
+        .filter(|(kind, action)| r.wants(&self.options, *kind, *action))
+        .map(|(kind, _)| kind)
+        .collect::<Vec<_>>();
+        if !refusing.is_empty() {
+            for refused in repair::refused_users(&mut *tx, &r.bound, range).await? {
+                if refusing.contains(&refused.kind) {
+                    done.failed(
+                        refused.kind,
+                        refused.id,
+                        format!(
+                            "column {}: this user's value cannot be stored in it",
+                            refused.column_name
+                        ),
+                    );
+                }
+            }
+        }
         // Progress commits with the chunk's repairs. Locking the run's row first makes
         // concurrent chunks take turns from here to their commit, so that each writes a total
         // that includes every chunk committed before it.
@@ -590,7 +614,11 @@ impl Walk<'_> {
                     done.failed(
                         DriftKind::Mismatched,
                         pair.source_id,
-                        format!("re-keying {} failed: {}", pair.target_id, e.message()),
+                        format!(
+                            "re-keying {} failed: {}",
+                            pair.target_id,
+                            crate::db::describe(&sqlx::Error::Database(e))
+                        ),
                     );
                 }
                 Err(e) => return Err(e.into()),

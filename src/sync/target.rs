@@ -15,6 +15,8 @@ pub struct BoundMapping {
     pub mapping: Mapping,
     pub shape: TargetShape,
     pub sql: RenderedSql,
+    /// What fits but deserves a look (see `Renderer::warnings`): logged at start-up.
+    pub warnings: Vec<String>,
 }
 
 /// Binding failed: either the database could not be asked, or the mapping does not fit.
@@ -65,10 +67,12 @@ impl BoundMapping {
             }
         }
         let sql = renderer.render();
+        let warnings = renderer.warnings();
         Ok(Self {
             mapping,
             shape,
             sql,
+            warnings,
         })
     }
 }

@@ -364,11 +364,12 @@ async fn subscribe(db: &PgPool) -> sqlx::Result<PgListener> {
 }
 
 /// The message and SQLSTATE of a failed heal, as the dead letter keeps them: the database's own
-/// message (never its DETAIL, which can quote row values).
+/// message (never its DETAIL, which can quote row values, nor a data exception's message, which
+/// quotes the value; see `db::describe`).
 fn cause(error: &SyncError) -> (String, Option<String>) {
     match error {
-        SyncError::Database(sqlx::Error::Database(db)) => {
-            (db.message().to_owned(), db.code().map(|c| c.into_owned()))
+        SyncError::Database(e @ sqlx::Error::Database(db)) => {
+            (crate::db::describe(e), db.code().map(|c| c.into_owned()))
         }
         other => (other.to_string(), None),
     }

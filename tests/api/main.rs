@@ -17,6 +17,7 @@ mod jwks;
 mod keys;
 mod limits;
 mod mapping;
+mod metadata;
 mod observability;
 mod provision;
 mod reconcile;

@@ -1031,6 +1031,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The request's headers are larger than the limit */
             431: {
                 headers: {
@@ -1455,6 +1464,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Over the caller's sync rate */
             429: {
                 headers: {
@@ -1653,6 +1671,15 @@ export interface operations {
             };
             /** @description The request body is larger than the limit */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column) */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
