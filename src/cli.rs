@@ -209,8 +209,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(bound) => println!("{}", ensure_email_index(&pool, &bound).await?),
                 // The app may create its table after usersync's schema: the index waits for
                 // `triggers install` or the next `migrate`.
-                Err(BindError::Mapping(e)) => {
-                    println!("email index not built yet: {e}")
+                Err(
+                    e @ (BindError::Mapping(_) | BindError::Source(_) | BindError::Privilege(_)),
+                ) => {
+                    println!("email index not built: {e}")
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -283,7 +285,7 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
 /// so in one line.
 async fn ensure_email_index(db: &sqlx::PgPool, bound: &BoundMapping) -> anyhow::Result<String> {
     let target = bound.mapping.target.qualified();
-    Ok(match email_index::ensure(db, bound).await {
+    Ok(match email_index::ensure(db, &bound.mapping).await {
         Ok(EmailIndex::NotNeeded) => format!("email index: not needed ({target} maps no email)"),
         Ok(EmailIndex::Present(name)) => format!("email index: {target} has {name}"),
         Ok(EmailIndex::Built(name)) => format!("email index: built {name} on {target}"),
@@ -292,7 +294,7 @@ async fn ensure_email_index(db: &sqlx::PgPool, bound: &BoundMapping) -> anyhow::
             "email index: not built ({}); until the table's owner runs `{};`, every first \
              sync reads the whole of {target}",
             e.message(),
-            email_index::create_sql(bound, true).unwrap_or_default()
+            email_index::create_sql(&bound.mapping, true).unwrap_or_default()
         ),
         Err(e) => return Err(e.into()),
     })
@@ -307,7 +309,7 @@ async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let mapping = Mapping::load(args.mapping.mapping.as_deref())?;
     // One connection, made once: a database that cannot be reached is reported at once.
     let inspected = match PgConnection::connect_with(&args.url.options).await {
-        Ok(mut conn) => doctor::inspect(&mut conn, &mapping.target).await,
+        Ok(mut conn) => doctor::inspect(&mut conn, &mapping).await,
         Err(e) => Err(e),
     };
     for risk in risks.iter().chain(inspected.iter().flatten()) {
@@ -321,14 +323,25 @@ async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line, each said once: a cause whose text the line already
+/// holds is left out (sqlx's database error repeats its source's message after a prefix of its
+/// own, and usersync's errors quote the message they wrap).
 fn one_line(error: &anyhow::Error) -> String {
-    error
-        .chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-        .replace('\n', " ")
+    let mut line = String::new();
+    for cause in error.chain().map(|c| c.to_string()) {
+        let said = |text: &str| line.contains(text);
+        let after_prefix = cause
+            .split_once(": ")
+            .map_or(cause.as_str(), |(_, rest)| rest);
+        if said(&cause) || said(after_prefix) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line.replace('\n', " ")
 }
 
 /// Help and version print as usual; a bad setting becomes one line that names its variable.

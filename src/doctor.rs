@@ -6,7 +6,8 @@ use std::fmt;
 use sqlx::PgConnection;
 
 use crate::repo::doctor as catalog;
-use crate::sync::mapping::TargetTable;
+use crate::repo::{access, email_index};
+use crate::sync::mapping::Mapping;
 
 /// One risk found, with what it breaks and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,18 @@ pub enum Risk {
     },
     /// The connection goes through Supabase's transaction-mode pooler.
     TransactionPooler,
+    /// Row level security on `auth.users` applies to the role usersync connects as: it sees
+    /// no user, or only some (see `sync::source`).
+    SourceRls { role: String },
+    /// The role lacks a privilege usersync needs for `purpose`.
+    MissingPrivilege {
+        role: String,
+        purpose: String,
+        privilege: String,
+        object: String,
+    },
+    /// The target has no index on `lower(email)`: every first sync reads the whole table.
+    EmailIndex { target: String, create: String },
 }
 
 impl fmt::Display for Risk {
@@ -119,6 +132,39 @@ impl fmt::Display for Risk {
                      connect as a role with BYPASSRLS (such as postgres) {fix}"
                 )
             }
+            Risk::SourceRls { role } => write!(
+                f,
+                "source-rls: row level security on auth.users applies to {role}, the role \
+                 usersync connects as (no BYPASSRLS, not the owner): it sees none of the users, \
+                 or only some, and every profile would look orphaned (status and runs refuse to \
+                 go on); connect as a role with BYPASSRLS, such as hosted Supabase's postgres"
+            ),
+            Risk::MissingPrivilege {
+                role,
+                purpose,
+                privilege,
+                object,
+            } => {
+                let fix = if object == "schema auth" {
+                    format!(
+                        "connect as postgres: on hosted Supabase nobody but the platform can \
+                         `grant {privilege} on {object} to {role}`"
+                    )
+                } else {
+                    format!("`grant {privilege} on {object} to {role};`")
+                };
+                write!(
+                    f,
+                    "missing-privilege: {role} has no {} on {object}, needed to {purpose}; {fix}",
+                    privilege.to_uppercase()
+                )
+            }
+            Risk::EmailIndex { target, create } => write!(
+                f,
+                "email-index: {target} has no index on lower(email): every first sync (each \
+                 sign-up through the trigger) reads the whole table; run `usersync migrate`, \
+                 or `{create};`"
+            ),
             Risk::TransactionPooler => write!(
                 f,
                 "transaction-pooler: DATABASE_URL points at port 6543, Supabase's \
@@ -129,10 +175,38 @@ impl fmt::Display for Risk {
     }
 }
 
-/// Every risk the live database carries for `target`.
-pub async fn inspect(db: &mut PgConnection, target: &TargetTable) -> sqlx::Result<Vec<Risk>> {
+/// Every risk the live database carries for `mapping`'s target.
+pub async fn inspect(db: &mut PgConnection, mapping: &Mapping) -> sqlx::Result<Vec<Risk>> {
+    let target = &mapping.target;
     let target_name = format!("{}.{}", target.schema, target.table);
     let mut risks = Vec::new();
+    if let Some(access) = access::source_access(&mut *db).await? {
+        if access.row_security {
+            risks.push(Risk::SourceRls { role: access.role });
+        }
+    }
+    let role: String = sqlx::query_scalar("select current_user::text")
+        .fetch_one(&mut *db)
+        .await?;
+    for p in access::privileges(&mut *db, &target_name).await? {
+        if !p.held {
+            risks.push(Risk::MissingPrivilege {
+                role: role.clone(),
+                purpose: p.purpose,
+                privilege: p.privilege,
+                object: p.object,
+            });
+        }
+    }
+    let has_target = catalog::target_rls(&mut *db, &target_name).await?.is_some();
+    if has_target && email_index::find(&mut *db, mapping).await?.is_none() {
+        if let Some(create) = email_index::create_sql(mapping, true) {
+            risks.push(Risk::EmailIndex {
+                target: target_name.clone(),
+                create,
+            });
+        }
+    }
     for t in catalog::auth_triggers(&mut *db).await? {
         if !(t.language == "plpgsql" && t.catches) {
             risks.push(Risk::UnsafeTrigger {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::sync::engine::SyncError;
 use crate::sync::reconcile::StartError;
+use crate::sync::source::{ReadError, Unreadable};
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
@@ -41,6 +42,8 @@ pub enum ApiError {
     EmailConflict,
     #[error("this user's value for column `{column}` cannot be stored in the profile table; the user is synced once the value in auth.users changes")]
     RefusedValue { column: String },
+    #[error("{0}")]
+    SourceUnreadable(#[from] Unreadable),
     #[error("no such route")]
     RouteNotFound,
     #[error("no reconciliation run has this id")]
@@ -121,6 +124,7 @@ impl ApiError {
             | ApiError::Overloaded
             | ApiError::Contended
             | ApiError::Unavailable(_)
+            | ApiError::SourceUnreadable(_)
             | ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -148,6 +152,7 @@ impl ApiError {
             ApiError::UserDeleted => "user_deleted",
             ApiError::EmailConflict => "email_conflict",
             ApiError::RefusedValue { .. } => "invalid_value",
+            ApiError::SourceUnreadable(_) => "source_unreadable",
             ApiError::RouteNotFound => "not_found",
             ApiError::RunNotFound => "run_not_found",
             ApiError::RunInProgress { .. } => "run_in_progress",
@@ -269,6 +274,15 @@ impl From<SyncError> for ApiError {
             SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
             SyncError::Shared(e) => e.into(),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Unreadable(e) => ApiError::SourceUnreadable(e),
+            ReadError::Database(e) => e.into(),
         }
     }
 }

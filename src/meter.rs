@@ -121,6 +121,14 @@ impl Meter {
 }
 
 async fn refresh_database_gauges(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<()> {
+    // A source usersync cannot see whole would count every profile as drift: say so instead,
+    // and leave the drift gauges out.
+    let readable = crate::sync::source::check_access(db).await?;
+    gauge!("usersync_source_readable").set(if readable.is_ok() { 1.0 } else { 0.0 });
+    if let Err(why) = readable {
+        tracing::warn!(%why, "metrics: auth.users cannot be read reliably; no drift gauges");
+        return Ok(());
+    }
     let (counts, oldest_missing, last_success) = tokio::try_join!(
         repo::status::counts(db, bound),
         repo::status::oldest_missing(db, bound),

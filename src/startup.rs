@@ -159,8 +159,8 @@ pub async fn shutdown_signal() {
 /// index on `lower(email)` (`usersync migrate` builds one; see `repo::email_index`).
 async fn warn_without_email_index(db: &PgPool, bound: &BoundMapping) {
     if let (Ok(None), Some(create)) = (
-        email_index::find(db, bound).await,
-        email_index::create_sql(bound, true),
+        email_index::find(db, &bound.mapping).await,
+        email_index::create_sql(&bound.mapping, true),
     ) {
         tracing::warn!(
             "{} has no index on lower(email): every first sync reads the whole table; run \

@@ -21,8 +21,8 @@
 # sizes are seeded in increasing order into the same database (generate_series, profiles by one
 # bare insert, vacuum analyze); each size's new users, their profiles and the events are deleted
 # before the next. Tokens are HS256 user tokens as Supabase Auth issues them (sub, aud and role
-# `authenticated`, iat, exp), signed with python3's standard library. Needs wrk (Debian: wrk),
-# python3, curl, jq and psql.
+# `authenticated`, iat, exp), signed with python3's standard library. Needs wrk (installed from
+# Debian's packages when missing), python3, curl, jq and psql.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -38,6 +38,9 @@ KEY="sb_secret_bench_0123456789abcdef"
 JWT_SECRET="bench-jwt-secret-0123456789abcdef0123456789"
 PORT="${BENCH_PORT:-18082}"
 
+if ! command -v wrk >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
 for tool in wrk python3 curl jq psql; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
 done

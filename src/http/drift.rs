@@ -43,7 +43,7 @@ pub struct DriftQuery {
         (status = 400, description = "Unknown kind, bad cursor or limit", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the service", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable, or usersync's role cannot see every row of auth.users (`source_unreadable`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all)]

@@ -12,6 +12,7 @@ use crate::db::MIGRATOR;
 use crate::error::{ApiError, Problem};
 use crate::repo::health;
 use crate::state::AppState;
+use crate::sync::source;
 use crate::sync::target::BoundMapping;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -94,10 +95,20 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
             .map(|_| ())
             .map_err(|e| e.to_string()),
     };
+    // A replica that cannot see every auth user cannot sync any: not ready.
+    let source = match &database {
+        Err(_) => Err("database unreachable".to_owned()),
+        Ok(()) => match source::check_access(&state.db).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(why.to_string()),
+            Err(e) => Err(crate::db::describe(&e)),
+        },
+    };
     let mut results = vec![
         ("database", Check::from_result(database)),
         ("migrations", Check::from_result(migrations)),
         ("mapping", Check::from_result(mapping)),
+        ("source", Check::from_result(source)),
     ];
     if let Some(keys) = state.verifier.keys_health() {
         results.push(("keys", keys_check(keys, state.verifier.has_secret())));

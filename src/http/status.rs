@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "Current status", body = Status),
         (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the service", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable, or usersync's role cannot see every row of auth.users (`source_unreadable`, naming the cause and the fix)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_status(

@@ -9,9 +9,9 @@
 //! `concurrently` (writes to the target go on while it builds), and `usersync doctor` reports it
 //! missing.
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
-use crate::sync::target::BoundMapping;
+use crate::sync::mapping::Mapping;
 
 /// What became of the email index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,33 +25,26 @@ pub enum EmailIndex {
 }
 
 /// The name of usersync's index on the target (at most 63 bytes, Postgres's limit).
-pub fn index_name(bound: &BoundMapping) -> String {
-    let table: String = bound
-        .mapping
-        .target
-        .table
-        .as_str()
-        .chars()
-        .take(38)
-        .collect();
+pub fn index_name(mapping: &Mapping) -> String {
+    let table: String = mapping.target.table.as_str().chars().take(38).collect();
     format!("usersync_{table}_email_lower_idx")
 }
 
 /// The statement that builds usersync's index, `concurrently` or not.
-pub fn create_sql(bound: &BoundMapping, concurrently: bool) -> Option<String> {
-    let email = bound.mapping.email_column()?;
+pub fn create_sql(mapping: &Mapping, concurrently: bool) -> Option<String> {
+    let email = mapping.email_column()?;
     Some(format!(
         "create index {}if not exists {} on {} (lower({}))",
         if concurrently { "concurrently " } else { "" },
-        index_name(bound),
-        bound.mapping.target.qualified(),
+        index_name(mapping),
+        mapping.target.qualified(),
         email.quoted()
     ))
 }
 
 /// Whether the target has a valid index on `lower(email)`, and its name.
-pub async fn find(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<Option<String>> {
-    let Some(email) = bound.mapping.email_column() else {
+pub async fn find(db: impl PgExecutor<'_>, mapping: &Mapping) -> sqlx::Result<Option<String>> {
+    let Some(email) = mapping.email_column() else {
         return Ok(None);
     };
     sqlx::query_scalar(
@@ -69,8 +62,8 @@ pub async fn find(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<Option<Stri
           order by ic.relname
           limit 1",
     )
-    .bind(bound.mapping.target.schema.as_str())
-    .bind(bound.mapping.target.table.as_str())
+    .bind(mapping.target.schema.as_str())
+    .bind(mapping.target.table.as_str())
     .bind(email.as_str())
     .fetch_optional(db)
     .await
@@ -78,19 +71,19 @@ pub async fn find(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<Option<Stri
 
 /// Builds usersync's index unless the target has an equivalent one. A build that failed
 /// before leaves an invalid index behind, which is dropped and built again.
-pub async fn ensure(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<EmailIndex> {
-    let Some(create) = create_sql(bound, true) else {
+pub async fn ensure(db: &PgPool, mapping: &Mapping) -> sqlx::Result<EmailIndex> {
+    let Some(create) = create_sql(mapping, true) else {
         return Ok(EmailIndex::NotNeeded);
     };
-    if let Some(name) = find(db, bound).await? {
+    if let Some(name) = find(db, mapping).await? {
         return Ok(EmailIndex::Present(name));
     }
-    let name = index_name(bound);
+    let name = index_name(mapping);
     // `concurrently` cannot run inside a transaction: each statement on its own.
     let mut conn = db.acquire().await?;
     sqlx::raw_sql(&format!(
         "drop index concurrently if exists {}.{}",
-        bound.mapping.target.schema.quoted(),
+        mapping.target.schema.quoted(),
         name
     ))
     .execute(&mut *conn)

@@ -1,5 +1,6 @@
 //! SQL only: plain async functions over the pool or a transaction the caller owns.
 
+pub mod access;
 pub mod catalog;
 pub mod dead_letters;
 pub mod doctor;

@@ -207,7 +207,7 @@ fn email_index_sql(bound: &BoundMapping) -> String {
         .mapping
         .email_column()
         .is_some_and(|e| bound.shape.lower_indexed.iter().any(|c| c == e.as_str()));
-    match email_index::create_sql(bound, false) {
+    match email_index::create_sql(&bound.mapping, false) {
         Some(create) if !has_one => format!(
             "
 -- Per-user lookups by email (is this user's email held by a profile without an auth user?)

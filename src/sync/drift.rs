@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::repo::{drift, repair};
+use crate::sync::source::{self, ReadError};
 use crate::sync::target::BoundMapping;
 
 /// A kind of drift between `auth.users` (source) and the target table.
@@ -99,7 +100,8 @@ pub async fn page(
     kind: DriftKind,
     after: Option<Uuid>,
     limit: i64,
-) -> sqlx::Result<DriftPage> {
+) -> Result<DriftPage, ReadError> {
+    source::check_access(db).await??;
     let from = match after {
         None => Uuid::nil(),
         Some(id) => match repair::successor(id) {

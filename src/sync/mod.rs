@@ -10,5 +10,6 @@ pub mod policy;
 pub mod provision;
 pub mod reconcile;
 pub mod run;
+pub mod source;
 pub mod status;
 pub mod target;

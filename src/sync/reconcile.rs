@@ -14,6 +14,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::repo::access;
 use crate::repo::rekey::{self, Reference};
 use crate::repo::repair::{self, KeyRange, PairRow, RunContext, SetRepair};
 use crate::repo::runs;
@@ -26,6 +27,7 @@ use crate::sync::provision::auth_user_for;
 use crate::sync::run::{
     MovedReference, Plan, PlannedKind, Progress, RekeyPlan, Run, RunOptions, RunState,
 };
+use crate::sync::source::{self, Unreadable};
 use crate::sync::status;
 use crate::sync::target::BoundMapping;
 
@@ -60,6 +62,9 @@ pub enum RunError {
     LostLock,
     #[error("the orphaned policy is `provision`, but no Supabase admin API is configured")]
     NoAdminApi,
+    /// The source cannot be trusted (see `sync::source`): nothing was planned or written.
+    #[error("auth.users cannot be read reliably: {0}")]
+    Unreadable(#[from] Unreadable),
 }
 
 /// A started run: its row, and the connection that holds the run lock.
@@ -223,7 +228,20 @@ impl Reconciler {
         run: &mut Run,
         on_progress: &(dyn Fn(&Run) + Send + Sync),
     ) -> Result<RunState, RunError> {
+        // A role that does not see every auth user would take every profile for an orphan.
+        source::check_access(&self.db).await??;
         let plan = self.plan(&run.options).await?;
+        // (Provisioning from an empty source is what it is for: a project moving its users
+        // into Supabase Auth. A blind read would only ask the admin API for users it has.)
+        if plan.deletes > 0 {
+            let last = access::last_planned_totals(&self.db, run.id).await?;
+            source::check_totals(
+                plan.source_total,
+                plan.target_total,
+                last,
+                self.policies.max_delete_share,
+            )?;
+        }
         let proceed = !run.options.dry_run && !plan.needs_override;
         let next = if proceed {
             RunState::Running

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use crate::repo::{runs, status};
 use crate::sync::drift::DriftKind;
 use crate::sync::run::Run;
+use crate::sync::source::{self, ReadError};
 use crate::sync::target::BoundMapping;
 
 /// Drift counts per kind.
@@ -74,7 +75,10 @@ pub async fn counts(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<Counts> {
     })
 }
 
-pub async fn status(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<Status> {
+/// The status, unless the source cannot be seen whole (then every profile would count as
+/// drift; see `sync::source`).
+pub async fn status(db: &PgPool, bound: &BoundMapping) -> Result<Status, ReadError> {
+    source::check_access(db).await??;
     let (counts, mut last) = tokio::try_join!(counts(db, bound), runs::recent(db, 1))?;
     Ok(Status {
         counts,

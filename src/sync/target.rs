@@ -8,6 +8,7 @@ use sqlx::{Executor, PgPool};
 use crate::repo::catalog::{self, TargetShape};
 use crate::repo::sql::{RenderedSql, Renderer};
 use crate::sync::mapping::{Mapping, MappingError};
+use crate::sync::source::{self, Unreadable};
 
 /// A mapping that fits its table, with the statements every path runs.
 #[derive(Debug, Clone)]
@@ -24,14 +25,26 @@ pub struct BoundMapping {
 pub enum BindError {
     #[error(transparent)]
     Mapping(#[from] MappingError),
-    #[error("cannot inspect the target table: {0}")]
+    #[error("cannot inspect the target table: {}", crate::db::describe(.0))]
     Database(#[from] sqlx::Error),
+    /// The role may not read what the mapping reads: a privilege, not a mapping, is wrong.
+    #[error("{0}")]
+    Source(#[from] Unreadable),
+    /// The role lacks a privilege on the target or a type the mapping uses.
+    #[error("{0}; run `usersync doctor` for every privilege usersync needs")]
+    Privilege(String),
 }
 
 impl BoundMapping {
     /// Checks `mapping` against the live table and renders its SQL.
     pub async fn bind(db: &PgPool, mapping: Mapping) -> Result<Self, BindError> {
         let target = mapping.target.qualified();
+        // The probes below read auth.users: without the right to, say that, not that a column
+        // cannot be stored. (Row level security does not stop a probe; readiness reports it.)
+        match source::check_access(db).await? {
+            Err(Unreadable::RowSecurity { .. }) | Ok(()) => {}
+            Err(other) => return Err(other.into()),
+        }
         let shape = catalog::target_shape(db, &mapping.target)
             .await?
             .ok_or_else(|| {
@@ -44,6 +57,9 @@ impl BoundMapping {
         // refused now, naming the column. Neither probe touches a row.
         for column in &mapping.columns {
             let cannot_store = |e: sqlx::Error| match e {
+                sqlx::Error::Database(db_err) if db_err.code().as_deref() == Some("42501") => {
+                    BindError::Privilege(db_err.message().to_owned())
+                }
                 sqlx::Error::Database(db_err) => BindError::Mapping(MappingError::Column {
                     column: column.name.to_string(),
                     reason: format!(

@@ -66,6 +66,14 @@ fn doctor_names_every_risk_one_line_each_and_fails() {
                 "public.comments.comments_user_id_fkey references public.users",
             ),
             ("target-rls:", role),
+            ("source-rls:", role),
+            ("missing-privilege:", "TRIGGER on table auth.users"),
+            ("missing-privilege:", "CREATE on database"),
+            ("missing-privilege:", "DELETE on table public.users"),
+            (
+                "missing-privilege:",
+                "UPDATE on table public.comments, needed to re-key",
+            ),
         ];
         for (kind, subject) in expected {
             assert!(
@@ -131,4 +139,36 @@ fn doctor_names_the_transaction_pooler_instead_of_refusing_it() {
             .any(|l| l.starts_with("transaction-pooler:") && l.contains("6543")),
         "{stdout}"
     );
+}
+
+#[test]
+fn doctor_names_a_target_without_an_index_on_lower_email_and_migrate_builds_one() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = TestDb::new().await;
+        sqlx::raw_sql("drop index public.users_email_lower_idx")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let env = [("DATABASE_URL", db.url())];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, stdout, _) = usersync_cli(&["doctor"], &env);
+        assert_eq!(code, 1, "{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with("email-index:")
+                && l.contains(
+                    "create index concurrently if not exists usersync_users_email_lower_idx"
+                )),
+            "{stdout}"
+        );
+
+        let (code, stdout, stderr) = usersync_cli(&["migrate"], &env);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stdout.contains("built usersync_users_email_lower_idx"),
+            "{stdout}"
+        );
+        let (code, stdout, _) = usersync_cli(&["doctor"], &env);
+        assert_eq!((code, stdout.trim()), (0, "no risks found"));
+    });
 }

@@ -26,5 +26,6 @@ mod replays;
 mod scale;
 mod secrets;
 mod shapes;
+mod source;
 mod sync_one;
 mod triggers;

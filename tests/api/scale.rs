@@ -119,7 +119,7 @@ async fn bind(db: &TestDb, target: &Target) -> BoundMapping {
     let bound = BoundMapping::bind(&db.pool, Mapping::load(path.as_deref()).unwrap())
         .await
         .unwrap();
-    email_index::ensure(&db.pool, &bound).await.unwrap();
+    email_index::ensure(&db.pool, &bound.mapping).await.unwrap();
     sqlx::raw_sql(&format!("analyze {}", bound.mapping.target.qualified()))
         .execute(&db.pool)
         .await

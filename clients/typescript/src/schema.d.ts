@@ -953,7 +953,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Database unavailable */
+            /** @description The database is unavailable, or usersync's role cannot see every row of auth.users (`source_unreadable`) */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1379,11 +1379,9 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Overloaded, timed out, or the database is unavailable */
+            /** @description The database is unavailable, or usersync's role cannot see every row of auth.users (`source_unreadable`, naming the cause and the fix) */
             503: {
                 headers: {
-                    /** @description Seconds to wait before retrying */
-                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
