@@ -266,10 +266,9 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
         TriggersAction::Uninstall(database) => {
             match triggers::uninstall(&db::pool(&database)).await? {
                 Uninstalled::Removed => println!("usersync triggers removed"),
-                Uninstalled::Neutralised { owner } => println!(
+                Uninstalled::Neutralised { owner, drop } => println!(
                 "usersync triggers neutralised: they stay on auth.users and do nothing, because \
-                 only its owner may drop them; to drop them, run as {owner}: {}",
-                triggers::drop_triggers_sql()
+                 only its owner may drop them; to drop them, run as {owner}: {drop}"
             ),
             }
         }

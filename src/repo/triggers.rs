@@ -9,17 +9,18 @@
 //! broken target never stops a sign-up or a sign-in.
 //!
 //! An update queues the trigger only when a value the mapping reads changed: its `WHEN` clause
-//! calls `usersync.auth_user_changed(old, new)`, a one-expression SQL function without a fixed
-//! `search_path`, which Postgres inlines into the clause. So the `updated_at` and
-//! `last_sign_in_at` bump of every sign-in costs a few comparisons and no function call, and
-//! the function's body follows the mapping (`create or replace`) while the trigger itself never
-//! changes: refreshing the install after a mapping change never needs to drop a trigger on
-//! `auth.users`, which only its owner may do.
+//! compares those values (and `deleted_at`), rendered from the mapping into the trigger itself.
+//! So the `updated_at` and `last_sign_in_at` bump of every sign-in costs a few comparisons and
+//! no function call. (A SQL function in the clause, inlined by Postgres, would have to be parsed
+//! again for every statement that updates `auth.users`: a quarter more per sign-in.) The
+//! trigger's name carries a digest of its clause, so that a new mapping installs a new trigger
+//! and drops the old one, and an unchanged one leaves it alone.
 //!
 //! Only the owner of `auth.users` (Supabase Auth's role) may drop triggers on it. Hosted
-//! Supabase's `postgres` may create them, and drop them only where the platform grants it;
-//! `uninstall` without that right neutralises the functions (the triggers stay, doing nothing)
-//! and says what the owner can run to drop them.
+//! Supabase's `postgres` may create them, and drop them only where the platform grants it
+//! (supautils). `uninstall` without that right neutralises the functions (the triggers stay,
+//! doing nothing) and says what the owner can run to drop them; `install` of a mapping that
+//! changes the update trigger's clause says the same about the old trigger.
 
 use sqlx::PgPool;
 
@@ -32,19 +33,37 @@ use crate::sync::target::BoundMapping;
 /// letter's id (never user data).
 pub const DEAD_LETTER_CHANNEL: &str = "usersync_dead_letters";
 
-/// The triggers usersync owns on `auth.users`, and the event each fires after.
-const TRIGGERS: [(&str, &str); 3] = [
+/// The insert and delete triggers usersync owns on `auth.users`. The update trigger's name is
+/// `UPDATE_TRIGGER` and a digest of its `WHEN` clause (see `update_trigger_name`).
+const TRIGGERS: [(&str, &str); 2] = [
     ("usersync_user_inserted", "insert"),
-    ("usersync_user_updated", "update"),
     ("usersync_user_deleted", "delete"),
 ];
 
-/// The functions usersync owns, with their signatures (what `drop function` needs).
+/// The update trigger's name, before its digest.
+const UPDATE_TRIGGER: &str = "usersync_user_updated";
+
+/// Every trigger on `auth.users` that is usersync's, as a `pg_trigger` condition.
+const OWN_TRIGGERS: &str = "tgrelid = 'auth.users'::regclass and not tgisinternal \
+     and (tgname in ('usersync_user_inserted', 'usersync_user_deleted') \
+          or tgname like 'usersync\\_user\\_updated%')";
+
+/// The functions usersync owns, with their signatures (what `drop function` needs). The last
+/// is the `WHEN` function of earlier versions, dropped wherever it is left.
 const FUNCTIONS: [&str; 3] = [
     "usersync.sync_auth_user()",
-    "usersync.auth_user_changed(auth.users, auth.users)",
     "usersync.record_dead_letter(uuid, text, text, text)",
+    "usersync.auth_user_changed(auth.users, auth.users)",
 ];
+
+/// The update trigger's name for `clause`: `usersync_user_updated_` and 12 hex digits of its
+/// SHA-256.
+fn update_trigger_name(clause: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(clause.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{UPDATE_TRIGGER}_{hex}")
+}
 
 /// How the trigger path names itself in the audit log: the role that wrote `auth.users`
 /// (`supabase_auth_admin` for Supabase Auth, `postgres` for the dashboard's SQL editor).
@@ -59,10 +78,17 @@ const TRIGGER_ORIGIN: Origin<'static> = Origin {
 /// idempotent, shippable as a Supabase migration (what `usersync triggers show` prints).
 pub fn install_sql(bound: &BoundMapping, policy: DeletedPolicy) -> String {
     let renderer = Renderer::new(&bound.mapping, &bound.shape);
+    let create = renderer.create_one(TRIGGER_ORIGIN);
     let sync = renderer.sync_statement(TRIGGER_ORIGIN);
     let deleted = renderer.deleted_statement(TRIGGER_ORIGIN, policy);
-    let changed = renderer.changed_predicate("o", "n");
-    let tag = dollar_tag([sync.as_str(), deleted.as_str(), changed.as_str()]);
+    let changed = renderer.changed_predicate("old", "new");
+    let update_trigger = update_trigger_name(&changed);
+    let tag = dollar_tag([
+        create.as_str(),
+        sync.as_str(),
+        deleted.as_str(),
+        changed.as_str(),
+    ]);
     let indent = |sql: &str, by: usize| sql.replace('\n', &format!("\n{}", " ".repeat(by)));
     format!(
         "-- usersync: the trigger path, auth.users -> {target}.
@@ -108,20 +134,6 @@ exception when others then
 end
 {tag};
 
--- Whether an update of auth.users matters to the target: the update trigger's WHEN clause.
--- One SQL expression over its arguments, without a fixed search_path (every operator is named
--- in pg_catalog), so that Postgres inlines it into the clause: a sign-in, which changes nothing
--- the mapping reads, calls no function at all. (Stable, not immutable: a timestamp's text is
--- stable, and an immutable function over it would not be inlined.) It compares raw values as
--- text, never the mapping's casts, so it cannot fail inside Supabase Auth's own statement.
-create or replace function usersync.auth_user_changed(o auth.users, n auth.users)
-returns boolean
-language sql
-stable
-as {tag}
-    select {changed}
-{tag};
-
 -- The sync itself, at commit: re-read the auth.users row, upsert the target (only the columns
 -- that follow the source, only when they differ), apply the deleted policy to a deleted user,
 -- and record each write in usersync.events. The same statements as the service's own.
@@ -134,6 +146,7 @@ as {tag}
 declare
     v_user_id uuid;
     v_result record;
+    v_after jsonb;
 begin
     if tg_op = 'DELETE' then
         v_user_id := old.id;
@@ -141,6 +154,17 @@ begin
         v_user_id := new.id;
     end if;
     begin
+        -- Most firings are a sign-up: a new user who needs a profile and nothing else. That
+        -- takes one insert (nothing when anything stands in the way) and its audit event.
+        if tg_op = 'INSERT' then
+            {create}
+            into v_after;
+            if found then
+                insert into usersync.events (user_id, caller, path, kind, action, after)
+                values (v_user_id, {caller}, {path}, 'missing', 'created', v_after);
+                return null;
+            end if;
+        end if;
         if tg_op <> 'DELETE' then
             {sync}
             into v_result;
@@ -173,15 +197,40 @@ end
 
 revoke all on function usersync.record_dead_letter(uuid, text, text, text) from public;
 revoke all on function usersync.sync_auth_user() from public;
--- A WHEN clause calls its function as the role that writes auth.users (supabase_auth_admin):
--- it needs EXECUTE. The function only compares its two arguments.
-grant execute on function usersync.auth_user_changed(auth.users, auth.users) to public;
 
--- Created only when missing: their definitions never depend on the mapping (the functions do),
--- so re-running this leaves them untouched.
+-- The triggers. The insert and delete ones never change, and are created when missing. The
+-- update one is queued only when a value the mapping reads changed (not on every sign-in): its
+-- clause follows the mapping, and its name a digest of that clause, so a changed mapping
+-- replaces it. Only the owner of auth.users may drop the old one.
 do {tag}
+declare
+    v_old name;
 begin
-{create_triggers}end
+{create_triggers}    for v_old in select tgname from pg_trigger
+                  where tgrelid = 'auth.users'::regclass
+                    and tgname like 'usersync\\_user\\_updated%' and tgname <> '{update_trigger}'
+    loop
+        begin
+            execute pg_catalog.format('drop trigger %I on auth.users', v_old);
+        exception when insufficient_privilege then
+            raise exception 'usersync: the mapping changed what the update trigger compares, and only the owner of auth.users may drop the old trigger: as %, run `drop trigger % on auth.users;`, then install again',
+                (select pg_catalog.pg_get_userbyid(relowner) from pg_catalog.pg_class
+                  where oid = 'auth.users'::regclass), v_old
+                using errcode = 'insufficient_privilege';
+        end;
+    end loop;
+    if not exists (select 1 from pg_trigger
+                    where tgrelid = 'auth.users'::regclass and tgname = '{update_trigger}') then
+        create constraint trigger {update_trigger}
+            after update on auth.users
+            deferrable initially deferred
+            for each row
+            when ({changed})
+            execute function usersync.sync_auth_user();
+    end if;
+    -- The WHEN function of earlier versions, once no trigger uses it.
+    drop function if exists usersync.auth_user_changed(auth.users, auth.users);
+end
 {tag};
 
 commit;
@@ -190,8 +239,11 @@ commit;
         email_index = email_index_sql(bound),
         policy = policy.as_str(),
         channel = DEAD_LETTER_CHANNEL,
-        changed = indent(&changed, 4),
+        changed = indent(&changed, 18),
         create_triggers = create_triggers(),
+        create = indent(&create, 12),
+        caller = TRIGGER_ORIGIN.caller,
+        path = TRIGGER_ORIGIN.path,
         sync = indent(&sync, 12),
         deleted = indent(&deleted, 8),
     )
@@ -226,19 +278,13 @@ fn create_triggers() -> String {
     TRIGGERS
         .iter()
         .map(|(name, event)| {
-            // The update trigger is queued only when a mapped value changed (see the module
-            // docs).
-            let when = match *event {
-                "update" => "\n            when (usersync.auth_user_changed(old, new))",
-                _ => "",
-            };
             format!(
                 "    if not exists (select 1 from pg_trigger
                     where tgrelid = 'auth.users'::regclass and tgname = '{name}') then
         create constraint trigger {name}
             after {event} on auth.users
             deferrable initially deferred
-            for each row{when}
+            for each row
             execute function usersync.sync_auth_user();
     end if;
 "
@@ -248,20 +294,23 @@ fn create_triggers() -> String {
 }
 
 /// The SQL that removes everything `install_sql` creates (the usersync schema and its tables
-/// stay: they belong to the migrations). A trigger is dropped only where it exists: `drop
-/// trigger if exists` asks for ownership of `auth.users` even when there is nothing to drop.
+/// stay: they belong to the migrations). Only usersync's triggers are dropped, and only those
+/// that exist: `drop trigger if exists` asks for ownership of `auth.users` even when there is
+/// nothing to drop.
 pub fn uninstall_sql() -> String {
-    let mut sql = String::from("begin;\ndo $usersync$\nbegin\n");
-    for (trigger, _) in TRIGGERS {
-        sql.push_str(&format!(
-            "    if exists (select 1 from pg_trigger
-                where tgrelid = 'auth.users'::regclass and tgname = '{trigger}') then
-        drop trigger {trigger} on auth.users;
-    end if;
+    let mut sql = format!(
+        "begin;
+do $usersync$
+declare
+    v_trigger name;
+begin
+    for v_trigger in select tgname from pg_trigger where {OWN_TRIGGERS} loop
+        execute pg_catalog.format('drop trigger %I on auth.users', v_trigger);
+    end loop;
+end
+$usersync$;
 "
-        ));
-    }
-    sql.push_str("end\n$usersync$;\n");
+    );
     for function in FUNCTIONS {
         sql.push_str(&format!("drop function if exists {function};\n"));
     }
@@ -269,22 +318,11 @@ pub fn uninstall_sql() -> String {
     sql
 }
 
-/// What the owner of `auth.users` runs to drop usersync's triggers.
-pub fn drop_triggers_sql() -> String {
-    TRIGGERS
-        .iter()
-        .map(|(trigger, _)| format!("drop trigger if exists {trigger} on auth.users;"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The SQL that turns the trigger path into no-ops without touching the triggers: the update
-/// trigger's `WHEN` is always false, and the sync function returns at once (catching every
-/// error, so that `doctor` rightly finds nothing unsafe in it).
+/// The SQL that turns the trigger path into no-ops without touching the triggers: the sync
+/// function returns at once (catching every error, so that `doctor` rightly finds nothing
+/// unsafe in it).
 fn neutralise_sql() -> String {
     "begin;
-create or replace function usersync.auth_user_changed(o auth.users, n auth.users)
-returns boolean language sql stable as $usersync$ select false $usersync$;
 create or replace function usersync.sync_auth_user()
 returns trigger language plpgsql security definer set search_path = ''
 as $usersync$
@@ -307,9 +345,9 @@ commit;
 pub enum Uninstalled {
     /// The triggers and their functions are gone.
     Removed,
-    /// Only `owner` may drop triggers on `auth.users`: they stay, but do nothing (see
-    /// `drop_triggers_sql`).
-    Neutralised { owner: String },
+    /// Only `owner` may drop triggers on `auth.users`: they stay, but do nothing; `drop` is
+    /// what the owner can run to drop them.
+    Neutralised { owner: String, drop: String },
 }
 
 /// A dollar-quote tag that occurs in none of `bodies` (a mapping constant could contain one).
@@ -345,13 +383,16 @@ pub async fn uninstall(db: &PgPool) -> sqlx::Result<Uninstalled> {
         Ok(()) => Ok(Uninstalled::Removed),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
             run_script(db, &neutralise_sql()).await?;
-            let owner = sqlx::query_scalar(
-                "select pg_get_userbyid(relowner)::text from pg_class
-                  where oid = 'auth.users'::regclass",
-            )
+            let (owner, drop) = sqlx::query_as(&format!(
+                "select pg_get_userbyid(c.relowner)::text,
+                        (select string_agg(format('drop trigger %I on auth.users;', tgname), ' '
+                                           order by tgname)
+                           from pg_trigger where {OWN_TRIGGERS})
+                   from pg_class c where c.oid = 'auth.users'::regclass"
+            ))
             .fetch_one(db)
             .await?;
-            Ok(Uninstalled::Neutralised { owner })
+            Ok(Uninstalled::Neutralised { owner, drop })
         }
         Err(e) => Err(e),
     }

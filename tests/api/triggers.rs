@@ -22,7 +22,6 @@ async fn trigger_catalog(db: &PgPool) -> Vec<String> {
                        p.proconfig, p.proacl, md5(p.prosrc))
            from pg_proc p
           where p.oid in (to_regprocedure('usersync.sync_auth_user()'),
-                          to_regprocedure('usersync.auth_user_changed(auth.users, auth.users)'),
                           to_regprocedure('usersync.record_dead_letter(uuid, text, text, text)'))
          union all
          select format('constraint %s %s', c.oid, c.conname)
@@ -42,12 +41,27 @@ async fn auth_row(db: &PgPool, id: Uuid) -> Value {
         .unwrap()
 }
 
-/// Whether the update trigger's WHEN clause queues the change from `before` to the current row.
+/// Whether the update trigger's WHEN clause queues the change from `before` to the current row:
+/// the clause, as Postgres keeps it, evaluated over the two versions.
 async fn queues_update(db: &PgPool, id: Uuid, before: &Value) -> bool {
-    sqlx::query_scalar(
-        "select usersync.auth_user_changed(jsonb_populate_record(null::auth.users, $1), u)
-           from auth.users u where u.id = $2",
+    let definition: String = sqlx::query_scalar(
+        "select pg_get_triggerdef(oid) from pg_trigger
+          where tgrelid = 'auth.users'::regclass and tgname like 'usersync\\_user\\_updated%'",
     )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let clause = definition
+        .split_once(" WHEN ")
+        .and_then(|(_, rest)| rest.rsplit_once(" EXECUTE FUNCTION "))
+        .map(|(clause, _)| clause.replace("old.", "o.").replace("new.", "n."))
+        .expect("the update trigger has a WHEN clause");
+    sqlx::query_scalar(&format!(
+        "select {clause}
+           from (select jsonb_populate_record(null::auth.users, $1) as o) b,
+                lateral (select (o).*) o, auth.users n
+          where n.id = $2"
+    ))
     .bind(before)
     .bind(id)
     .fetch_one(db)
@@ -82,15 +96,13 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
         );
         assert_eq!(
             first.iter().filter(|l| l.starts_with("function")).count(),
-            3
+            2
         );
-        // The two functions that write pin an empty search_path and are security definer; the
-        // WHEN clause's comparison is neither (Postgres could not inline it), and only it is
-        // executable by others.
+        // Both functions pin an empty search_path, are security definer, and nobody else may
+        // execute them.
         for line in first.iter().filter(|l| l.starts_with("function")) {
-            let definer = !line.contains("auth_user_changed");
-            assert_eq!(line.contains(r#"{"search_path=\"\""}"#), definer, "{line}");
-            assert_eq!(line.contains(" t {"), definer, "{line}");
+            assert!(line.contains(r#"{"search_path=\"\""}"#), "{line}");
+            assert!(line.contains(" t {"), "{line}");
         }
 
         let (code, _, stderr) = usersync_cli(&["triggers", "install"], &env);
@@ -134,7 +146,7 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
         );
         assert_eq!(
             neutral.iter().filter(|l| l.starts_with("function")).count(),
-            2
+            1
         );
         // A sign-up through the neutralised triggers commits and leaves nothing behind.
         let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("after@example.com"))
@@ -456,4 +468,64 @@ async fn under_the_delete_policy_hard_and_soft_deletes_remove_the_profile() {
         let events = events_of(&db.pool, id).await;
         assert_eq!(events.last().unwrap(), &deleted, "{events:?}");
     }
+}
+
+#[test]
+fn a_mapping_that_changes_what_updates_compare_replaces_the_update_trigger_through_its_owner() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = TestDb::new().await;
+        let url = db.url();
+        let (code, _, stderr) = usersync_cli(&["triggers", "install"], &[("DATABASE_URL", &url)]);
+        assert_eq!(code, 0, "{stderr}");
+        let before = trigger_catalog(&db.pool).await;
+
+        // The app now keeps names in step with auth: full_name follows the source.
+        let mapping = std::env::temp_dir().join(format!("usersync-{}.toml", Uuid::new_v4()));
+        std::fs::write(
+            &mapping,
+            usersync::sync::mapping::DEFAULT_MAPPING_TOML.replace(
+                "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"on_create\"",
+                "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"always\"",
+            ),
+        )
+        .unwrap();
+        let env = [("DATABASE_URL", url.as_str()), ("USERSYNC_MAPPING", mapping.to_str().unwrap())];
+
+        // The customer's role may not drop the old update trigger: one line says what to run,
+        // and nothing changed.
+        let (code, _, stderr) = usersync_cli(&["triggers", "install"], &env);
+        assert_eq!(code, 1);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        let (_, statement) = stderr
+            .split_once("as supabase_auth_admin, run `")
+            .expect("names the owner");
+        let statement = statement.split_once('`').unwrap().0;
+        assert!(statement.starts_with("drop trigger usersync_user_updated_"), "{stderr}");
+        assert_eq!(trigger_catalog(&db.pool).await, before);
+
+        // The owner drops it; the install then puts the new one in place.
+        sqlx::raw_sql(statement).execute(&db.auth_admin).await.unwrap();
+        let (code, _, stderr) = usersync_cli(&["triggers", "install"], &env);
+        assert_eq!(code, 0, "{stderr}");
+        let after = trigger_catalog(&db.pool).await;
+        let updates = |c: &[String]| {
+            c.iter()
+                .filter(|l| l.starts_with("trigger") && l.contains("usersync_user_updated_"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(updates(&after).len(), 1);
+        assert_ne!(updates(&after), updates(&before));
+        std::fs::remove_file(mapping).unwrap();
+
+        // A name change now reaches the profile through the trigger.
+        let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("nm@example.com").confirmed())
+            .await
+            .unwrap();
+        gotrue::update_user_metadata(&db.auth_admin, id, json!({"full_name": "New Name"}))
+            .await
+            .unwrap();
+        assert_eq!(target_row(&db.pool, id).await.unwrap()["full_name"], "New Name");
+    });
 }
