@@ -433,15 +433,16 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     };
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {bar:40} {pos}/{len} source rows, {per_sec}, eta {eta} {msg}",
+            "{spinner} {bar:40} {pos}/{len} rows, {per_sec}, eta {eta} {msg}",
         )
         .expect("the template is valid"),
     );
     let progress_bar = bar.clone();
+    let walker = reconciler.clone();
     let run = reconciler
         .execute(active, &move |run: &Run| {
             if let Some(plan) = &run.plan {
-                progress_bar.set_length(plan.source_total.max(0) as u64);
+                progress_bar.set_length(walker.rows_to_walk(&run.options, plan));
             }
             progress_bar.set_position(run.progress.walked);
             progress_bar.set_message(format!("{} repaired", run.progress.total_repaired()));

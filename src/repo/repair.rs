@@ -1,7 +1,9 @@
 //! The set-based statements of a reconciliation run (rendered in `repo::sql::RepairSql`).
 //!
-//! Each write covers one key range in one statement, with its audit events written by the same
-//! statement: no round trip per user.
+//! Each write covers one chunk of a table's pages in one statement, with its audit events
+//! written by the same statement: no round trip per user. Chunk statements are never kept as
+//! prepared statements: a cached generic plan knows nothing of how many pages `[$1, $2)` spans,
+//! and may read the whole table instead of the chunk; each is planned for its own bounds.
 
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -9,48 +11,58 @@ use uuid::Uuid;
 use crate::sync::drift::DriftKind;
 use crate::sync::target::BoundMapping;
 
-/// An inclusive range of ids, `first..=last`, in the order Postgres sorts uuids.
+/// A chunk of a table: its pages `first..end`, or `first..` to the table's end when `end` is
+/// `None` (rows a run's own inserts or concurrent writes add at the end are walked too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyRange {
-    pub first: Uuid,
-    pub last: Uuid,
+pub struct Pages {
+    pub first: u32,
+    pub end: Option<u32>,
 }
 
-impl KeyRange {
-    /// Every id.
-    pub const ALL: KeyRange = KeyRange {
-        first: Uuid::nil(),
-        last: Uuid::max(),
+impl Pages {
+    /// Every page.
+    pub const ALL: Pages = Pages {
+        first: 0,
+        end: None,
     };
+
+    /// The bounds as `in_chunk` binds them: the first page and the page past the last.
+    fn bounds(self) -> (i64, i64) {
+        (
+            i64::from(self.first),
+            self.end.map_or(i64::from(u32::MAX), i64::from),
+        )
+    }
 }
 
-/// The id right after `id` in uuid order, if any. Postgres compares uuids as 16 big-endian
-/// bytes, which is the order of `Uuid::as_u128`.
-pub fn successor(id: Uuid) -> Option<Uuid> {
-    id.as_u128().checked_add(1).map(Uuid::from_u128)
+/// Which table a chunk's pages are of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
 }
 
-/// About `percent` percent of the source's ids, sorted (see `sync::chunks`).
-pub async fn sample_ids(
+/// The pages of `auth.users` and of the target.
+pub async fn pages(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(&bound.sql.repair.pages).fetch_one(db).await
+}
+
+/// How many rows a chunk of `side` holds.
+pub async fn chunk_rows(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
-    percent: f32,
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(&bound.sql.repair.sample_ids)
-        .bind(percent)
-        .fetch_all(db)
-        .await
-}
-
-/// How many source rows `range` holds.
-pub async fn range_rows(
-    db: impl PgExecutor<'_>,
-    bound: &BoundMapping,
-    range: KeyRange,
+    side: Side,
+    chunk: Pages,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar(&bound.sql.repair.range_rows)
-        .bind(range.first)
-        .bind(range.last)
+    let sql = match side {
+        Side::Source => &bound.sql.repair.source_rows,
+        Side::Target => &bound.sql.repair.target_rows,
+    };
+    let (first, end) = chunk.bounds();
+    sqlx::query_scalar(sql)
+        .bind(first)
+        .bind(end)
+        .persistent(false)
         .fetch_one(db)
         .await
 }
@@ -105,7 +117,7 @@ impl SetRepair {
     }
 }
 
-/// Applies `repair` to `range`, repairing at most `limit` rows (`None`: no bound), and returns
+/// Applies `repair` to a chunk, repairing at most `limit` rows (`None`: no bound), and returns
 /// how many rows it repaired. `strays`, when known, are the emails of the stray target rows
 /// (see `stray_emails`), which spare the insert a probe per row.
 #[allow(clippy::too_many_arguments)]
@@ -113,7 +125,7 @@ pub async fn apply(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
     repair: SetRepair,
-    range: KeyRange,
+    chunk: Pages,
     run: RunContext<'_>,
     limit: Option<i64>,
     strays: Option<&[String]>,
@@ -126,12 +138,14 @@ pub async fn apply(
         SetRepair::DeleteDeleted => &sql.delete_deleted,
         SetRepair::DeleteOrphaned => &sql.delete_orphaned,
     };
+    let (first, end) = chunk.bounds();
     let query = sqlx::query_scalar(statement)
-        .bind(range.first)
-        .bind(range.last)
+        .bind(first)
+        .bind(end)
         .bind(run.run_id)
         .bind(run.caller)
-        .bind(limit);
+        .bind(limit)
+        .persistent(false);
     match (repair, strays) {
         (SetRepair::CreateMissing, Some(strays)) => query.bind(strays).fetch_one(db).await,
         _ => query.fetch_one(db).await,
@@ -148,19 +162,21 @@ pub struct RefusedRow {
     pub column_name: String,
 }
 
-/// The users of `range` whose values the target cannot store; none when the mapping has no
-/// column that can refuse a value.
+/// The users of a chunk of the source whose values the target cannot store; none when the
+/// mapping has no column that can refuse a value.
 pub async fn refused_users(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
-    range: KeyRange,
+    chunk: Pages,
 ) -> sqlx::Result<Vec<RefusedRow>> {
+    let (first, end) = chunk.bounds();
     match &bound.sql.repair.refused_users {
         None => Ok(Vec::new()),
         Some(sql) => {
             sqlx::query_as(sql)
-                .bind(range.first)
-                .bind(range.last)
+                .bind(first)
+                .bind(end)
+                .persistent(false)
                 .fetch_all(db)
                 .await
         }
@@ -174,16 +190,19 @@ pub struct OrphanRow {
     pub row: serde_json::Value,
 }
 
+/// The orphaned rows of a chunk of the target.
 pub async fn orphans(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
-    range: KeyRange,
+    chunk: Pages,
     limit: Option<i64>,
 ) -> sqlx::Result<Vec<OrphanRow>> {
+    let (first, end) = chunk.bounds();
     sqlx::query_as(&bound.sql.repair.orphans)
-        .bind(range.first)
-        .bind(range.last)
+        .bind(first)
+        .bind(end)
         .bind(limit)
+        .persistent(false)
         .fetch_all(db)
         .await
 }
@@ -198,14 +217,17 @@ pub struct PairRow {
     pub sources: i64,
 }
 
+/// The mismatched pairs whose source row is in a chunk of the source.
 pub async fn pairs(
     db: impl PgExecutor<'_>,
     bound: &BoundMapping,
-    range: KeyRange,
+    chunk: Pages,
 ) -> sqlx::Result<Vec<PairRow>> {
+    let (first, end) = chunk.bounds();
     sqlx::query_as(&bound.sql.repair.pairs)
-        .bind(range.first)
-        .bind(range.last)
+        .bind(first)
+        .bind(end)
+        .persistent(false)
         .fetch_all(db)
         .await
 }

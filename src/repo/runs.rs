@@ -103,22 +103,19 @@ pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
         .map(|_| ())
 }
 
-/// Records progress; called inside each chunk's transaction, so that the cursor and counts
-/// move exactly when the chunk's repairs commit.
+/// Records progress; called inside each chunk's transaction, so that the counts move exactly
+/// when the chunk's repairs commit.
 pub async fn set_progress(
     db: impl PgExecutor<'_>,
     id: Uuid,
     progress: &Progress,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "update usersync.runs set counts = $2, cursor = $3, updated_at = now() where id = $1",
-    )
-    .bind(id)
-    .bind(Json(progress))
-    .bind(progress.cursor)
-    .execute(db)
-    .await
-    .map(|_| ())
+    sqlx::query("update usersync.runs set counts = $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(Json(progress))
+        .execute(db)
+        .await
+        .map(|_| ())
 }
 
 pub async fn finish(
@@ -130,7 +127,7 @@ pub async fn finish(
 ) -> sqlx::Result<Run> {
     let row: RunRow = sqlx::query_as(&format!(
         "update usersync.runs
-            set state = $2, counts = $3, cursor = $4, error = $5,
+            set state = $2, counts = $3, error = $4,
                 updated_at = now(), finished_at = now()
           where id = $1
          returning {COLUMNS}"
@@ -138,7 +135,6 @@ pub async fn finish(
     .bind(id)
     .bind(state.as_str())
     .bind(Json(progress))
-    .bind(progress.cursor)
     .bind(error)
     .fetch_one(db)
     .await?;

@@ -49,18 +49,22 @@ pub struct RenderedSql {
     pub repair: RepairSql,
 }
 
-/// A run's statements. Each works on the ids in `[$1, $2]` of both tables, so that walking the
-/// source in key order covers every row of either table exactly once.
+/// A run's statements. A run walks each table in chunks of pages, `[$1, $2)` (`in_chunk`): the
+/// source for the kinds that start from an auth user (missing, stale, mismatched), the target
+/// for those that start from a profile (orphaned, deleted), so that every row of either table
+/// is met exactly once.
 ///
-/// The writes share their parameters: `$1`/`$2` the range, `$3` the run id, `$4` the caller,
+/// The writes share their parameters: `$1`/`$2` the pages, `$3` the run id, `$4` the caller,
 /// `$5` the most rows to repair (null: no bound). Each re-checks its drift as it writes, records
-/// an event per row it changed in the same statement, and returns how many rows it changed.
+/// its repairs in the same statement, and returns how many rows it changed.
 #[derive(Debug, Clone)]
 pub struct RepairSql {
-    /// A sample of the source's ids, sorted: `$1` the percentage of pages to read.
-    pub sample_ids: String,
-    /// How many source rows a range holds: `$1`, `$2`.
-    pub range_rows: String,
+    /// The pages of `auth.users` and of the target, as a run starts.
+    pub pages: String,
+    /// How many source rows a chunk of pages holds: `$1`, `$2`.
+    pub source_rows: String,
+    /// How many target rows a chunk of pages holds: `$1`, `$2`.
+    pub target_rows: String,
     /// Insert the mapped row of every `missing` user, probing the target for a stray row with
     /// each user's email.
     pub create_missing: String,
@@ -79,10 +83,11 @@ pub struct RepairSql {
     pub delete_deleted: String,
     /// Delete every `orphaned` row.
     pub delete_orphaned: String,
-    /// The `orphaned` rows of the range with their mapped columns: `$1`, `$2`, `$3` most rows.
+    /// The `orphaned` rows of a chunk of the target, with their mapped columns: `$1`, `$2`,
+    /// `$3` most rows.
     pub orphans: String,
-    /// The mismatched pairs whose source id is in the range, with how many candidates each side
-    /// has (a re-key needs exactly one of each): `$1`, `$2`.
+    /// The mismatched pairs whose source row is in a chunk of the source, with how many
+    /// candidates each side has (a re-key needs exactly one of each): `$1`, `$2`.
     pub pairs: String,
     /// The first CTEs of a re-key (`repo::rekey`): `old` (the row's mapped columns before) and
     /// `moved` (the key update, only while the pair is still mismatched). `$1` the source id,
@@ -155,11 +160,13 @@ fn recorded(id: &str, filter: &str) -> String {
     recorded_by(id, filter, filter)
 }
 
-/// The audit of one chunk's repairs, `rows` (`id`, `before`, `after`): one event row with
-/// the ids and the images the action has, aggregated in one order, each image an array of the
-/// mapped columns' values named once by `names` (see the migrations `run_audit_per_chunk` and
-/// `chunk_images_as_arrays`), bounded by the chunk's range `$1..=$2`; none when nothing was
-/// repaired.
+/// The audit of one chunk's repairs, `rows` (`id`, `before`, `after`): one event row per
+/// 1/256 of the id space (the ids' first byte), each with its ids and the images the action
+/// has, aggregated in one order, each image an array of the mapped columns' values named once
+/// by `names` (see the migrations `run_audit_per_chunk` and `chunk_images_as_arrays`); none
+/// when nothing was repaired. A chunk is a range of the table's pages, so its ids are spread
+/// over the whole id space: bucketing keeps each row's id span (`first_id .. last_id`) to its
+/// 256th, and so "did a run repair this id" reads the few rows whose span holds it.
 fn chunk_audit(kind: DriftKind, action: &str, rows: &str, images: Images, names: &str) -> String {
     let image = |has: bool, column: &str| match has {
         true => format!("jsonb_agg({column})"),
@@ -169,13 +176,23 @@ fn chunk_audit(kind: DriftKind, action: &str, rows: &str, images: Images, names:
         "insert into usersync.events
        (run_id, user_ids, first_id, last_id, caller, path, kind, action, image_columns, before,
         after)
-select $3, array_agg(id), $1, $2, $4, 'batch', {}, {}, {names}, {}, {}
-  from {rows}
-having count(*) > 0",
+select $3, array_agg(id), (b || '000000-0000-0000-0000-000000000000')::uuid,
+       (b || 'ffffff-ffff-ffff-ffff-ffffffffffff')::uuid, $4, 'batch', {}, {}, {names}, {}, {}
+  from (select r.*, left(r.id::text, 2) as b from {rows} r) bucketed
+ group by b",
         literal(kind.as_str()),
         literal(action),
         image(images.before, "before"),
         image(images.after, "after"),
+    )
+}
+
+/// A chunk of a run: the rows of `alias` in the pages `[$1, $2)` of its table (a TID range
+/// scan reads each page once, where an id range of random uuids touches nearly every page).
+fn in_chunk(alias: &str) -> String {
+    format!(
+        "{alias}.ctid >= ('(' || $1::bigint || ',0)')::tid \
+         and {alias}.ctid < ('(' || $2::bigint || ',0)')::tid"
     )
 }
 
@@ -1117,7 +1134,7 @@ select count(s.id) as source_total,
     insert into {table} as t ({key}, {columns})
     select s.id, {values}
       from auth.users s
-     where s.id between $1 and $2 and {live} and ($5::bigint is null or {no_row})
+     where {chunk} and {live} and ($5::bigint is null or {no_row})
        and {no_namesake} and {refused} is null
      limit $5
     on conflict ({key}) do nothing
@@ -1127,6 +1144,7 @@ audit as (
     {audit}
 )
 select count(*) from ins",
+                chunk = in_chunk("s"),
                 live = self.live("s"),
                 no_row = self.no_target_row("s"),
                 refused = self.refused_column("s", false),
@@ -1153,8 +1171,8 @@ select count(*) from ins",
         let update_stale = format!(
             "with candidates as (
     select t.{key} as id
-      from {table} t join auth.users s on s.id = t.{key}
-     where t.{key} between $1 and $2 and {stale} and {refused} is null
+      from auth.users s join {table} t on t.{key} = s.id
+     where {chunk} and {stale} and {refused} is null
      limit $5
 ),
 upd as (
@@ -1168,6 +1186,7 @@ audit as (
     {audit}
 )
 select count(*) from upd",
+            chunk = in_chunk("s"),
             stale = self.stale("s", "t"),
             refused = self.refused_column("s", true),
             sets = sets.join(", "),
@@ -1180,7 +1199,7 @@ select count(*) from upd",
                 "with gone as (
     delete from {table} t
      where t.{key} in (select c.{key} from {table} c
-                        where c.{key} between $1 and $2 and {candidate} limit $5)
+                        where {chunk} and {candidate} limit $5)
        and {recheck}
     returning t.{key} as id, {before} as before, null::jsonb as after
 ),
@@ -1188,6 +1207,7 @@ audit as (
     {audit}
 )
 select count(*) from gone",
+                chunk = in_chunk("c"),
                 candidate = predicate("c"),
                 recheck = predicate("t"),
                 before = self.mapped_array("t"),
@@ -1204,7 +1224,8 @@ select count(*) from gone",
                 parts.push(format!(
                     "select s.id, 'missing' as kind, {insert} as column_name
   from auth.users s
- where s.id between $1 and $2 and {missing} and {insert} is not null",
+ where {chunk} and {missing} and {insert} is not null",
+                    chunk = in_chunk("s"),
                     missing = self.missing("s"),
                 ));
             }
@@ -1212,7 +1233,8 @@ select count(*) from gone",
                 parts.push(format!(
                     "select s.id, 'stale' as kind, {update} as column_name
   from auth.users s join {table} t on t.{key} = s.id
- where s.id between $1 and $2 and {stale} and {update} is not null",
+ where {chunk} and {stale} and {update} is not null",
+                    chunk = in_chunk("s"),
                     stale = self.stale("s", "t"),
                 ));
             }
@@ -1229,8 +1251,13 @@ select count(*) from gone",
                 stray = self.stray("m"),
             ),
             create_missing_known_strays,
-            sample_ids: "select id from auth.users tablesample system ($1) order by id".to_owned(),
-            range_rows: "select count(*) from auth.users where id between $1 and $2".to_owned(),
+            pages: format!(
+                "select pg_relation_size('auth.users') / current_setting('block_size')::bigint,
+       pg_relation_size({}) / current_setting('block_size')::bigint",
+                literal(&self.mapping.target.qualified())
+            ),
+            source_rows: format!("select count(*) from auth.users s where {}", in_chunk("s")),
+            target_rows: format!("select count(*) from {table} t where {}", in_chunk("t")),
             create_missing,
             update_stale,
             delete_deleted: delete(DriftKind::Deleted, &|t| self.deleted(t)),
@@ -1238,9 +1265,10 @@ select count(*) from gone",
             orphans: format!(
                 "select t.{key} as id, {row} as row
   from {table} t
- where t.{key} between $1 and $2 and {orphaned}
+ where {chunk} and {orphaned}
  order by t.{key}
  limit $3",
+                chunk = in_chunk("t"),
                 row = self.mapped_json("t"),
                 orphaned = self.orphaned("t"),
             ),
@@ -1249,8 +1277,9 @@ select count(*) from gone",
        (select count(*) from {table} m2 where {stray_m2} and {same_m2}) as targets,
        (select count(*) from auth.users s2 where {lonely_s2} and {same_s2}) as sources
   from auth.users s join {table} m on {same}
- where s.id between $1 and $2 and {lonely} and {stray}
+ where {chunk} and {lonely} and {stray}
  order by s.id, m.{key}",
+                chunk = in_chunk("s"),
                 stray_m2 = self.stray("m2"),
                 same_m2 = self.same_person("s", "m2"),
                 lonely_s2 = self.lonely("s2"),

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::repo::{drift, repair};
+use crate::repo::drift;
 use crate::sync::source::{self, ReadError};
 use crate::sync::target::BoundMapping;
 
@@ -93,6 +93,12 @@ pub struct DriftPage {
     pub next: Option<Uuid>,
 }
 
+/// The id right after `id` in uuid order, if any. Postgres compares uuids as 16 big-endian
+/// bytes, which is the order of `Uuid::as_u128`.
+fn successor(id: Uuid) -> Option<Uuid> {
+    id.as_u128().checked_add(1).map(Uuid::from_u128)
+}
+
 /// Up to `limit` rows of `kind` whose id sorts after `after`.
 pub async fn page(
     db: &PgPool,
@@ -104,7 +110,7 @@ pub async fn page(
     source::check_access(db).await??;
     let from = match after {
         None => Uuid::nil(),
-        Some(id) => match repair::successor(id) {
+        Some(id) => match successor(id) {
             Some(next) => next,
             None => {
                 return Ok(DriftPage {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::repo::access;
 use crate::repo::rekey::{self, Reference};
-use crate::repo::repair::{self, KeyRange, PairRow, RunContext, SetRepair};
+use crate::repo::repair::{self, Pages, PairRow, RunContext, SetRepair, Side};
 use crate::repo::runs;
 use crate::repo::status as status_repo;
 use crate::supabase::AdminApi;
@@ -321,7 +321,7 @@ impl Reconciler {
 
     async fn rekey_plan(&self) -> Result<Vec<RekeyPlan>, RunError> {
         let references = rekey::references(&self.db, &self.bound).await?;
-        let pairs = repair::pairs(&self.db, &self.bound, KeyRange::ALL).await?;
+        let pairs = repair::pairs(&self.db, &self.bound, Pages::ALL).await?;
         let mut plans = Vec::new();
         for pair in pairs.into_iter().take(PLANNED_REKEYS) {
             let (moved, refused) = match &references {
@@ -400,42 +400,75 @@ impl Reconciler {
             state: Mutex::new(WalkState {
                 progress: run.progress.clone(),
                 budget,
-                done: BTreeMap::new(),
-                next_to_commit: 0,
             }),
         };
-        let chunk_count = chunks::count(plan.source_total, self.chunk_size);
-        let sample = repair::sample_ids(
-            &self.db,
-            &self.bound,
-            chunks::sample_percent(plan.source_total, chunk_count),
-        )
-        .await?;
-        let mut ranges = chunks::split(&sample, chunk_count).into_iter().enumerate();
-        let mut in_flight = FuturesUnordered::new();
-        loop {
-            while in_flight.len() < workers && !walk.state().budget.exhausted() {
-                let Some((index, range)) = ranges.next() else {
-                    break;
-                };
-                // The lock is only as good as its session: if that is gone, another run may
-                // start, so stop before the next chunk.
-                sqlx::query("select 1")
-                    .execute(&mut *lock)
-                    .await
-                    .map_err(|_| RunError::LostLock)?;
-                in_flight.push(walk.chunk(index as u64, range));
+        // The source first (missing, stale, mismatched start from an auth user), then the
+        // target (orphaned, deleted start from a profile), each cut as it then stands.
+        for side in [Side::Source, Side::Target] {
+            if !self.walks(&run.options, side) {
+                continue;
             }
-            match in_flight.next().await {
-                None => break,
-                Some(result) => {
-                    result?;
-                    run.progress = walk.state().progress.clone();
-                    on_progress(run);
+            let (source_pages, target_pages) = repair::pages(&self.db, &self.bound).await?;
+            let chunks = match side {
+                Side::Source => chunks::split(source_pages, plan.source_total, self.chunk_size),
+                Side::Target => chunks::split(target_pages, plan.target_total, self.chunk_size),
+            };
+            let mut chunks = chunks.into_iter();
+            let mut in_flight = FuturesUnordered::new();
+            loop {
+                while in_flight.len() < workers && !walk.state().budget.exhausted() {
+                    let Some(pages) = chunks.next() else {
+                        break;
+                    };
+                    // The lock is only as good as its session: if that is gone, another run
+                    // may start, so stop before the next chunk.
+                    sqlx::query("select 1")
+                        .execute(&mut *lock)
+                        .await
+                        .map_err(|_| RunError::LostLock)?;
+                    in_flight.push(walk.chunk(side, pages));
+                }
+                match in_flight.next().await {
+                    None => break,
+                    Some(result) => {
+                        result?;
+                        run.progress = walk.state().progress.clone();
+                        on_progress(run);
+                    }
                 }
             }
         }
         Ok(RunState::Succeeded)
+    }
+
+    /// How many rows a run with `options` and `plan` walks: the source's, and the target's
+    /// when it repairs orphaned or deleted profiles (what `Progress::walked` counts towards).
+    pub fn rows_to_walk(&self, options: &RunOptions, plan: &Plan) -> u64 {
+        [
+            (Side::Source, plan.source_total),
+            (Side::Target, plan.target_total),
+        ]
+        .into_iter()
+        .filter(|(side, _)| self.walks(options, *side))
+        .map(|(_, rows)| rows.max(0) as u64)
+        .sum()
+    }
+
+    /// Whether a run with `options` has work on `side`'s chunks.
+    fn walks(&self, options: &RunOptions, side: Side) -> bool {
+        options
+            .kinds
+            .iter()
+            .any(|kind| kind_side(*kind) == side && self.policies.action(*kind) != Action::Report)
+    }
+}
+
+/// Which table a kind's repairs walk: those that start from an auth user walk the source,
+/// those that start from a profile the target.
+fn kind_side(kind: DriftKind) -> Side {
+    match kind {
+        DriftKind::Missing | DriftKind::Stale | DriftKind::Mismatched => Side::Source,
+        DriftKind::Orphaned | DriftKind::Deleted => Side::Target,
     }
 }
 
@@ -452,24 +485,10 @@ struct Walk<'a> {
     state: Mutex<WalkState>,
 }
 
-/// The run's progress and budget, and which chunks have committed (for the cursor).
+/// The run's progress and budget.
 struct WalkState {
     progress: Progress,
     budget: Budget,
-    /// Committed chunks past `next_to_commit`, by index, with their last id.
-    done: BTreeMap<u64, Uuid>,
-    /// The first chunk not yet committed: the cursor is the end of the one before it.
-    next_to_commit: u64,
-}
-
-impl WalkState {
-    fn committed(&mut self, index: u64, last: Uuid) {
-        self.done.insert(index, last);
-        while let Some(last) = self.done.remove(&self.next_to_commit) {
-            self.progress.cursor = Some(last);
-            self.next_to_commit += 1;
-        }
-    }
 }
 
 impl Walk<'_> {
@@ -491,19 +510,19 @@ impl Walk<'_> {
         self.state().budget.limit(deleting)
     }
 
-    /// One chunk: provisioning first (HTTP calls cannot join a transaction), then one
-    /// transaction with the re-keys, the set-based repairs and the run's progress.
-    async fn chunk(&self, index: u64, range: KeyRange) -> Result<(), RunError> {
+    /// One chunk of `side`'s pages: provisioning first (HTTP calls cannot join a transaction),
+    /// then one transaction with the re-keys, the set-based repairs and the run's progress.
+    async fn chunk(&self, side: Side, pages: Pages) -> Result<(), RunError> {
         let r = self.reconciler;
-        if r.wants(&self.options, DriftKind::Orphaned, Action::Provision) {
-            self.provision(range).await?;
+        if side == Side::Target && r.wants(&self.options, DriftKind::Orphaned, Action::Provision) {
+            self.provision(pages).await?;
         }
         let mut done = Progress::default();
         let mut tx = r.db.begin().await?;
         repair::tune_chunk(&mut *tx).await?;
-        let rows = repair::range_rows(&mut *tx, &r.bound, range).await?;
-        if let Some(references) = self.references {
-            self.rekeys(&mut tx, range, references, &mut done).await?;
+        let rows = repair::chunk_rows(&mut *tx, &r.bound, side, pages).await?;
+        if let (Side::Source, Some(references)) = (side, self.references) {
+            self.rekeys(&mut tx, pages, references, &mut done).await?;
         }
         for repair in [
             SetRepair::CreateMissing,
@@ -512,6 +531,9 @@ impl Walk<'_> {
             SetRepair::DeleteOrphaned,
         ] {
             let kind = repair.kind();
+            if kind_side(kind) != side {
+                continue;
+            }
             let expected = match repair {
                 SetRepair::CreateMissing => Action::Create,
                 SetRepair::UpdateStale => Action::Update,
@@ -529,7 +551,7 @@ impl Walk<'_> {
                 &mut *tx,
                 &r.bound,
                 repair,
-                range,
+                pages,
                 self.context(),
                 limit,
                 self.strays,
@@ -545,11 +567,11 @@ impl Walk<'_> {
             (DriftKind::Stale, Action::Update),
         ]
         .into_iter()
-        .filter(|(kind, action)| r.wants(&self.options, *kind, *action))
+        .filter(|(kind, action)| side == Side::Source && r.wants(&self.options, *kind, *action))
         .map(|(kind, _)| kind)
         .collect::<Vec<_>>();
         if !refusing.is_empty() {
-            for refused in repair::refused_users(&mut *tx, &r.bound, range).await? {
+            for refused in repair::refused_users(&mut *tx, &r.bound, pages).await? {
                 if refusing.contains(&refused.kind) {
                     done.failed(
                         refused.kind,
@@ -571,7 +593,6 @@ impl Walk<'_> {
             state.progress.merge(done);
             state.progress.chunks += 1;
             state.progress.walked += rows as u64;
-            state.committed(index, range.last);
             state.progress.clone()
         };
         runs::set_progress(&mut *tx, self.run_id, &progress).await?;
@@ -579,17 +600,17 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Re-keys the mismatched pairs whose source id is in the range, each under a savepoint so
-    /// that one refused pair does not undo the chunk.
+    /// Re-keys the mismatched pairs whose source row is in the chunk, each under a savepoint
+    /// so that one refused pair does not undo the chunk.
     async fn rekeys(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        range: KeyRange,
+        pages: Pages,
         references: &Result<Vec<Reference>, String>,
         done: &mut Progress,
     ) -> Result<(), RunError> {
         let bound = &self.reconciler.bound;
-        let pairs = repair::pairs(&mut **tx, bound, range).await?;
+        let pairs = repair::pairs(&mut **tx, bound, pages).await?;
         let mut failed_source = None;
         for pair in pairs {
             if self.state().budget.exhausted() {
@@ -645,14 +666,14 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Creates the auth user of each orphaned row in the range through the admin API. Each
+    /// Creates the auth user of each orphaned row in the chunk through the admin API. Each
     /// success is recorded at once: the call cannot be undone, so its event must not wait for
     /// the chunk's transaction.
-    async fn provision(&self, range: KeyRange) -> Result<(), RunError> {
+    async fn provision(&self, pages: Pages) -> Result<(), RunError> {
         let r = self.reconciler;
         let admin = r.admin.as_ref().ok_or(RunError::NoAdminApi)?;
         let limit = self.limit(false);
-        let orphans = repair::orphans(&r.db, &r.bound, range, limit).await?;
+        let orphans = repair::orphans(&r.db, &r.bound, pages, limit).await?;
         for orphan in orphans {
             let created = match auth_user_for(&r.bound.mapping, orphan.id, &orphan.row) {
                 Err(reason) => Err(reason),

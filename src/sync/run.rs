@@ -159,10 +159,9 @@ pub struct Failure {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Progress {
-    /// The last source id of the last committed chunk.
-    pub cursor: Option<Uuid>,
+    /// Chunks committed so far (of the source's pages, then of the target's).
     pub chunks: u64,
-    /// Source rows walked so far.
+    /// Rows walked so far: the source's, then (for orphaned and deleted) the target's.
     pub walked: u64,
     /// Rows repaired, per kind.
     pub repaired: BTreeMap<DriftKind, u64>,

@@ -81,7 +81,7 @@ async fn an_applied_run_repairs_missing_and_stale_and_records_each_repair() {
         run["progress"]["repaired"],
         json!({"missing": 1, "stale": 1})
     );
-    assert_eq!(run["progress"]["cursor"], Uuid::max().to_string());
+    assert_eq!(run["progress"]["walked"], run["plan"]["source_total"]);
     assert_eq!(
         app.target_row(s.missing).await.unwrap()["email"],
         "missing@example.com"
@@ -181,30 +181,46 @@ async fn a_second_run_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_run_walks_the_source_in_chunks_and_records_progress() {
+async fn a_run_walks_the_source_in_chunks_of_pages_and_meets_every_user_once() {
     let app = spawn_with(ReconcileConfig {
-        chunk_size: 2,
+        chunk_size: 40,
         ..ReconcileConfig::default()
     })
     .await;
-    let mut ids = Vec::new();
-    for i in 0..7 {
-        ids.push(
-            app.insert_auth_user(&AuthUser::new(&format!("c{i}@example.com")))
-                .await,
-        );
-    }
+    app.exec(
+        "insert into auth.users (instance_id, id, aud, role, email, raw_app_meta_data,
+             raw_user_meta_data, created_at, updated_at)
+         select '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated',
+                'authenticated', 'c' || g || '@example.com', '{}', '{}', now(), now()
+           from generate_series(1, 400) g",
+    )
+    .await;
+    let pages: i64 = sqlx::query_scalar(
+        "select pg_relation_size('auth.users') / current_setting('block_size')::bigint",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
 
     let run = app.reconcile(json!({"dry_run": false})).await;
 
     assert_eq!(run["state"], "succeeded", "{run}");
-    assert_eq!(run["progress"]["chunks"], 4);
-    assert_eq!(run["progress"]["walked"], 7);
-    assert_eq!(run["progress"]["repaired"]["missing"], 7);
-    assert_eq!(app.target_count().await, 7);
-    for id in ids {
-        assert_eq!(app.events_of(id).await.len(), 1);
-    }
+    let chunks = run["progress"]["chunks"].as_i64().unwrap();
+    assert!(
+        chunks > 1 && chunks <= pages,
+        "{chunks} chunks of {pages} pages"
+    );
+    assert_eq!(run["progress"]["walked"], 400);
+    assert_eq!(run["progress"]["repaired"]["missing"], 400);
+    assert_eq!(app.target_count().await, 400);
+    let once: i64 = sqlx::query_scalar(
+        "select count(*) from (select user_id from usersync.repairs group by user_id
+                                having count(*) = 1) u",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(once, 400, "every user met exactly once");
 }
 
 #[tokio::test]
@@ -659,7 +675,15 @@ async fn the_repairs_view_names_each_users_values_in_new_and_older_chunk_rows() 
         .fetch_one(&app.db.pool)
         .await
         .unwrap();
-    assert_eq!(chunk_rows, 1, "five creates, one chunk row");
+    let buckets = ids
+        .iter()
+        .map(|id| id.to_string()[..2].to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as i64;
+    assert_eq!(
+        chunk_rows, buckets,
+        "one chunk row per first byte of the ids"
+    );
     for id in &ids {
         let after: Value = sqlx::query_scalar(
             "select after from usersync.repairs where user_id = $1 and action = 'created'",

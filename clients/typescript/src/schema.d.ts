@@ -465,15 +465,10 @@ export interface components {
         Progress: {
             /**
              * Format: int64
+             * @description Chunks committed so far (of the source's pages, then of the target's).
              * @default 0
              */
             chunks: number;
-            /**
-             * Format: uuid
-             * @description The last source id of the last committed chunk.
-             * @default null
-             */
-            cursor: string | null;
             /**
              * @description Rows that could not be repaired, per kind (`failures` says why, for the first 100).
              * @default {}
@@ -492,7 +487,7 @@ export interface components {
             };
             /**
              * Format: int64
-             * @description Source rows walked so far.
+             * @description Rows walked so far: the source's, then (for orphaned and deleted) the target's.
              * @default 0
              */
             walked: number;
