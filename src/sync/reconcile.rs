@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::repo::access;
@@ -131,6 +132,10 @@ impl Budget {
 }
 
 impl Reconciler {
+    /// A reconciler over the database `db` connects to. Runs use connections of their own (the
+    /// run lock's, one per chunk in flight, one for the rest), made with statement logging off:
+    /// a run's plan and chunk statements take seconds by design, and sqlx would log each one as
+    /// a slow statement, SQL and all, over the progress bar.
     pub fn new(
         db: PgPool,
         bound: Arc<BoundMapping>,
@@ -138,12 +143,19 @@ impl Reconciler {
         walking: Walking,
         admin: Option<AdminApi>,
     ) -> Self {
+        let workers = walking.workers.max(1);
+        let quiet = (*db.connect_options()).clone().disable_statement_logging();
+        let db = PgPoolOptions::new()
+            .max_connections(u32::try_from(workers + 2).unwrap_or(u32::MAX))
+            .acquire_timeout(db.options().get_acquire_timeout())
+            .test_before_acquire(false)
+            .connect_lazy_with(quiet);
         Self {
             db,
             bound,
             policies,
             chunk_size: i64::from(walking.chunk_size),
-            workers: walking.workers.max(1),
+            workers,
             admin,
         }
     }

@@ -237,3 +237,31 @@ fn provisioning_without_an_admin_api_refuses_to_start() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("USERSYNC_SUPABASE_URL"), "{stderr}");
 }
+
+#[test]
+fn a_slow_run_prints_no_statement_on_stderr() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = TestDb::new().await;
+        AuthUser::new("slow@example.com").insert(&db.pool).await;
+        // Every statement that writes the target now takes over a second: the run's insert is
+        // a statement sqlx would log as slow.
+        sqlx::raw_sql(
+            "create function public.slowly() returns trigger language plpgsql
+             set search_path = '' as $$ begin perform pg_sleep(1.1); return null; end $$;
+             create trigger slowly before insert on public.users
+               for each statement execute function public.slowly();",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let (code, stdout, stderr) = usersync_cli(
+            &["reconcile", "--kind", "missing"],
+            &[("DATABASE_URL", &db.url()), ("RUST_LOG", "info")],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("succeeded"), "{stdout}");
+        assert!(!stderr.contains("slow statement"), "{stderr}");
+        assert!(!stderr.to_lowercase().contains("insert into"), "{stderr}");
+    });
+}
