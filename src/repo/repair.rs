@@ -11,31 +11,110 @@ use uuid::Uuid;
 use crate::sync::drift::DriftKind;
 use crate::sync::target::BoundMapping;
 
-/// A chunk of a table: its pages `first..end`, or `first..` to the table's end when `end` is
-/// `None` (rows a run's own inserts or concurrent writes add at the end are walked too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pages {
-    pub first: u32,
-    pub end: Option<u32>,
+/// A row's place in its table: a page and an offset in it (Postgres's `tid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tid {
+    pub page: u32,
+    pub offset: u16,
 }
 
-impl Pages {
-    /// Every page.
-    pub const ALL: Pages = Pages {
-        first: 0,
-        end: None,
-    };
+impl Tid {
+    /// The first place of `page`.
+    pub const fn page(page: u32) -> Tid {
+        Tid { page, offset: 0 }
+    }
 
-    /// The bounds as `in_chunk` binds them: the first page and the page past the last.
-    fn bounds(self) -> (i64, i64) {
-        (
-            i64::from(self.first),
-            self.end.map_or(i64::from(u32::MAX), i64::from),
-        )
+    fn sql(self) -> String {
+        format!("({},{})", self.page, self.offset)
     }
 }
 
-/// Which table a chunk's pages are of.
+/// The most rows a page holds (Postgres's `MaxHeapTuplesPerPage` for 8 KiB pages): past it, an
+/// offset names no row.
+const ROWS_PER_PAGE: u16 = 291;
+
+/// A chunk of a table: the rows in places `first..end`, or `first..` to the table's end when
+/// `end` is `None` (rows a run's own inserts or concurrent writes add at the end are walked
+/// too). A run cuts whole pages; a chunk the database refuses is split down to single rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pages {
+    pub first: Tid,
+    pub end: Option<Tid>,
+}
+
+impl Pages {
+    /// Every row.
+    pub const ALL: Pages = Pages {
+        first: Tid::page(0),
+        end: None,
+    };
+
+    /// The pages `first..end` (`None`: to the table's end).
+    pub fn of(first: u32, end: Option<u32>) -> Pages {
+        Pages {
+            first: Tid::page(first),
+            end: end.map(Tid::page),
+        }
+    }
+
+    /// The bounds as `in_chunk` binds them.
+    fn bounds(self) -> (String, String) {
+        (
+            self.first.sql(),
+            self.end.map_or_else(|| Tid::page(u32::MAX).sql(), Tid::sql),
+        )
+    }
+
+    /// Two chunks that hold exactly this one's rows, or `None` when it holds at most one place.
+    /// An open-ended chunk is first closed at `pages` (the table's pages now) and its open rest.
+    pub fn halves(self, pages: u32) -> Option<(Pages, Pages)> {
+        let Some(end) = self.end else {
+            let close = Tid::page(pages.max(self.first.page.saturating_add(1)));
+            return Some((
+                Pages {
+                    first: self.first,
+                    end: Some(close),
+                },
+                Pages {
+                    first: close,
+                    end: None,
+                },
+            ));
+        };
+        let mid = if end.page > self.first.page.saturating_add(1)
+            || (end.page == self.first.page + 1 && end.offset > 0)
+        {
+            // Several pages: split at a page.
+            Tid::page(self.first.page + (end.page - self.first.page).div_ceil(2))
+        } else {
+            // One page: split its places.
+            let last = if end.page == self.first.page {
+                end.offset
+            } else {
+                ROWS_PER_PAGE + 1
+            };
+            if last <= self.first.offset + 1 {
+                return None;
+            }
+            Tid {
+                page: self.first.page,
+                offset: self.first.offset + (last - self.first.offset) / 2,
+            }
+        };
+        Some((
+            Pages {
+                first: self.first,
+                end: Some(mid),
+            },
+            Pages {
+                first: mid,
+                end: Some(end),
+            },
+        ))
+    }
+}
+
+/// Which table a chunk's rows are of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Source,
@@ -45,6 +124,26 @@ pub enum Side {
 /// The pages of `auth.users` and of the target.
 pub async fn pages(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<(i64, i64)> {
     sqlx::query_as(&bound.sql.repair.pages).fetch_one(db).await
+}
+
+/// The ids of the rows a chunk of `side` holds.
+pub async fn chunk_ids(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    side: Side,
+    chunk: Pages,
+) -> sqlx::Result<Vec<Uuid>> {
+    let sql = match side {
+        Side::Source => &bound.sql.repair.source_ids,
+        Side::Target => &bound.sql.repair.target_ids,
+    };
+    let (first, end) = chunk.bounds();
+    sqlx::query_scalar(sql)
+        .bind(first)
+        .bind(end)
+        .persistent(false)
+        .fetch_all(db)
+        .await
 }
 
 /// How many rows a chunk of `side` holds.

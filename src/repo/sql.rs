@@ -49,7 +49,7 @@ pub struct RenderedSql {
     pub repair: RepairSql,
 }
 
-/// A run's statements. A run walks each table in chunks of pages, `[$1, $2)` (`in_chunk`): the
+/// A run's statements. A run walks each table in chunks of its rows, `[$1, $2)` (`in_chunk`): the
 /// source for the kinds that start from an auth user (missing, stale, mismatched), the target
 /// for those that start from a profile (orphaned, deleted), so that every row of either table
 /// is met exactly once.
@@ -65,6 +65,11 @@ pub struct RepairSql {
     pub source_rows: String,
     /// How many target rows a chunk of pages holds: `$1`, `$2`.
     pub target_rows: String,
+    /// The ids of the source rows a chunk holds (a refused row, once its chunk is narrowed to
+    /// it): `$1`, `$2`.
+    pub source_ids: String,
+    /// The keys of the target rows a chunk holds: `$1`, `$2`.
+    pub target_ids: String,
     /// Insert the mapped row of every `missing` user, probing the target for a stray row with
     /// each user's email.
     pub create_missing: String,
@@ -187,13 +192,12 @@ select $3, array_agg(id), (b || '000000-0000-0000-0000-000000000000')::uuid,
     )
 }
 
-/// A chunk of a run: the rows of `alias` in the pages `[$1, $2)` of its table (a TID range
-/// scan reads each page once, where an id range of random uuids touches nearly every page).
+/// A chunk of a run: the rows of `alias` whose places in its table are in `[$1, $2)`, two tids
+/// as text (a TID range scan reads each page once, where an id range of random uuids touches
+/// nearly every page). A chunk is whole pages; a chunk split to find the one row the database
+/// refuses narrows down to single rows.
 fn in_chunk(alias: &str) -> String {
-    format!(
-        "{alias}.ctid >= ('(' || $1::bigint || ',0)')::tid \
-         and {alias}.ctid < ('(' || $2::bigint || ',0)')::tid"
-    )
+    format!("{alias}.ctid >= $1::text::tid and {alias}.ctid < $2::text::tid")
 }
 
 /// Which images of the mapped columns a repair has, for its audit.
@@ -1258,6 +1262,8 @@ select count(*) from gone",
             ),
             source_rows: format!("select count(*) from auth.users s where {}", in_chunk("s")),
             target_rows: format!("select count(*) from {table} t where {}", in_chunk("t")),
+            source_ids: format!("select s.id from auth.users s where {}", in_chunk("s")),
+            target_ids: format!("select t.{key} from {table} t where {}", in_chunk("t")),
             create_missing,
             update_stale,
             delete_deleted: delete(DriftKind::Deleted, &|t| self.deleted(t)),

@@ -24,13 +24,10 @@ pub fn split(pages: i64, rows: i64, chunk_rows: i64) -> Vec<Pages> {
     let mut chunks = Vec::new();
     let mut first = 0u32;
     while let Some(end) = first.checked_add(per_chunk).filter(|end| *end < pages) {
-        chunks.push(Pages {
-            first,
-            end: Some(end),
-        });
+        chunks.push(Pages::of(first, Some(end)));
         first = end;
     }
-    chunks.push(Pages { first, end: None });
+    chunks.push(Pages::of(first, None));
     chunks
 }
 
@@ -39,7 +36,7 @@ mod tests {
     use super::*;
 
     fn covers_every_page(chunks: &[Pages]) {
-        assert_eq!(chunks.first().unwrap().first, 0);
+        assert_eq!(chunks.first().unwrap().first, Pages::ALL.first);
         assert_eq!(chunks.last().unwrap().end, None);
         for pair in chunks.windows(2) {
             assert_eq!(pair[0].end, Some(pair[1].first));
@@ -48,17 +45,11 @@ mod tests {
 
     #[test]
     fn a_table_is_cut_into_chunks_of_about_the_configured_rows() {
-        // 1,000 pages of 100 rows: 100,000-row chunks are 1,000 pages... 10 of them.
+        // 10,000 pages of 100 rows: chunks of 100,000 rows are 1,000 pages, 10 of them.
         let chunks = split(10_000, 1_000_000, 100_000);
         assert_eq!(chunks.len(), 10);
         covers_every_page(&chunks);
-        assert_eq!(
-            chunks[0],
-            Pages {
-                first: 0,
-                end: Some(1_000)
-            }
-        );
+        assert_eq!(chunks[0], Pages::of(0, Some(1_000)));
     }
 
     #[test]
@@ -74,5 +65,27 @@ mod tests {
             covers_every_page(&chunks);
             assert!(chunks.iter().all(|c| c.end.is_none_or(|end| c.first < end)));
         }
+    }
+
+    #[test]
+    fn halving_a_chunk_narrows_it_to_single_places_and_never_loses_one() {
+        let mut work = vec![Pages::of(3, None)];
+        let mut singles = Vec::new();
+        while let Some(chunk) = work.pop() {
+            assert!(singles.len() < 10_000, "it terminates");
+            match chunk.halves(5) {
+                Some((a, b)) => {
+                    assert_eq!(a.end, Some(b.first));
+                    assert_eq!((a.first, b.end), (chunk.first, chunk.end));
+                    if b.end.is_some() {
+                        work.push(b);
+                    }
+                    work.push(a);
+                }
+                None => singles.push(chunk),
+            }
+        }
+        // Pages 3 and 4 (the table had 5), one place each.
+        assert_eq!(singles.len(), 2 * 292);
     }
 }

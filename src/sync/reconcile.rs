@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
@@ -559,16 +560,9 @@ impl Walk<'_> {
             if limit.is_some_and(|l| l <= 0) {
                 continue;
             }
-            let repaired = repair::apply(
-                &mut *tx,
-                &r.bound,
-                repair,
-                pages,
-                self.context(),
-                limit,
-                self.strays,
-            )
-            .await?;
+            let repaired = self
+                .isolating(&mut tx, repair, side, pages, limit, &mut done, 0)
+                .await?;
             self.state().budget.spend(repaired, deleting);
             done.repaired(kind, repaired as u64);
         }
@@ -610,6 +604,71 @@ impl Walk<'_> {
         runs::set_progress(&mut *tx, self.run_id, &progress).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Applies `repair` to a chunk under a savepoint. When the database refuses the statement
+    /// because of a row's data (SQLSTATE class 22 or 23: a value out of range, a check or
+    /// unique constraint of the target's), the chunk is split in halves until each refused row
+    /// is alone: it fails alone, recorded with its id and the error (never the value), and
+    /// every other row of the chunk is repaired.
+    #[allow(clippy::too_many_arguments)]
+    fn isolating<'s>(
+        &'s self,
+        tx: &'s mut Transaction<'static, Postgres>,
+        repair: SetRepair,
+        side: Side,
+        pages: Pages,
+        limit: Option<i64>,
+        done: &'s mut Progress,
+        depth: u32,
+    ) -> BoxFuture<'s, Result<i64, RunError>> {
+        Box::pin(async move {
+            let r = self.reconciler;
+            let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+            let applied = repair::apply(
+                &mut *savepoint,
+                &r.bound,
+                repair,
+                pages,
+                self.context(),
+                limit,
+                self.strays,
+            )
+            .await;
+            let refused = match applied {
+                Ok(repaired) => {
+                    savepoint.commit().await?;
+                    return Ok(repaired);
+                }
+                Err(sqlx::Error::Database(e)) if refused_by_data(&*e) && depth < MAX_SPLITS => {
+                    savepoint.rollback().await?;
+                    crate::db::describe(&sqlx::Error::Database(e))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let table_pages = match side {
+                Side::Source => repair::pages(&mut **tx, &r.bound).await?.0,
+                Side::Target => repair::pages(&mut **tx, &r.bound).await?.1,
+            };
+            match pages.halves(u32::try_from(table_pages).unwrap_or(u32::MAX)) {
+                Some((first, second)) => {
+                    let a = self
+                        .isolating(tx, repair, side, first, limit, done, depth + 1)
+                        .await?;
+                    let limit = limit.map(|l| l - a);
+                    let b = self
+                        .isolating(tx, repair, side, second, limit, done, depth + 1)
+                        .await?;
+                    Ok(a + b)
+                }
+                None => {
+                    for id in repair::chunk_ids(&mut **tx, &r.bound, side, pages).await? {
+                        done.failed(repair.kind(), id, refused.clone());
+                    }
+                    Ok(0)
+                }
+            }
+        })
     }
 
     /// Re-keys the mismatched pairs whose source row is in the chunk, each under a savepoint
@@ -715,6 +774,18 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// The most times a refused chunk is split: enough to narrow a billion rows to one, and a
+/// bound if rows kept arriving at the end of an open chunk.
+const MAX_SPLITS: u32 = 64;
+
+/// Whether the database refused a statement because of a row's data (SQLSTATE class 22, data
+/// exception, or 23, integrity constraint violation): another row would have gone through.
+fn refused_by_data(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error
+        .code()
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 /// Why a pair cannot be re-keyed without guessing: its email matches more than one profile, or

@@ -242,3 +242,40 @@ async fn start_up_warns_about_metadata_into_a_typed_column_and_no_value_reaches_
     );
     assert!(!logs.contains("drop table"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_value_a_constraint_of_the_target_refuses_fails_that_user_alone_in_a_run() {
+    let app = spawn_with_credits("", AppOptions::default()).await;
+    app.exec("alter table public.users add constraint credits_not_negative check (credits >= 0)")
+        .await;
+    // Enough users for several pages, so that the refused one is found by splitting a chunk.
+    app.exec(
+        "insert into auth.users (instance_id, id, aud, role, email, raw_app_meta_data,
+             raw_user_meta_data, created_at, updated_at)
+         select '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated',
+                'authenticated', 'many' || g || '@example.com', '{}', '{\"credits\": \"5\"}',
+                now(), now()
+           from generate_series(1, 300) g",
+    )
+    .await;
+    let negative = app
+        .insert_auth_user(&AuthUser::new("neg@example.com").user_metadata(json!({"credits": "-5"})))
+        .await;
+
+    let run = app.reconcile(json!({"dry_run": false})).await;
+
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["progress"]["repaired"]["missing"], 300, "{run}");
+    assert_eq!(run["progress"]["failed"]["missing"], 1, "{run}");
+    let failure = &run["progress"]["failures"][0];
+    assert_eq!(failure["id"], negative.to_string());
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .contains("credits_not_negative"),
+        "{failure}"
+    );
+    assert!(app.target_row(negative).await.is_none());
+    assert_eq!(app.target_count().await, 300);
+}
