@@ -54,7 +54,7 @@ pub enum ApiError {
     Status(StatusCode),
     #[error("too many requests: retry after the time in `Retry-After`")]
     RateLimited { retry_after: Duration },
-    #[error("the request took too long")]
+    #[error("the request took longer than the configured timeout; what it asked for may still be done (every write of usersync's is idempotent, and checked again as it is made): it is safe to retry")]
     Timeout,
     #[error("the service is handling as many requests as it may; retry shortly")]
     Overloaded,

@@ -498,12 +498,20 @@ impl<'a> Renderer<'a> {
         let Some(email) = self.mapping.email_column() else {
             return "false".into();
         };
-        let email = format!("{t}.{}", email.quoted());
         format!(
-            "(exists (select 1 from auth.users s2 where {lonely} and s2.email = lower({email})) \
-             or exists (select 1 from auth.users s2 where {lonely} \
-             and s2.instance_id = {GOTRUE_INSTANCE} and lower(s2.email) = lower({email})))",
-            lonely = self.lonely("s2"),
+            "exists (select 1 from auth.users s2 where {} and {})",
+            self.lonely("s2"),
+            self.same_by_index("s2", &format!("{t}.{}", email.quoted()))
+        )
+    }
+
+    /// Source row `s` holds `email` (a target's email, a text expression), as Supabase Auth's
+    /// own indexes can find it: stored lower-cased (the unique index on `email`), or in another
+    /// case under Supabase Auth's nil instance (its `(instance_id, lower(email))` index).
+    fn same_by_index(&self, s: &str, email: &str) -> String {
+        format!(
+            "({s}.email = lower({email}) \
+             or ({s}.instance_id = {GOTRUE_INSTANCE} and lower({s}.email) = lower({email})))"
         )
     }
 
@@ -991,40 +999,59 @@ select exists (select 1 from gone) as gone,
         )
     }
 
-    /// Every count in one statement: one full join of the two tables by id, plus the mismatched
-    /// pairs (lonely sources joined to stray targets by email, both found by anti-joins). In
-    /// the joined rows "no target row" is `t.key is null` and "in no source row" is
-    /// `s.id is null`; each count is the correlated kind above with those facts substituted.
+    /// Every count in one statement, in two passes the planner can run in parallel (a full
+    /// join cannot be, before PostgreSQL 16): the target rows no auth user has (`strays`, one
+    /// anti-join: usually few), then every auth user left-joined to its profile. A stray that a
+    /// lonely auth user claims by email is found from the stray's side, through Supabase Auth's
+    /// own indexes (`same_by_index`); each count is the kind above with those facts substituted
+    /// (every mismatched auth user is live and has no profile: `missing` is the live unmatched
+    /// ones less them, so the second pass need not look at the pairs).
     fn status(&self) -> String {
         let (table, key) = (&self.table, &self.key);
+        let email = self.target_email("t");
         format!(
-            "with pairs as (
-    select s.id as source_id, m.{key} as target_id
-      from auth.users s join {table} m on {same}
-     where {lonely} and {stray}
+            "with strays as materialized (
+    select t.{key} as id, {email} as email, {known} as known
+      from {table} t
+     where {not_in_source}
+),
+paired as materialized (
+    select distinct s.id as source_id, m.id as target_id
+      from strays m
+      join lateral (select s.id from auth.users s
+                     where {lonely} and {same}) s on true
+),
+source_side as (
+    select count(*) as source_total,
+           count(t.{key}) as matched,
+           count(*) filter (where t.{key} is null and {live}) as unmatched_live,
+           count(*) filter (where t.{key} is not null and {stale}) as stale,
+           count(*) filter (where t.{key} is not null and s.deleted_at is not null)
+               as soft_deleted
+      from auth.users s
+      left join {table} t on t.{key} = s.id
+),
+mismatched as (
+    select count(distinct source_id) as sources from paired
 )
-select count(s.id) as source_total,
-       count(t.{key}) as target_total,
-       count(*) filter (where s.id is not null and t.{key} is null and {live}
-                          and ms.source_id is null) as missing,
-       count(*) filter (where s.id is not null and t.{key} is not null and {stale}) as stale,
-       count(ms.source_id) as mismatched,
-       count(*) filter (where s.id is null and mt.target_id is null and not {once})
-           as orphaned,
-       count(*) filter (where t.{key} is not null and (s.deleted_at is not null
-                          or (s.id is null and mt.target_id is null and {once}))) as deleted,
+select source_total,
+       matched + (select count(*) from strays) as target_total,
+       unmatched_live - mismatched.sources as missing,
+       stale,
+       mismatched.sources as mismatched,
+       (select count(*) from strays m
+         where not m.known and m.id not in (select target_id from paired)) as orphaned,
+       soft_deleted + (select count(*) from strays m
+                        where m.known and m.id not in (select target_id from paired)) as deleted,
        (select count(*) from usersync.dead_letters where resolved_at is null)
            as dead_letters_pending
-  from auth.users s
-  full join {table} t on t.{key} = s.id
-  left join (select distinct source_id from pairs) ms on ms.source_id = s.id
-  left join (select distinct target_id from pairs) mt on mt.target_id = t.{key}",
-            same = self.same_person("s", "m"),
+  from source_side, mismatched",
+            known = self.known_user("t"),
+            not_in_source = self.not_in_source("t"),
             lonely = self.lonely("s"),
-            stray = self.stray("m"),
+            same = self.same_by_index("s", "m.email"),
             live = self.live("s"),
             stale = self.stale("s", "t"),
-            once = self.known_user("t"),
         )
     }
 
@@ -1223,21 +1250,27 @@ select count(*) from gone",
                 self.refused_column("s", false),
                 self.refused_column("s", true),
             );
+            // The refused users of a chunk are few: each part finds them first (`offset 0`
+            // keeps the planner from joining the whole chunk to the target before it filters),
+            // and only they are then checked for their kind, one index probe each.
             let mut parts = Vec::new();
             if insert != "null::text" {
                 parts.push(format!(
-                    "select s.id, 'missing' as kind, {insert} as column_name
-  from auth.users s
- where {chunk} and {missing} and {insert} is not null",
+                    "select s.id, 'missing' as kind, s.column_name
+  from (select s.*, {insert} as column_name from auth.users s
+         where {chunk} and {insert} is not null offset 0) s
+ where {missing}",
                     chunk = in_chunk("s"),
                     missing = self.missing("s"),
                 ));
             }
             if update != "null::text" {
                 parts.push(format!(
-                    "select s.id, 'stale' as kind, {update} as column_name
-  from auth.users s join {table} t on t.{key} = s.id
- where {chunk} and {stale} and {update} is not null",
+                    "select s.id, 'stale' as kind, s.column_name
+  from (select s.*, {update} as column_name from auth.users s
+         where {chunk} and {update} is not null offset 0) s
+  join {table} t on t.{key} = s.id
+ where {stale}",
                     chunk = in_chunk("s"),
                     stale = self.stale("s", "t"),
                 ));

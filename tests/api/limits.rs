@@ -148,8 +148,11 @@ async fn beyond_the_concurrency_limit_api_requests_are_shed_with_503_but_probes_
     assert_eq!(app.status(&secret_key()).await.status(), 200);
 }
 
+/// The promise of a timed-out request is that it may still be done and is safe to retry: a
+/// coalesced sync's statement goes on after its requests are answered, so "nothing was
+/// written" would not be true.
 #[tokio::test]
-async fn a_request_over_the_timeout_is_503_request_timeout_and_writes_nothing() {
+async fn a_request_over_the_timeout_is_503_request_timeout_and_safe_to_retry() {
     let (app, id) = spawn_app_with_user(AppOptions {
         request_timeout: Duration::from_millis(300),
         ..Default::default()
@@ -157,9 +160,24 @@ async fn a_request_over_the_timeout_is_503_request_timeout_and_writes_nothing() 
     .await;
     let lock = lock_target(&app).await;
     let response = app.sync_me(&user_token(id)).await;
-    assert_problem(response, 503, "request_timeout").await;
+    let body = assert_problem(response, 503, "request_timeout").await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("may still be done") && detail.contains("safe to retry"),
+        "{detail}"
+    );
     lock.close().await.unwrap();
-    assert!(app.target_row(id).await.is_none());
+
+    // The retry answers for the one profile, made once, by whichever statement made it.
+    let retried = app.sync_me(&user_token(id)).await;
+    assert_eq!(retried.status(), 200);
+    let action = retried.json::<serde_json::Value>().await.unwrap()["action"].clone();
+    assert!(action == "created" || action == "unchanged", "{action}");
+    assert!(app.target_row(id).await.is_some());
+    assert_eq!(
+        app.events_of(id).await,
+        [("missing".to_owned(), "created".to_owned())]
+    );
 }
 
 #[tokio::test]
