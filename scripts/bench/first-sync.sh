@@ -45,9 +45,8 @@ for tool in wrk python3 curl jq psql; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
 done
 
-psql_admin() { psql "$SERVER_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_bench() { psql "$BENCH_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "met" : "MISSED") }'; }
 
 if [ -z "${BIN:-}" ]; then
@@ -94,19 +93,7 @@ select '00000000-0000-0000-0000-000000000000', md5('user' || g)::uuid, 'authenti
        '', '', '', '', '', '', '', '', false, false,
        now() - (g || ' seconds')::interval, now()
   from generate_series($from + 1, $to) g;
-insert into public.users (id, email, full_name, avatar_url, role, created_at, updated_at)
-select s.id, s.email,
-       coalesce(nullif(s.raw_user_meta_data #>> '{full_name}', ''),
-                nullif(s.raw_user_meta_data #>> '{name}', ''),
-                nullif(s.raw_user_meta_data #>> '{user_name}', ''),
-                nullif(s.raw_user_meta_data #>> '{username}', '')),
-       coalesce(nullif(s.raw_user_meta_data #>> '{avatar_url}', ''),
-                nullif(s.raw_user_meta_data #>> '{picture}', '')),
-       coalesce(nullif(s.raw_app_meta_data #>> '{role}', ''), 'user'),
-       s.created_at, now()
-  from auth.users s
- where s.deleted_at is null
-on conflict do nothing;
+$BARE_INSERT;
 SQL
 }
 

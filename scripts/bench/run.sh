@@ -36,12 +36,8 @@ BENCH_URL="$BASE_URL/$DB"
 KEY="sb_secret_bench_0123456789abcdef"
 PORT="${BENCH_PORT:-18080}"
 
-psql_admin() { psql "$SERVER_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_bench() { psql "$BENCH_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
-now_ms() { date +%s%3N; }
-min() { printf '%s\n' "$@" | sort -n | head -1; }
-max() { printf '%s\n' "$@" | sort -n | tail -1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 if [ -z "${BIN:-}" ]; then
   echo "== building the release binary"
@@ -77,20 +73,6 @@ SQL
   if [ "$1" = vacuumed ]; then psql_bench -c "vacuum analyze auth.users"; fi
 }
 
-# The default mapping's values, written by hand: what a person would type into psql.
-BARE_INSERT="insert into public.users (id, email, full_name, avatar_url, role, created_at, updated_at)
-select s.id, s.email,
-       coalesce(nullif(s.raw_user_meta_data #>> '{full_name}', ''),
-                nullif(s.raw_user_meta_data #>> '{name}', ''),
-                nullif(s.raw_user_meta_data #>> '{user_name}', ''),
-                nullif(s.raw_user_meta_data #>> '{username}', '')),
-       coalesce(nullif(s.raw_user_meta_data #>> '{avatar_url}', ''),
-                nullif(s.raw_user_meta_data #>> '{picture}', '')),
-       coalesce(nullif(s.raw_app_meta_data #>> '{role}', ''), 'user'),
-       s.created_at, now()
-  from auth.users s
- where s.deleted_at is null
-on conflict do nothing"
 
 reset_target() {
   psql_bench -c "truncate public.users, usersync.events, usersync.runs" -c "checkpoint"

@@ -363,9 +363,7 @@ pub async fn confirm_sign_up(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
         update_identity_data_raw(&mut tx, identity.id, &data).await?;
     }
     let mut app_metadata = object_opt(&user.raw_app_meta_data);
-    update_app_meta_data_providers(&mut tx, id, &mut app_metadata).await?;
-    // read: tx.Reload(user).
-    issue_refresh_token(&mut tx, id).await?;
+    providers_and_session(&mut tx, id, &mut app_metadata).await?;
     tx.commit().await
 }
 
@@ -377,20 +375,10 @@ pub async fn confirm_phone_sign_up(db: &PgPool, id: Uuid) -> Result<(), sqlx::Er
     let user = load_user(&mut tx, id).await?;
     // smsVerify; skipped: INSERT INTO "audit_log_entries" (user_signedup).
     confirm_phone(&mut tx, id).await?;
-    if user.is_anonymous {
-        update_only(
-            &mut tx,
-            "users",
-            id,
-            vec![("is_anonymous", Val::Bool(false))],
-        )
-        .await?;
-    }
+    no_longer_anonymous(&mut tx, &user).await?;
     // read: tx.Load(user, "Identities").
     let mut app_metadata = object_opt(&user.raw_app_meta_data);
-    update_app_meta_data_providers(&mut tx, id, &mut app_metadata).await?;
-    // read: tx.Reload(user).
-    issue_refresh_token(&mut tx, id).await?;
+    providers_and_session(&mut tx, id, &mut app_metadata).await?;
     tx.commit().await
 }
 
@@ -894,18 +882,9 @@ pub async fn link_identity(
             return Ok(false);
         }
         confirm(&mut tx, id, &mut user_metadata).await?;
-        if user.is_anonymous {
-            update_only(
-                &mut tx,
-                "users",
-                id,
-                vec![("is_anonymous", Val::Bool(false))],
-            )
-            .await?;
-        }
+        no_longer_anonymous(&mut tx, &user).await?;
     }
-    update_app_meta_data_providers(&mut tx, id, &mut app_metadata).await?;
-    issue_refresh_token(&mut tx, id).await?;
+    providers_and_session(&mut tx, id, &mut app_metadata).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -1037,9 +1016,7 @@ pub async fn verify_email_change(
         return Ok(false);
     }
     let mut app_metadata = confirm_email_change_tx(&mut tx, &user, &email_change).await?;
-    update_app_meta_data_providers(&mut tx, id, &mut app_metadata).await?;
-    // read: tx.Reload(user).
-    issue_refresh_token(&mut tx, id).await?;
+    providers_and_session(&mut tx, id, &mut app_metadata).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -1131,20 +1108,10 @@ pub async fn confirm_phone_change(db: &PgPool, id: Uuid) -> Result<(), sqlx::Err
         )
         .await?;
     }
-    if user.is_anonymous {
-        update_only(
-            &mut tx,
-            "users",
-            id,
-            vec![("is_anonymous", Val::Bool(false))],
-        )
-        .await?;
-    }
+    no_longer_anonymous(&mut tx, &user).await?;
     // read: tx.Load(user, "Identities").
     let mut app_metadata = object_opt(&user.raw_app_meta_data);
-    update_app_meta_data_providers(&mut tx, id, &mut app_metadata).await?;
-    // read: tx.Reload(user).
-    issue_refresh_token(&mut tx, id).await?;
+    providers_and_session(&mut tx, id, &mut app_metadata).await?;
     tx.commit().await
 }
 
@@ -1830,9 +1797,7 @@ async fn confirm_email_change_tx(
             update_identity_data_raw(tx, identity.id, &data).await?;
         }
     }
-    if user.is_anonymous {
-        update_only(tx, "users", id, vec![("is_anonymous", Val::Bool(false))]).await?;
-    }
+    no_longer_anonymous(tx, user).await?;
     // read: tx.Load(user, "Identities").
     // User.ConfirmEmailChange(tx, zeroConfirmation)
     update_only(
@@ -2013,4 +1978,31 @@ async fn load_identities(tx: &mut Tx, user_id: Uuid) -> Result<Vec<IdentityRow>,
     .bind(user_id)
     .fetch_all(&mut **tx)
     .await
+}
+
+/// `user.UpdateIsAnonymous(false)` where GoTrue verifies an anonymous user's first identity:
+/// the user is permanent from then on.
+async fn no_longer_anonymous(tx: &mut Tx, user: &UserRow) -> Result<(), sqlx::Error> {
+    if user.is_anonymous {
+        update_only(
+            tx,
+            "users",
+            user.id,
+            vec![("is_anonymous", Val::Bool(false))],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The tail of every verification GoTrue signs the user in at: the providers rewritten from
+/// the identities (`UpdateAppMetaDataProviders`), then, after `tx.Reload(user)`, the session
+/// (`IssueRefreshToken`).
+async fn providers_and_session(
+    tx: &mut Tx,
+    id: Uuid,
+    app_metadata: &mut Map<String, Value>,
+) -> Result<(), sqlx::Error> {
+    update_app_meta_data_providers(tx, id, app_metadata).await?;
+    issue_refresh_token(tx, id).await
 }
