@@ -49,12 +49,7 @@ done
 . scripts/bench/lib.sh
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "met" : "MISSED") }'; }
 
-if [ -z "${BIN:-}" ]; then
-  echo "== building the release binary"
-  cargo build --release --quiet
-  BIN=target/release/usersync
-fi
-[ -x "$BIN" ] || { echo "no usersync binary at $BIN" >&2; exit 2; }
+ensure_binary
 
 WORK="$(mktemp -d)"
 SERVICE_PID=""
@@ -78,23 +73,8 @@ DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
 # Users (from+1 .. to] with profiles; ids md5('user' || g), as in signup.sh.
 seed() {
   local from="$1" to="$2"
-  psql_bench <<SQL
-insert into auth.users (instance_id, id, aud, role, email, encrypted_password,
-    email_confirmed_at, raw_app_meta_data, raw_user_meta_data, confirmation_token,
-    recovery_token, email_change_token_new, email_change, email_change_token_current,
-    reauthentication_token, phone_change, phone_change_token, is_sso_user, is_anonymous,
-    created_at, updated_at)
-select '00000000-0000-0000-0000-000000000000', md5('user' || g)::uuid, 'authenticated',
-       'authenticated', 'user' || g || '@example.com', '', now(),
-       jsonb_build_object('provider', 'email', 'providers', jsonb_build_array('email'),
-                          'role', case when g % 100 = 0 then 'admin' end),
-       jsonb_build_object('full_name', 'User ' || g, 'avatar_url',
-                          'https://example.com/a/' || g || '.png'),
-       '', '', '', '', '', '', '', '', false, false,
-       now() - (g || ' seconds')::interval, now()
-  from generate_series($from + 1, $to) g;
-$BARE_INSERT;
-SQL
+  auth_users_sql "md5('user' || g)::uuid" "$from" "$to" | psql_bench
+  psql_bench -c "$BARE_INSERT"
 }
 
 # The new users: auth users without profiles, as GoTrue leaves them after a sign-up.

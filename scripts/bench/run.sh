@@ -39,11 +39,7 @@ PORT="${BENCH_PORT:-18080}"
 # shellcheck source=scripts/bench/lib.sh
 . scripts/bench/lib.sh
 
-if [ -z "${BIN:-}" ]; then
-  echo "== building the release binary"
-  cargo build --release --quiet
-  BIN=target/release/usersync
-fi
+ensure_binary
 
 echo "== creating $DB"
 psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
@@ -54,22 +50,7 @@ DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
 # autovacuum leaves a table some time after a load; `unvacuumed`: as the load leaves it.
 load_source() {
   psql_bench -c "truncate auth.users cascade" >/dev/null
-  psql_bench <<SQL
-insert into auth.users (instance_id, id, aud, role, email, encrypted_password,
-    email_confirmed_at, raw_app_meta_data, raw_user_meta_data, confirmation_token,
-    recovery_token, email_change_token_new, email_change, email_change_token_current,
-    reauthentication_token, phone_change, phone_change_token, is_sso_user, is_anonymous,
-    created_at, updated_at)
-select '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated',
-       'authenticated', 'user' || g || '@example.com', '', now(),
-       jsonb_build_object('provider', 'email', 'providers', jsonb_build_array('email'),
-                          'role', case when g % 100 = 0 then 'admin' end),
-       jsonb_build_object('full_name', 'User ' || g, 'avatar_url',
-                          'https://example.com/a/' || g || '.png'),
-       '', '', '', '', '', '', '', '', false, false,
-       now() - (g || ' seconds')::interval, now()
-  from generate_series(1, $N) g;
-SQL
+  auth_users_sql "gen_random_uuid()" 0 "$N" | psql_bench
   if [ "$1" = vacuumed ]; then psql_bench -c "vacuum analyze auth.users"; fi
 }
 
@@ -79,7 +60,8 @@ reset_target() {
   psql_bench -c "vacuum analyze public.users" -c "vacuum analyze usersync.events"
 }
 
-# One measurement of one side from the same state; prints "wall_ms [peak_rss_kib]".
+# One measurement of one side from the same state; prints "wall_ms [peak_rss_kib run_ms]": the
+# CLI's run_ms is the run's own started_at .. finished_at, the figure inside the wall clock.
 measure() {
   local side=$1 source=$2
   [ "$source" = unvacuumed ] && load_source unvacuumed
@@ -96,7 +78,10 @@ measure() {
       DATABASE_URL="$BENCH_URL" USERSYNC_LOG_FORMAT=json RUST_LOG=usersync=warn \
         /usr/bin/time -f '%M' -o "$out" "$BIN" reconcile --kind missing >/dev/null
       t1=$(now_ms)
-      echo "$((t1 - t0)) $(cat "$out")"
+      local run_ms
+      run_ms=$(psql_bench -At -c "select round(extract(epoch from finished_at - started_at) * 1000)
+                                    from usersync.runs order by started_at desc limit 1")
+      echo "$((t1 - t0)) $(cat "$out") $run_ms"
       rm -f "$out"
       local rows events
       rows=$(psql_bench -At -c "select count(*) from public.users")
@@ -107,27 +92,32 @@ measure() {
 }
 
 cleanup() {
+  rm -f "${RESULT:-}"
   [ -n "${SERVICE_PID:-}" ] && { kill "$SERVICE_PID" 2>/dev/null || true; wait "$SERVICE_PID" 2>/dev/null || true; }
   # KEEP_DB=1 leaves the database for a closer look (EXPLAIN ANALYZE, say).
   [ -n "${KEEP_DB:-}" ] || psql_admin -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+RESULT=$(mktemp)
 
 declare -A TABLE
 for source in $SOURCES; do
   echo "== benchmark 1: reconcile $N missing users, $source auth.users ($ROUNDS rounds each)"
   [ "$source" = vacuumed ] && load_source vacuumed
-  bare=(); cli=(); rss=()
+  bare=(); cli=(); rss=(); inside=()
   for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) -eq 1 ]; then order="bare cli"; else order="cli bare"; fi
     for side in $order; do
-      read -r ms kib < <(measure "$side" "$source")
-      if [ "$side" = bare ]; then bare+=("$ms"); else cli+=("$ms"); rss+=("$kib"); fi
+      # In this shell, not a process substitution: the row check must finish before the next
+      # measurement truncates the table, and its failure must end the script.
+      measure "$side" "$source" >"$RESULT"
+      read -r ms kib run_ms < <(tail -1 "$RESULT")
+      if [ "$side" = bare ]; then bare+=("$ms"); else cli+=("$ms"); rss+=("$kib"); inside+=("$run_ms"); fi
     done
-    echo "   round $round: bare ${bare[-1]} ms, usersync reconcile ${cli[-1]} ms (peak RSS ${rss[-1]} KiB)"
+    echo "   round $round: bare ${bare[-1]} ms, usersync reconcile ${cli[-1]} ms (the run itself ${inside[-1]} ms; peak RSS ${rss[-1]} KiB)"
   done
-  b=$(min "${bare[@]}"); c=$(min "${cli[@]}"); r=$(max "${rss[@]}")
-  TABLE[$source]="| reconcile $N missing users, $source auth.users | ${b} ms | ${c} ms | $(ratio "$c" "$b")x | <= 1.0x | $((r / 1024)) MiB (< 64) |"
+  b=$(min "${bare[@]}"); c=$(min "${cli[@]}"); i=$(min "${inside[@]}"); r=$(max "${rss[@]}")
+  TABLE[$source]="| reconcile $N missing users, $source auth.users | ${b} ms | ${c} ms (run ${i} ms) | $(ratio "$c" "$b")x | <= 1.0x | $((r / 1024)) MiB (< 64) |"
 done
 
 if [ "$STATUS" != 0 ]; then

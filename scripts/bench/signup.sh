@@ -21,6 +21,10 @@
 #   SECONDS   seconds per measurement (default 20; DURATION works too)
 #   ROUNDS    measurements of each setup, alternating; the best is compared (default 1)
 #   WARMUP    seconds of an unrecorded no-trigger sign-up run before each size (default 5)
+#   SETTLE    seconds of the same workload and setup, unrecorded, before each measurement
+#             (default 3): each starts from shared buffers its own workload filled, not from
+#             what the previous setup's writes left there (at a million users the tables and
+#             indexes no longer fit in the default 128 MB)
 #   SIGNUP_FLOW  confirm (default: GoTrue's and hosted Supabase's default, "Confirm email" on:
 #             the transaction ends with the confirmation token and its one-time-token row; the
 #             mail sent inside it is not replayed) or autoconfirm (GOTRUE_MAILER_AUTOCONFIRM, the
@@ -33,8 +37,8 @@
 # rows the previous one added (its users, their profiles and identities, every session, audit row
 # and usersync event) are deleted, the tables vacuumed, a checkpoint taken, and auth.users,
 # public.users and auth.identities must hold the size within 1%. During a measurement the tables
-# grow by the sign-ups it makes (printed as "+k users"): at a small size and a high tps that is
-# more than 1%, for every setup alike.
+# grow by the sign-ups it makes (printed as "+k users", the settling run's included): at a small
+# size and a high tps that is more than 1%, for every setup alike.
 #
 # What pgbench replays, and how (GoTrue: supabase/auth, internal/api/signup.go, token.go,
 # internal/models, internal/tokens/service.go; SQL as gobuffalo/pop v6.1.1 renders it):
@@ -65,6 +69,7 @@ SIZES="${SIZES:-10000 100000 1000000}"
 CLIENTS="${CLIENTS:-1 16}"
 ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-5}"
+SETTLE="${SETTLE:-3}"
 SIGNUP_FLOW="${SIGNUP_FLOW:-confirm}"
 SERVER_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 BASE_URL="${SERVER_URL%/*}"
@@ -84,12 +89,7 @@ done
 max() { printf '%s\n' "$@" | sort -g | tail -1; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "met" : "MISSED") }'; }
 
-if [ -z "${BIN:-}" ]; then
-  echo "== building the release binary"
-  cargo build --release --quiet
-  BIN=target/release/usersync
-fi
-[ -x "$BIN" ] || { echo "no usersync binary at $BIN" >&2; exit 2; }
+ensure_binary
 
 WORK="$(mktemp -d)"
 PGBENCH_PID=""
@@ -462,6 +462,7 @@ pgbench_tps() {
 measure() {
   local setup="$1" workload="$2" clients="$3" size="$4" added profiles
   install "$setup"
+  [ "$SETTLE" -gt 0 ] && pgbench_tps "$WORK/$workload.sql" "$clients" "$SETTLE" "$size"
   pgbench_tps "$WORK/$workload.sql" "$clients" "$DURATION" "$size"
   uninstall "$setup"
   read -r added profiles <<<"$(psql_bench -At -F ' ' -c "select
