@@ -121,6 +121,16 @@ pub enum Side {
     Target,
 }
 
+impl Side {
+    /// The one of a pair of statements that reads this side's table.
+    fn pick<'a>(self, source: &'a str, target: &'a str) -> &'a str {
+        match self {
+            Side::Source => source,
+            Side::Target => target,
+        }
+    }
+}
+
 /// The pages of `auth.users` and of the target.
 pub async fn pages(db: impl PgExecutor<'_>, bound: &BoundMapping) -> sqlx::Result<(i64, i64)> {
     sqlx::query_as(&bound.sql.repair.pages).fetch_one(db).await
@@ -133,10 +143,7 @@ pub async fn chunk_ids(
     side: Side,
     chunk: Pages,
 ) -> sqlx::Result<Vec<Uuid>> {
-    let sql = match side {
-        Side::Source => &bound.sql.repair.source_ids,
-        Side::Target => &bound.sql.repair.target_ids,
-    };
+    let sql = side.pick(&bound.sql.repair.source_ids, &bound.sql.repair.target_ids);
     let (first, end) = chunk.bounds();
     sqlx::query_scalar(sql)
         .bind(first)
@@ -153,10 +160,7 @@ pub async fn chunk_rows(
     side: Side,
     chunk: Pages,
 ) -> sqlx::Result<i64> {
-    let sql = match side {
-        Side::Source => &bound.sql.repair.source_rows,
-        Side::Target => &bound.sql.repair.target_rows,
-    };
+    let sql = side.pick(&bound.sql.repair.source_rows, &bound.sql.repair.target_rows);
     let (first, end) = chunk.bounds();
     sqlx::query_scalar(sql)
         .bind(first)
