@@ -122,8 +122,8 @@ pub enum Side {
 }
 
 impl Side {
-    /// The one of a pair of statements that reads this side's table.
-    fn pick<'a>(self, source: &'a str, target: &'a str) -> &'a str {
+    /// This side's one of a pair: its statement, its table's size.
+    pub fn pick<T>(self, source: T, target: T) -> T {
         match self {
             Side::Source => source,
             Side::Target => target,

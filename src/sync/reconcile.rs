@@ -422,10 +422,11 @@ impl Reconciler {
                 continue;
             }
             let (source_pages, target_pages) = repair::pages(&self.db, &self.bound).await?;
-            let chunks = match side {
-                Side::Source => chunks::split(source_pages, plan.source_total, self.chunk_size),
-                Side::Target => chunks::split(target_pages, plan.target_total, self.chunk_size),
-            };
+            let (table_pages, rows) = side.pick(
+                (source_pages, plan.source_total),
+                (target_pages, plan.target_total),
+            );
+            let chunks = chunks::split(table_pages, rows, self.chunk_size);
             let mut chunks = chunks.into_iter();
             let mut in_flight = FuturesUnordered::new();
             loop {
@@ -646,10 +647,8 @@ impl Walk<'_> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let table_pages = match side {
-                Side::Source => repair::pages(&mut **tx, &r.bound).await?.0,
-                Side::Target => repair::pages(&mut **tx, &r.bound).await?.1,
-            };
+            let (source_pages, target_pages) = repair::pages(&mut **tx, &r.bound).await?;
+            let table_pages = side.pick(source_pages, target_pages);
             match pages.halves(u32::try_from(table_pages).unwrap_or(u32::MAX)) {
                 Some((first, second)) => {
                     let a = self
