@@ -140,7 +140,7 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         .unwrap_or_default();
     tracing::info_span!(
         "request",
-        method = %request.method(),
+        method = metrics::method_label(request.method()),
         route = %route,
         request_id = %request_id,
         user_id = tracing::field::Empty,

@@ -182,3 +182,70 @@ async fn json_logs_carry_the_request_id_on_every_request_line() {
         );
     }
 }
+
+/// Peak-free resident memory of a process, in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+// In a process of its own: the recorder is process-wide, and this test scrapes.
+#[tokio::test]
+async fn made_up_methods_leave_metrics_and_memory_as_they_were() {
+    let db = TestDb::new().await;
+    let serve = ServeProcess::start(&db.url(), &[]).await;
+    let client = reqwest::Client::new();
+    let healthz = format!("{}/healthz", serve.address);
+    let made_up = |i: usize| {
+        reqwest::Method::from_bytes(format!("M{i:04}{}", "X".repeat(2043)).as_bytes()).unwrap()
+    };
+    let scrape = || async {
+        let text = client
+            .get(format!("{}/metrics", serve.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // The scrape's own counters change their digits, not the document's shape.
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .map_or(l, |(series, _)| series)
+                    .to_owned()
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+
+    // One made-up method and one scrape first, so that their series exist before the baseline.
+    client.request(made_up(0), &healthz).send().await.unwrap();
+    scrape().await;
+    let before = scrape().await;
+    let rss_before = rss_kib(serve.pid());
+
+    for i in 1..=1000 {
+        client.request(made_up(i), &healthz).send().await.unwrap();
+    }
+
+    let after = scrape().await;
+    let rss_after = rss_kib(serve.pid());
+    assert_eq!(
+        after.difference(&before).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "1,000 made-up methods added series"
+    );
+    assert!(after.iter().any(|s| s.contains(r#"method="other""#)));
+    assert!(!after.iter().any(|s| s.contains("M0001XX")));
+    // 1,000 label sets of 2 KiB each held in the recorder would be megabytes.
+    assert!(
+        rss_after < rss_before + 2048,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(!serve.logs().contains("M0001XX"));
+}
