@@ -1034,3 +1034,15 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A mapping file holding `toml`, removed when dropped (whether the test passes or fails). The
+/// service reads its mapping once, at start-up.
+pub fn mapping_file(toml: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .prefix("usersync-mapping-")
+        .suffix(".toml")
+        .tempfile()
+        .unwrap();
+    std::io::Write::write_all(&mut file, toml.as_bytes()).unwrap();
+    file
+}

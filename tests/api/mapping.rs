@@ -1,18 +1,14 @@
 //! The mapping is checked against the real table at start-up: each way it can fail to fit is
 //! one clear error naming the column.
 
-use std::path::PathBuf;
-
 use usersync::startup::Application;
 use usersync::sync::mapping::DEFAULT_MAPPING_TOML;
 
 use crate::helpers::*;
 
-/// The built-in mapping plus `extra` TOML, written to a file of its own.
-fn mapping_file(extra: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("usersync-mapping-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(&path, format!("{DEFAULT_MAPPING_TOML}\n{extra}\n")).unwrap();
-    path
+/// The built-in mapping plus `extra` TOML, in a file of its own.
+fn default_plus(extra: &str) -> tempfile::NamedTempFile {
+    mapping_file(&format!("{DEFAULT_MAPPING_TOML}\n{extra}\n"))
 }
 
 /// Starts the application against a fresh database altered by `alter`; returns the error.
@@ -21,14 +17,13 @@ async fn start_up_error(alter: &str, extra: &str) -> String {
     if !alter.is_empty() {
         sqlx::raw_sql(alter).execute(&db.pool).await.unwrap();
     }
-    let mapping = mapping_file(extra);
+    let mapping = default_plus(extra);
     let options = AppOptions {
-        mapping: Some(mapping.clone()),
+        mapping: Some(mapping.path().to_owned()),
         ..AppOptions::default()
     };
     let config = serve_config(&db.url(), &options);
     let built = Application::build(&config, usersync::db::pool(&config.database)).await;
-    std::fs::remove_file(mapping).unwrap();
     match built {
         Ok(_) => panic!("started with a mapping that does not fit: {extra}"),
         Err(e) => format!("{e:#}"),
@@ -83,7 +78,7 @@ fn serve_with_a_mapping_that_does_not_fit_exits_with_one_line_naming_the_column(
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let db = TestDb::new().await;
-        let mapping = mapping_file(
+        let mapping = default_plus(
             "[columns.nickname]\nuser_metadata = [\"nickname\"]\nsync = \"on_create\"",
         );
         let (code, _, stderr) = usersync_cli(
@@ -92,10 +87,9 @@ fn serve_with_a_mapping_that_does_not_fit_exits_with_one_line_naming_the_column(
                 ("DATABASE_URL", &db.url()),
                 ("USERSYNC_JWT_SECRET", JWT_SECRET),
                 ("USERSYNC_LISTEN", "127.0.0.1:0"),
-                ("USERSYNC_MAPPING", mapping.to_str().unwrap()),
+                ("USERSYNC_MAPPING", mapping.path().to_str().unwrap()),
             ],
         );
-        std::fs::remove_file(mapping).unwrap();
         assert_ne!(code, 0);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains("`nickname`"), "{stderr}");

@@ -14,24 +14,19 @@ const BAD: &str = "12; drop table x";
 
 /// The built-in mapping plus `credits` from user_metadata, following the source, with `extra`
 /// settings for it.
-fn credits_mapping(extra: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("usersync-credits-{}.toml", Uuid::new_v4()));
-    std::fs::write(
-        &path,
-        format!(
-            "{DEFAULT_MAPPING_TOML}\n[columns.credits]\nuser_metadata = [\"credits\"]\n\
-             sync = \"always\"\n{extra}\n"
-        ),
-    )
-    .unwrap();
-    path
+fn credits_mapping(extra: &str) -> tempfile::NamedTempFile {
+    mapping_file(&format!(
+        "{DEFAULT_MAPPING_TOML}\n[columns.credits]\nuser_metadata = [\"credits\"]\n\
+         sync = \"always\"\n{extra}\n"
+    ))
 }
 
 /// The app, over `public.users` grown an `integer` credits column.
 async fn spawn_with_credits(extra: &str, options: AppOptions) -> TestApp {
+    let mapping = credits_mapping(extra);
     let app = spawn_app_with(
         AppOptions {
-            mapping: Some(credits_mapping(extra)),
+            mapping: Some(mapping.path().to_owned()),
             ..options
         },
         |db| async move {
@@ -156,7 +151,7 @@ async fn the_trigger_records_a_dead_letter_naming_the_column_and_the_sign_up_com
     let app = spawn_with_credits("", AppOptions::default()).await;
     install_triggers(
         &app.db.pool,
-        Some(&credits_mapping("")),
+        Some(credits_mapping("").path()),
         DeletedPolicy::Report,
     )
     .await;
@@ -211,7 +206,7 @@ async fn start_up_warns_about_metadata_into_a_typed_column_and_no_value_reaches_
     let service = ServeProcess::start(
         &db.url(),
         &[
-            ("USERSYNC_MAPPING", mapping.to_str().unwrap()),
+            ("USERSYNC_MAPPING", mapping.path().to_str().unwrap()),
             ("RUST_LOG", "usersync=debug"),
         ],
     )

@@ -481,16 +481,11 @@ fn a_mapping_that_changes_what_updates_compare_replaces_the_update_trigger_throu
         let before = trigger_catalog(&db.pool).await;
 
         // The app now keeps names in step with auth: full_name follows the source.
-        let mapping = std::env::temp_dir().join(format!("usersync-{}.toml", Uuid::new_v4()));
-        std::fs::write(
-            &mapping,
-            usersync::sync::mapping::DEFAULT_MAPPING_TOML.replace(
-                "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"on_create\"",
-                "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"always\"",
-            ),
-        )
-        .unwrap();
-        let env = [("DATABASE_URL", url.as_str()), ("USERSYNC_MAPPING", mapping.to_str().unwrap())];
+        let mapping = mapping_file(&usersync::sync::mapping::DEFAULT_MAPPING_TOML.replace(
+            "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"on_create\"",
+            "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"always\"",
+        ));
+        let env = [("DATABASE_URL", url.as_str()), ("USERSYNC_MAPPING", mapping.path().to_str().unwrap())];
 
         // The customer's role may not drop the old update trigger: one line says what to run,
         // and nothing changed.
@@ -517,7 +512,7 @@ fn a_mapping_that_changes_what_updates_compare_replaces_the_update_trigger_throu
         };
         assert_eq!(updates(&after).len(), 1);
         assert_ne!(updates(&after), updates(&before));
-        std::fs::remove_file(mapping).unwrap();
+        drop(mapping);
 
         // A name change now reaches the profile through the trigger.
         let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("nm@example.com").confirmed())
