@@ -41,6 +41,16 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database refused a statement because of a row's data (SQLSTATE class 22, data
+/// exception, or 23, integrity constraint violation): without that row it would have gone
+/// through, so a set-based write may be split to find the row.
+pub fn is_refused_by_data(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
 /// A database error as usersync records and logs it (run errors, failures, dead letters, log
 /// lines). A data exception's message (SQLSTATE class 22) quotes the value at fault, which may
 /// be what a user wrote in their own metadata: only its SQLSTATE is kept. Other messages name

@@ -86,7 +86,6 @@ done
 
 # shellcheck source=scripts/bench/lib.sh
 . scripts/bench/lib.sh
-max() { printf '%s\n' "$@" | sort -g | tail -1; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "met" : "MISSED") }'; }
 
 ensure_binary

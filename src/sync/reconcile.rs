@@ -641,15 +641,21 @@ impl Walk<'_> {
                     savepoint.commit().await?;
                     return Ok(repaired);
                 }
-                Err(sqlx::Error::Database(e)) if refused_by_data(&*e) && depth < MAX_SPLITS => {
+                Err(e) if crate::db::is_refused_by_data(&e) && depth < MAX_SPLITS => {
                     savepoint.rollback().await?;
-                    crate::db::describe(&sqlx::Error::Database(e))
+                    crate::db::describe(&e)
                 }
                 Err(e) => return Err(e.into()),
             };
-            let (source_pages, target_pages) = repair::pages(&mut **tx, &r.bound).await?;
-            let table_pages = side.pick(source_pages, target_pages);
-            match pages.halves(u32::try_from(table_pages).unwrap_or(u32::MAX)) {
+            // Only an open-ended chunk needs the table's size, to be closed where it ends now (a
+            // closed chunk's halves do not depend on it).
+            let table_pages = if pages.end.is_none() {
+                let (source_pages, target_pages) = repair::pages(&mut **tx, &r.bound).await?;
+                u32::try_from(side.pick(source_pages, target_pages)).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
+            match pages.halves(table_pages) {
                 Some((first, second)) => {
                     let a = self
                         .isolating(tx, repair, side, first, limit, done, depth + 1)
@@ -778,14 +784,6 @@ impl Walk<'_> {
 /// The most times a refused chunk is split: enough to narrow a billion rows to one, and a
 /// bound if rows kept arriving at the end of an open chunk.
 const MAX_SPLITS: u32 = 64;
-
-/// Whether the database refused a statement because of a row's data (SQLSTATE class 22, data
-/// exception, or 23, integrity constraint violation): another row would have gone through.
-fn refused_by_data(error: &dyn sqlx::error::DatabaseError) -> bool {
-    error
-        .code()
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
-}
 
 /// Why a pair cannot be re-keyed without guessing: its email matches more than one profile, or
 /// more than one user.
