@@ -346,6 +346,65 @@ pub struct HttpConfig {
           value_name = "USERSYNC_METRICS_REFRESH", default_value = "15s",
           value_parser = parse_duration)]
     pub metrics_refresh: Duration,
+
+    #[command(flatten)]
+    pub connections: ConnectionConfig,
+}
+
+/// How long and how many client connections the service keeps: what an idle or hostile client
+/// could otherwise hold for ever (every held connection is a file descriptor).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionConfig {
+    /// A request's head (request line and headers) must arrive whole within this long, or the
+    /// connection is closed. hyper's clock also runs while a kept-alive connection waits for its
+    /// next request, so it bounds idle connections too.
+    #[arg(long = "header-read-timeout", env = "USERSYNC_HEADER_READ_TIMEOUT",
+          value_name = "USERSYNC_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT,
+          value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    /// At most the header-read timeout (which closes an idle connection anyway).
+    #[arg(long = "keep-alive-timeout", env = "USERSYNC_KEEP_ALIVE_TIMEOUT",
+          value_name = "USERSYNC_KEEP_ALIVE_TIMEOUT", default_value = DEFAULT_KEEP_ALIVE_TIMEOUT,
+          value_parser = parse_positive_duration)]
+    pub keep_alive_timeout: Duration,
+
+    /// Most client connections open at once; beyond it a new connection waits in the listen
+    /// backlog until another closes.
+    #[arg(long = "max-connections", env = "USERSYNC_MAX_CONNECTIONS",
+          value_name = "USERSYNC_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+}
+
+const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+const DEFAULT_KEEP_ALIVE_TIMEOUT: &str = "5s";
+const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: parse_duration(DEFAULT_HEADER_READ_TIMEOUT).expect("valid"),
+            keep_alive_timeout: parse_duration(DEFAULT_KEEP_ALIVE_TIMEOUT).expect("valid"),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Refuses a keep-alive timeout that the header-read timeout would cut short, so that the
+    /// setting never promises what the server does not do.
+    pub fn check(&self) -> Result<(), String> {
+        if self.keep_alive_timeout > self.header_read_timeout {
+            return Err(format!(
+                "USERSYNC_KEEP_ALIVE_TIMEOUT ({:?}) is longer than USERSYNC_HEADER_READ_TIMEOUT \
+                 ({:?}), which closes an idle connection first; raise both",
+                self.keep_alive_timeout, self.header_read_timeout
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The origins CORS allows: any, or a list of exact `scheme://host[:port]` origins.

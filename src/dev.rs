@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
 use crate::config::{
-    AuthConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig, MappingConfig,
-    MetricsAccess, ReconcileConfig, ServeConfig, ServiceKeys, Switch,
+    AuthConfig, ConnectionConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig,
+    HttpConfig, MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig, ServiceKeys, Switch,
 };
 use crate::repo::triggers;
 use crate::startup::{self, Application};
@@ -108,6 +108,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             cors_origins: None,
             metrics_access: MetricsAccess::Public,
             metrics_refresh: std::time::Duration::from_secs(15),
+            connections: ConnectionConfig::default(),
         },
         reconcile: ReconcileConfig::default(),
         healing: HealingConfig {

@@ -2,7 +2,6 @@
 //! then serve until told to stop.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +12,8 @@ use tokio::sync::watch;
 
 use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
-use crate::config::ServeConfig;
-use crate::http::{self, RateLimiter};
+use crate::config::{ConnectionConfig, ServeConfig};
+use crate::http::{self, serve, RateLimiter};
 use crate::meter::Meter;
 use crate::repo::email_index;
 use crate::state::AppState;
@@ -34,6 +33,7 @@ pub struct Application {
     router: axum::Router,
     port: u16,
     healer: Option<Healer>,
+    connections: ConnectionConfig,
 }
 
 impl Application {
@@ -42,6 +42,11 @@ impl Application {
     pub async fn build(config: &ServeConfig, db: PgPool) -> anyhow::Result<Self> {
         config.auth.check().map_err(anyhow::Error::msg)?;
         config.reconcile.check().map_err(anyhow::Error::msg)?;
+        config
+            .http
+            .connections
+            .check()
+            .map_err(anyhow::Error::msg)?;
         let mapping = Mapping::load(config.mapping.mapping.as_deref())?;
         let bound = Arc::new(BoundMapping::bind(&db, mapping).await?);
         for warning in &bound.warnings {
@@ -52,6 +57,7 @@ impl Application {
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
+        serve::raise_open_file_limit(&config.http.connections);
         let mapping = bound;
         let verifier = Verifier::from_config(&config.auth)?;
         verifier.load_keys().await;
@@ -94,6 +100,7 @@ impl Application {
             router,
             port,
             healer,
+            connections: config.http.connections.clone(),
         })
     }
 
@@ -110,16 +117,11 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let healer = self.healer.map(|healer| tokio::spawn(healer.run(stopped)));
         tracing::info!(port = self.port, "usersync listening");
-        // The connection's address keys the rate limit of callers that do not authenticate.
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop.send(true);
-            })
-            .await;
+        serve::serve(self.listener, self.router, self.connections, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
         if let Some(healer) = healer {
             if tokio::time::timeout(HEALER_STOP_TIMEOUT, healer)
                 .await
@@ -128,7 +130,7 @@ impl Application {
                 tracing::warn!("healing: did not step down in time");
             }
         }
-        served
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ mod limits;
 mod metrics;
 mod problem;
 mod reconciliations;
+pub mod serve;
 mod status;
 mod users;
 

@@ -19,8 +19,9 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::config::{
-    AuthConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig, HttpConfig,
-    MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig, ServiceKeys, Switch,
+    AuthConfig, ConnectionConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HealingConfig,
+    HooksConfig, HttpConfig, MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig,
+    ServiceKeys, Switch,
 };
 use usersync::dev::fixtures;
 use usersync::repo::triggers;
@@ -384,6 +385,7 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             cors_origins: options.cors_origins.map(|o| CorsOrigins::parse(o).unwrap()),
             metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
             metrics_refresh: Duration::from_secs(15),
+            connections: ConnectionConfig::default(),
         },
         reconcile: {
             let mut reconcile = options.reconcile.clone();
@@ -931,6 +933,16 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub async fn start(db_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(db_url, env, None).await
+    }
+
+    /// Started with a soft open-file limit of `soft` (the hard limit kept), as a machine with a
+    /// low default gives it.
+    pub async fn start_with_open_files(db_url: &str, env: &[(&str, &str)], soft: u64) -> Self {
+        Self::spawn(db_url, env, Some(soft)).await
+    }
+
+    async fn spawn(db_url: &str, env: &[(&str, &str)], soft_open_files: Option<u64>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -950,6 +962,17 @@ impl ServeProcess {
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(soft) = soft_open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure makes only the getrlimit and setrlimit
+            // system calls, which are async-signal-safe, and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let (_, hard) = rlimit::Resource::NOFILE.get()?;
+                    rlimit::Resource::NOFILE.set(soft.min(hard), hard)
+                });
+            }
         }
         let mut child = cmd.spawn().expect("the usersync binary starts");
         let stderr = Arc::new(Mutex::new(String::new()));

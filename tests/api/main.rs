@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod coalesce;
 mod confusion;
+mod connections;
 mod doctor;
 mod drift;
 mod edge;
