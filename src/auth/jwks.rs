@@ -119,7 +119,7 @@ impl Jwks {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .user_agent(concat!("usersync/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirect_policy())
             .build()?;
         if url.scheme() == "http" && !is_loopback(&url) {
             tracing::warn!(
@@ -299,6 +299,35 @@ impl Jwks {
     }
 }
 
+/// Most redirects one fetch follows.
+const MAX_REDIRECTS: usize = 3;
+
+/// Redirects are followed only to https on the URL's own host: the keys decide who may sign
+/// tokens, so a hop to plain http (readable and alterable on the way) or to another host
+/// (whoever runs it) would hand that decision to someone else.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = attempt.previous().first().cloned();
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        match first {
+            Some(first) if redirect_allowed(&first, attempt.url()) => attempt.follow(),
+            _ => {
+                let refused = format!(
+                    "refused a redirect to {}: only https on the same host is followed",
+                    attempt.url()
+                );
+                attempt.error(refused)
+            }
+        }
+    })
+}
+
+fn redirect_allowed(from: &Url, to: &Url) -> bool {
+    to.scheme() == "https" && to.host() == from.host()
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -384,6 +413,36 @@ fn modulus_bits(n: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn redirects_are_followed_only_to_https_on_the_same_host() {
+        let url = |raw: &str| Url::parse(raw).unwrap();
+        let from = url("https://abc.supabase.co/auth/v1/.well-known/jwks.json");
+        assert!(redirect_allowed(
+            &from,
+            &url("https://abc.supabase.co/keys")
+        ));
+        assert!(redirect_allowed(
+            &from,
+            &url("https://abc.supabase.co:8443/keys")
+        ));
+        assert!(!redirect_allowed(
+            &from,
+            &url("http://abc.supabase.co/keys")
+        ));
+        assert!(!redirect_allowed(&from, &url("https://evil.example/keys")));
+        assert!(!redirect_allowed(&from, &url("https://supabase.co/keys")));
+        // A plain-http URL may be upgraded, never kept on http by a redirect.
+        let plain = url("http://127.0.0.1:9999/jwks.json");
+        assert!(redirect_allowed(
+            &plain,
+            &url("https://127.0.0.1:9999/jwks.json")
+        ));
+        assert!(!redirect_allowed(
+            &plain,
+            &url("http://127.0.0.1:9999/elsewhere")
+        ));
+    }
 
     fn ec_jwk() -> serde_json::Value {
         json!({"kty": "EC", "crv": "P-256", "kid": "ec",

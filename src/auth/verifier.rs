@@ -161,6 +161,11 @@ impl Verifier {
 
     async fn verify_jwt(&self, token: &str) -> Result<Caller, AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::Invalid)?;
+        // RFC 7515 §4.1.11: a token naming critical extensions must be refused by a verifier
+        // that does not implement them, and this one implements none.
+        if header.crit.is_some() {
+            return Err(AuthError::Invalid);
+        }
         let key = self.key_for(header.kid.as_deref()).await?;
         // The key's algorithm, and only it: the header's `alg` chooses nothing.
         let mut validation = Validation::new(key.algorithm);

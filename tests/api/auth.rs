@@ -51,6 +51,34 @@ async fn a_token_signed_with_another_secret_is_401() {
 }
 
 #[tokio::test]
+async fn a_correctly_signed_token_naming_a_critical_extension_is_401() {
+    let (app, id) = app_with_user().await;
+    let signed_with = |crit: Option<Vec<String>>| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.crit = crit;
+        jsonwebtoken::encode(
+            &header,
+            &user_claims(id),
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    // RFC 7515 §4.1.11: usersync implements no extension, so any `crit` is one it cannot honour.
+    for crit in [
+        vec!["urn:example:ext".to_owned()],
+        vec!["b64".to_owned()],
+        vec![],
+    ] {
+        let response = app.sync_me(&Auth::Bearer(signed_with(Some(crit)))).await;
+        assert_problem(response, 401, "invalid_token").await;
+    }
+    assert_eq!(app.target_count().await, 0);
+    // The same token without `crit` is accepted: the signature was never the problem.
+    let response = app.sync_me(&Auth::Bearer(signed_with(None))).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
 async fn an_unsigned_alg_none_token_is_401() {
     use base64::Engine;
     let (app, id) = app_with_user().await;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::*;
-use crate::keys::{dead_url, JwksServer, SigningKey};
+use crate::keys::{dead_url, redirecting_to, JwksServer, SigningKey};
 
 async fn app_with_jwks(server: &JwksServer, options: AppOptions) -> (TestApp, Uuid) {
     spawn_app_with_user(AppOptions {
@@ -275,4 +275,32 @@ async fn the_jwks_url_can_be_derived_from_the_issuer() {
     claims["iss"] = json!(server.issuer());
     assert_eq!(app.sync_me(&ec.bearer(&claims)).await.status(), 200);
     assert_eq!(server.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_jwks_redirect_to_plain_http_or_another_host_is_not_followed() {
+    let ec = SigningKey::ec_a();
+    let server = JwksServer::start(vec![ec.jwk()]).await;
+    // The same keys on another host (`localhost` is not `127.0.0.1`), and on the same host over
+    // plain http: neither is https on the URL's own host.
+    let elsewhere = server.url().replace("127.0.0.1", "localhost");
+    for target in [elsewhere, server.url()] {
+        let url = redirecting_to(target).await;
+        let (app, id) = spawn_app_with_user(AppOptions {
+            jwks_url: Some(url),
+            jwt_secret: None,
+            ..Default::default()
+        })
+        .await;
+        let body = assert_problem(app.get("/readyz").await, 503, "not_ready").await;
+        let keys = body["checks"]["keys"].as_str().unwrap();
+        assert!(keys.contains("refused a redirect"), "{keys}");
+        assert_problem(
+            app.sync_me(&ec.bearer(&user_claims(id))).await,
+            401,
+            "unknown_key",
+        )
+        .await;
+    }
+    assert_eq!(server.fetches(), 0);
 }

@@ -160,3 +160,16 @@ pub async fn dead_url() -> String {
     drop(listener);
     format!("http://{addr}{ISSUER_PATH}/.well-known/jwks.json")
 }
+
+/// A local endpoint that answers every request with a 302 to `target`, as a hijacked or
+/// misconfigured JWKS URL would.
+pub async fn redirecting_to(target: String) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (StatusCode::FOUND, [("location", target)]).into_response() }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("{base}{ISSUER_PATH}/.well-known/jwks.json")
+}
