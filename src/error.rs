@@ -48,6 +48,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("no reconciliation run has this id")]
     RunNotFound,
+    #[error("this user has no dead letter pending")]
+    NoDeadLetter,
     #[error("a reconciliation run is in progress (`run_id` names it); start another once it has finished")]
     RunInProgress { run_id: Option<uuid::Uuid> },
     #[error("{0}")]
@@ -112,9 +114,10 @@ impl ApiError {
             ApiError::Auth(_) | ApiError::WebhookSecret => StatusCode::UNAUTHORIZED,
             ApiError::NotSelf | ApiError::ServiceOnly | ApiError::UserOnly => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::UserNotFound | ApiError::RouteNotFound | ApiError::RunNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::UserNotFound
+            | ApiError::RouteNotFound
+            | ApiError::RunNotFound
+            | ApiError::NoDeadLetter => StatusCode::NOT_FOUND,
             ApiError::UserDeleted => StatusCode::GONE,
             ApiError::RefusedValue { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::EmailConflict | ApiError::RunInProgress { .. } => StatusCode::CONFLICT,
@@ -155,6 +158,7 @@ impl ApiError {
             ApiError::SourceUnreadable(_) => "source_unreadable",
             ApiError::RouteNotFound => "not_found",
             ApiError::RunNotFound => "run_not_found",
+            ApiError::NoDeadLetter => "no_dead_letter",
             ApiError::RunInProgress { .. } => "run_in_progress",
             ApiError::Status(status) => status_code_name(*status),
             ApiError::RateLimited { .. } => "rate_limited",

@@ -93,6 +93,7 @@ impl Application {
             meter: Arc::new(Meter::new(config.http.metrics_refresh)),
             metrics_access: config.http.metrics_access,
             reconciler,
+            retry_schedule: config.healing.retry_schedule.clone(),
         };
         let router = http::app(state, &config.http);
         Ok(Self {

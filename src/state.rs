@@ -14,6 +14,7 @@ use crate::sync::coalesce::SyncQueue;
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::reconcile::Reconciler;
 use crate::sync::target::BoundMapping;
+use crate::worker::retry::RetrySchedule;
 use crate::worker::HealingRole;
 
 /// Shared, cheaply cloned application state.
@@ -36,4 +37,6 @@ pub struct AppState {
     pub metrics_access: MetricsAccess,
     /// Starts reconciliation runs; they run as background tasks of this process.
     pub reconciler: Reconciler,
+    /// When a dead letter retried by hand and failing again is tried next.
+    pub retry_schedule: RetrySchedule,
 }

@@ -37,6 +37,21 @@ pub async fn pending(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<De
     .await
 }
 
+/// The user's unresolved dead letter (a user has at most one).
+pub async fn pending_of(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+) -> sqlx::Result<Option<DeadLetter>> {
+    sqlx::query_as(
+        "select id, user_id, op, error, sqlstate, attempts, next_attempt_at, created_at
+           from usersync.dead_letters
+          where user_id = $1 and resolved_at is null",
+    )
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}
+
 /// A dead letter claimed for one attempt.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ClaimedLetter {

@@ -6,6 +6,7 @@ pub mod dead_letters;
 pub mod doctor;
 pub mod drift;
 pub mod email_index;
+pub mod events;
 pub mod health;
 pub mod rekey;
 pub mod repair;

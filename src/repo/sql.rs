@@ -35,6 +35,13 @@ pub struct RenderedSql {
     pub deleted_delete: String,
     /// The drift kinds of one id: `$1` user id.
     pub drift_one: String,
+    /// Both sides of one id, as an admin may see them: `$1` user id. `auth` (safe fields only,
+    /// and the values the mapping would write, under `mapped`) and `profile` (its key and
+    /// mapped columns), each JSON or null.
+    pub user_sides: String,
+    /// The ids whose auth user or profile holds an email, in any case: `$1` the email. Index
+    /// probes only (Supabase Auth's email indexes, and the target's on `lower(email)`).
+    pub find_by_email: String,
     /// Totals and drift counts over both tables, in one statement.
     pub status: String,
     /// When the longest-waiting missing user was created (for the metrics' age gauge).
@@ -999,6 +1006,59 @@ select exists (select 1 from gone) as gone,
         )
     }
 
+    /// Both sides of one id (see `RenderedSql::user_sides`). The auth side names what an admin
+    /// needs to tell why a profile is wrong, and nothing that authenticates: no password hash,
+    /// no token, no metadata but what the mapping reads (through `mapped`).
+    fn user_sides(&self) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let mapped: Vec<String> = self
+            .mapping
+            .columns
+            .iter()
+            .filter(|c| c.is_compared())
+            .map(|c| format!("{}, {}", literal(c.name.as_str()), self.typed_expr(c, "s")))
+            .collect();
+        format!(
+            "select (select jsonb_build_object(
+                   'email', s.email, 'phone', s.phone, 'created_at', s.created_at,
+                   'last_sign_in_at', s.last_sign_in_at, 'deleted_at', s.deleted_at,
+                   'is_anonymous', s.is_anonymous, 'is_sso_user', s.is_sso_user,
+                   'providers', coalesce((
+                       select jsonb_agg(p) from jsonb_array_elements_text(
+                           case when jsonb_typeof(s.raw_app_meta_data -> 'providers') = 'array'
+                                then s.raw_app_meta_data -> 'providers' end) p), '[]'::jsonb),
+                   'role', s.raw_app_meta_data ->> 'role',
+                   'mapped', jsonb_build_object({mapped}))
+          from auth.users s where s.id = $1) as auth,
+       (select jsonb_build_object({key_name}, t.{key}) || {profile}
+          from {table} t where t.{key} = $1) as profile",
+            mapped = mapped.join(", "),
+            key_name = literal(self.mapping.target.key.as_str()),
+            profile = self.mapped_json("t"),
+        )
+    }
+
+    /// The ids holding an email on either side (see `RenderedSql::find_by_email`).
+    fn find_by_email(&self) -> String {
+        // Two arms, one per Supabase Auth index (`same_by_index`): its unique index on `email`
+        // is partial (`not is_sso_user`), so an `or` of both would read the whole table.
+        let in_source = format!(
+            "select s.id from auth.users s where s.email = lower($1) and s.is_sso_user = false
+union
+select s.id from auth.users s
+ where s.instance_id = {GOTRUE_INSTANCE} and lower(s.email) = lower($1)"
+        );
+        match self.mapping.email_column() {
+            Some(email) => format!(
+                "{in_source}\nunion\nselect t.{key} from {table} t where lower(t.{email}) = lower($1)",
+                key = self.key,
+                table = self.table,
+                email = email.quoted(),
+            ),
+            None => in_source,
+        }
+    }
+
     /// Every count in one statement, in two passes the planner can run in parallel (a full
     /// join cannot be, before PostgreSQL 16): the target rows no auth user has (`strays`, one
     /// anti-join: usually few), then every auth user left-joined to its profile. A stray that a
@@ -1363,6 +1423,8 @@ moved as (
             deleted_report: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Report),
             deleted_delete: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Delete),
             drift_one: self.drift_one(),
+            user_sides: self.user_sides(),
+            find_by_email: self.find_by_email(),
             status: self.status(),
             oldest_missing: format!(
                 "select min(s.created_at) from auth.users s where {}",

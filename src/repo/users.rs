@@ -115,3 +115,34 @@ pub async fn apply_deleted(
         .fetch_one(db)
         .await
 }
+
+/// Both sides of one id (see `RenderedSql::user_sides`).
+#[derive(Debug, sqlx::FromRow)]
+pub struct SidesRow {
+    pub auth: Option<serde_json::Value>,
+    pub profile: Option<serde_json::Value>,
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
+pub async fn sides(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    user_id: Uuid,
+) -> sqlx::Result<SidesRow> {
+    sqlx::query_as(&bound.sql.user_sides)
+        .bind(user_id)
+        .fetch_one(db)
+        .await
+}
+
+/// The ids whose auth user or profile holds `email`, in any case.
+pub async fn find_by_email(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    email: &str,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(&bound.sql.find_by_email)
+        .bind(email)
+        .fetch_all(db)
+        .await
+}

@@ -5,6 +5,7 @@ pub mod coalesce;
 pub mod drift;
 pub mod engine;
 pub mod heal;
+pub mod inspect;
 pub mod mapping;
 pub mod policy;
 pub mod provision;

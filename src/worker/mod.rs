@@ -32,7 +32,7 @@ use crate::meter;
 use crate::repo::dead_letters::{self, ClaimedLetter};
 use crate::repo::triggers::DEAD_LETTER_CHANNEL;
 use crate::sync::engine::{SyncError, SyncPath};
-use crate::sync::heal;
+use crate::sync::heal::{self, HealAction};
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::reconcile::{Reconciler, StartError};
 use crate::sync::run::RunOptions;
@@ -238,38 +238,17 @@ impl Healer {
         }
     }
 
-    /// One attempt at one letter: heal the user from `auth.users`, then resolve the letter or
-    /// schedule its next attempt.
     async fn attempt(&self, letter: &ClaimedLetter) {
-        let healed = heal::heal_user(
+        let attempted = attempt(
             &self.db,
             &self.bound,
             self.settings.policy,
-            letter.user_id,
+            &self.settings.retry_schedule,
+            letter,
             CALLER,
-            SyncPath::Healing,
         )
         .await;
-        let failed = letter.attempts.saturating_add(1);
-        let recorded = match healed {
-            Ok(action) => {
-                meter::record_sync(SyncPath::Healing, action);
-                tracing::info!(user_id = %letter.user_id, attempts = failed, ?action, "healing: dead letter healed");
-                dead_letters::resolve(&self.db, letter.id).await
-            }
-            Err(e) => {
-                let (error, sqlstate) = cause(&e);
-                let delay = self
-                    .settings
-                    .retry_schedule
-                    .delay_after(u32::try_from(failed).unwrap_or(u32::MAX));
-                tracing::warn!(user_id = %letter.user_id, attempts = failed, error = %error,
-                    retry_in = ?delay, "healing: dead letter still fails");
-                dead_letters::reschedule(&self.db, letter.id, &error, sqlstate.as_deref(), delay)
-                    .await
-            }
-        };
-        if let Err(e) = recorded {
+        if let Err(e) = attempted {
             // The claim's lease brings the letter back.
             tracing::warn!(error = %e, "healing: cannot record the attempt");
         }
@@ -372,6 +351,49 @@ fn cause(error: &SyncError) -> (String, Option<String>) {
             (crate::db::describe(e), db.code().map(|c| c.into_owned()))
         }
         other => (other.to_string(), None),
+    }
+}
+
+/// What one attempt at a dead letter did.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The user is in step again; the letter is resolved.
+    Healed(HealAction),
+    /// It failed again; the letter keeps the latest cause and its next attempt is scheduled.
+    Failed(SyncError),
+}
+
+/// One attempt at one letter: heal the user from `auth.users`, then resolve the letter or
+/// schedule its next attempt. The healing loop makes it when the letter is due; an admin may
+/// make it at once (`POST /v1/dead-letters/{user_id}/retry`). `Err` only when the attempt
+/// could not be recorded.
+pub async fn attempt(
+    db: &PgPool,
+    bound: &BoundMapping,
+    policy: DeletedPolicy,
+    schedule: &RetrySchedule,
+    letter: &ClaimedLetter,
+    caller: &str,
+) -> sqlx::Result<Attempt> {
+    let healed =
+        heal::heal_user(db, bound, policy, letter.user_id, caller, SyncPath::Healing).await;
+    let failed = letter.attempts.saturating_add(1);
+    match healed {
+        Ok(action) => {
+            meter::record_sync(SyncPath::Healing, action);
+            tracing::info!(user_id = %letter.user_id, attempts = failed, ?action, caller,
+                "healing: dead letter healed");
+            dead_letters::resolve(db, letter.id).await?;
+            Ok(Attempt::Healed(action))
+        }
+        Err(e) => {
+            let (error, sqlstate) = cause(&e);
+            let delay = schedule.delay_after(u32::try_from(failed).unwrap_or(u32::MAX));
+            tracing::warn!(user_id = %letter.user_id, attempts = failed, error = %error,
+                retry_in = ?delay, caller, "healing: dead letter still fails");
+            dead_letters::reschedule(db, letter.id, &error, sqlstate.as_deref(), delay).await?;
+            Ok(Attempt::Failed(e))
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod gotrue;
 mod healing;
 mod helpers;
 mod hooks;
+mod inspect;
 mod jwks;
 mod keys;
 mod limits;

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 use usersync::repo::email_index;
+use usersync::repo::events;
 use usersync::repo::rekey;
 use usersync::sync::mapping::Mapping;
 use usersync::sync::policy::DeletedPolicy;
@@ -231,7 +232,7 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
     let mut conn = PgConnection::connect(&db.url()).await.unwrap();
     for id in &ids {
         let one = format!("'{id}', 'probe', 'call'");
-        let statements: [(&str, &str, &str, String); 6] = [
+        let statements: [(&str, &str, &str, String); 10] = [
             ("sync_one", &sql.sync_one, "uuid, text, text", one.clone()),
             (
                 "sync_batch",
@@ -255,6 +256,25 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
                 one.clone(),
             ),
             ("drift_one", &sql.drift_one, "uuid", format!("'{id}'")),
+            ("user_sides", &sql.user_sides, "uuid", format!("'{id}'")),
+            (
+                "find_by_email",
+                &sql.find_by_email,
+                "text",
+                format!("'Someone-{id}@Example.com'"),
+            ),
+            (
+                "user events",
+                events::USER_EVENTS,
+                "uuid, bigint, bigint",
+                format!("'{id}', null, 50"),
+            ),
+            (
+                "user events (a later page)",
+                events::USER_EVENTS,
+                "uuid, bigint, bigint",
+                format!("'{id}', 1000, 50"),
+            ),
             (
                 "rekey",
                 &rekey,

@@ -14,6 +14,10 @@ export type UserDrift = components["schemas"]["UserDrift"];
 export type Problem = components["schemas"]["Problem"];
 export type Run = components["schemas"]["Run"];
 export type StartRun = components["schemas"]["StartRun"];
+export type UserDetail = components["schemas"]["UserDetail"];
+export type UserMatches = components["schemas"]["UserMatches"];
+export type EventPage = components["schemas"]["EventPage"];
+export type RetryOutcome = components["schemas"]["RetryOutcome"];
 
 /** An API error, carrying the problem+json body; branch on `code`, not on the message. */
 export class UsersyncError extends Error {
@@ -100,6 +104,52 @@ export function createUsersync(options: UsersyncOptions) {
     /** Drift counts per kind, totals, dead letters and the last run (service only). */
     async status(): Promise<Status> {
       return unwrap(await client.GET("/v1/status", { headers: serviceHeaders() }));
+    },
+
+    /**
+     * One user as usersync knows them (service only): the auth side (safe fields), the
+     * profile, drift, a pending dead letter and the latest repairs.
+     */
+    async user(userId: string): Promise<UserDetail> {
+      return unwrap(
+        await client.GET("/v1/users/{id}", {
+          params: { path: { id: userId } },
+          headers: serviceHeaders(),
+        }),
+      );
+    },
+
+    /** The users whose auth user or profile holds `email`, in any case (service only). */
+    async findUsers(email: string): Promise<UserMatches> {
+      return unwrap(
+        await client.GET("/v1/users", {
+          params: { query: { email } },
+          headers: serviceHeaders(),
+        }),
+      );
+    },
+
+    /** A page of one user's audit trail, newest first; pass `next` as `before` for the next. */
+    async userEvents(
+      userId: string,
+      page: { before?: number; limit?: number } = {},
+    ): Promise<EventPage> {
+      return unwrap(
+        await client.GET("/v1/users/{id}/events", {
+          params: { path: { id: userId }, query: page },
+          headers: serviceHeaders(),
+        }),
+      );
+    },
+
+    /** Heals a dead letter's user now (service only) and says whether it healed. */
+    async retryDeadLetter(userId: string): Promise<RetryOutcome> {
+      return unwrap(
+        await client.POST("/v1/dead-letters/{user_id}/retry", {
+          params: { path: { user_id: userId } },
+          headers: serviceHeaders(),
+        }),
+      );
     },
 
     /**

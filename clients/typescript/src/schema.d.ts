@@ -88,6 +88,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/dead-letters/{user_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Heal a dead letter's user now instead of at its next scheduled attempt, and answer with the
+         *     outcome. The same attempt as the healing loop's: the user is re-read from `auth.users`, and
+         *     a failure keeps the letter with its latest cause.
+         */
+        post: operations["retry_dead_letter"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/drift": {
         parameters: {
             query?: never;
@@ -183,6 +204,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/users": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The users whose auth user or profile holds an email, compared case-insensitively. */
+        get: operations["find_users"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/users/me/sync": {
         parameters: {
             query?: never;
@@ -205,6 +243,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/users/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One user as usersync knows them: the auth side (safe fields only), the profile, drift, a
+         *     pending dead letter and the latest repairs.
+         */
+        get: operations["get_user"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/users/{id}/drift": {
         parameters: {
             query?: never;
@@ -214,6 +272,26 @@ export interface paths {
         };
         /** The drift kinds that apply to one user. */
         get: operations["user_drift"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/users/{id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A user's audit trail, newest first, a page at a time: every repair and report usersync made
+         *     to them, by any path (sync-one, trigger, healing, webhook, runs).
+         */
+        get: operations["user_events"];
         put?: never;
         post?: never;
         delete?: never;
@@ -256,6 +334,34 @@ export interface components {
          * @enum {string}
          */
         AuthSchema: "auth";
+        /**
+         * @description The auth side of a user: what tells an admin why a profile is wrong, and nothing that
+         *     authenticates (no password hash, no token) or that the mapping does not read.
+         */
+        AuthSide: {
+            /** Format: date-time */
+            created_at?: string | null;
+            /**
+             * Format: date-time
+             * @description Set when Supabase Auth soft-deleted the user.
+             */
+            deleted_at?: string | null;
+            email?: string | null;
+            is_anonymous?: boolean | null;
+            is_sso_user?: boolean | null;
+            /** Format: date-time */
+            last_sign_in_at?: string | null;
+            /**
+             * @description The values the mapping would write for the compared columns, by column: set side by
+             *     side with `profile` they show which columns differ.
+             */
+            mapped: Record<string, never>;
+            phone?: string | null;
+            /** @description The sign-in providers Supabase Auth lists in the app metadata. */
+            providers: string[];
+            /** @description The app metadata's `role`, if the project sets one. */
+            role?: string | null;
+        };
         /** @description Totals, drift counts and pending dead letters, from one statement (see `repo::sql`). */
         Counts: {
             /**
@@ -365,6 +471,15 @@ export interface components {
              * @description Pass as `after` for the next page; null on the last page.
              */
             next?: string | null;
+        };
+        EventPage: {
+            /** @description Newest first. */
+            events: components["schemas"]["UserEvent"][];
+            /**
+             * Format: int64
+             * @description `before` of the next page; null on the last one.
+             */
+            next?: number | null;
         };
         /** @description One row a run could not repair, and why. */
         Failure: {
@@ -507,6 +622,15 @@ export interface components {
             /** Format: uuid */
             target_id: string;
         };
+        /** @description What a retry by hand did. */
+        RetryOutcome: {
+            action?: null | components["schemas"]["HealAction"];
+            dead_letter?: null | components["schemas"]["DeadLetter"];
+            /** @description The user is in step again and the letter resolved. */
+            healed: boolean;
+            /** Format: uuid */
+            user_id: string;
+        };
         /** @description A reconciliation run. */
         Run: {
             /** @description Who started it (`service`, `cli`). */
@@ -634,6 +758,14 @@ export interface components {
             /** @description The target row (every column of the application's table), or null when skipped. */
             user?: Record<string, never> | null;
         };
+        /** @description Everything usersync knows about one id. */
+        UserDetail: components["schemas"]["UserSides"] & {
+            dead_letter?: null | components["schemas"]["DeadLetter"];
+            drift: components["schemas"]["DriftKind"][];
+            in_sync: boolean;
+            /** @description The latest repairs and reports, newest first (at most 10). */
+            repairs: components["schemas"]["UserEvent"][];
+        };
         /**
          * @description One id's drift, as `GET /v1/users/{id}/drift` reports it.
          * @example {
@@ -646,6 +778,45 @@ export interface components {
         UserDrift: {
             drift: components["schemas"]["DriftKind"][];
             in_sync: boolean;
+        };
+        /** @description One repair or report usersync made to one user, as the audit recorded it. */
+        UserEvent: {
+            /** @description What was done: `created`, `updated`, `deleted`, `reported`, `rekeyed`... */
+            action: string;
+            /** @description The mapped columns after, when a row remains. */
+            after?: Record<string, never> | null;
+            /** Format: date-time */
+            at: string;
+            /** @description The mapped columns before, when a row existed. */
+            before?: Record<string, never> | null;
+            /** @description Who asked: a user id, `service`, `trigger`, `healing`... */
+            caller: string;
+            /**
+             * Format: int64
+             * @description Its place in the audit: a later event has a larger id (the cursor of the next page).
+             */
+            event_id: number;
+            /** @description The drift kind repaired or reported. */
+            kind: string;
+            /** @description `call`, `batch`, `trigger`, `healing` or `hook`. */
+            path: string;
+            /**
+             * Format: uuid
+             * @description The run that made it, if a run did.
+             */
+            run_id?: string | null;
+        };
+        UserMatches: {
+            /** @description Every id whose auth user or profile holds the email (at most 20), in id order. */
+            users: components["schemas"]["UserSides"][];
+        };
+        /** @description Both sides of one id. */
+        UserSides: {
+            auth?: null | components["schemas"]["AuthSide"];
+            /** Format: uuid */
+            id: string;
+            /** @description The profile's mapped columns, or null when it has none. */
+            profile?: Record<string, never> | null;
         };
         /**
          * @description The table a payload must be about.
@@ -840,6 +1011,94 @@ export interface operations {
             };
             /** @description Not the service */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Overloaded, timed out, or the database is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    retry_dead_letter: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user whose dead letter to retry */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Attempted: healed, or failed again (see `healed`) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RetryOutcome"];
+                };
+            };
+            /** @description The id is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No dead letter is pending for this user */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1385,6 +1644,85 @@ export interface operations {
             };
         };
     };
+    find_users: {
+        parameters: {
+            query: {
+                /** @description The email, in any case. */
+                email: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The matches, maybe none */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserMatches"];
+                };
+            };
+            /** @description No email, an empty one, or one over 320 characters */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Overloaded, timed out, or the database is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     sync_me: {
         parameters: {
             query?: never;
@@ -1499,6 +1837,94 @@ export interface operations {
             };
         };
     };
+    get_user: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id (auth.users.id or the profile's key) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The user */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserDetail"];
+                };
+            };
+            /** @description The id is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Neither table has this id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Overloaded, timed out, or the database is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     user_drift: {
         parameters: {
             query?: never;
@@ -1549,6 +1975,90 @@ export interface operations {
             };
             /** @description Neither table has this id */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Overloaded, timed out, or the database is unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    user_events: {
+        parameters: {
+            query?: {
+                /** @description Only events older than this one (the previous page's `next`). */
+                before?: number;
+                /** @description Events per page, 1 to 500 (default 50). */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The user's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page, maybe empty */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventPage"];
+                };
+            };
+            /** @description The id is not a UUID, or a bad cursor or limit */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -103,3 +103,24 @@ test("reconcile plans with a dry run, then repairs the missing users", async () 
   assert.equal(after.drift.missing, 0);
   assert.equal(after.target_total, before.target_total + before.drift.missing);
 });
+
+test("an admin finds a user by email, sees both sides and the audit trail", async () => {
+  const admin = createUsersync({ baseUrl: banner.USERSYNC_URL, secretKey: banner.SECRET_KEY });
+  const matches = await admin.findUsers("ADA@example.com");
+  assert.deepEqual(
+    matches.users.map((u) => u.id),
+    [ADA],
+  );
+  const ada = await admin.user(ADA);
+  assert.equal(ada.auth?.email, "ada@example.com");
+  assert.ok(!("encrypted_password" in (ada.auth ?? {})));
+  const events = await admin.userEvents(ADA, { limit: 5 });
+  assert.ok(Array.isArray(events.events));
+  await assert.rejects(admin.retryDeadLetter(ADA), (e: unknown) => {
+    assert.ok(e instanceof UsersyncError);
+    assert.equal(e.code, "no_dead_letter");
+    return true;
+  });
+  const user = createUsersync({ baseUrl: banner.USERSYNC_URL });
+  await assert.rejects(user.user(ADA), /secretKey/);
+});
