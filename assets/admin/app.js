@@ -104,6 +104,17 @@ function drawDrift(drift) {
       }),
     ]);
     group.append(el("svg:title", { text: `${kind}: ${number(count)}` }));
+    group.setAttribute("tabindex", "0");
+    group.setAttribute("role", "button");
+    group.setAttribute("aria-label", `${kind}: ${number(count)}; list the rows`);
+    const openKind = guarded(() => openRows(kind));
+    group.addEventListener("click", openKind);
+    group.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        openKind();
+      }
+    });
     svg.append(group);
   });
 }
@@ -176,7 +187,7 @@ function drawRuns(runs) {
   const body = $("#runs tbody");
   body.replaceChildren();
   if (runs.length === 0) {
-    body.append(el("tr", {}, [el("td", { colspan: 5, text: "No runs yet." })]));
+    body.append(el("tr", {}, [el("td", { colspan: 6, text: "No runs yet." })]));
     return;
   }
   for (const run of runs) {
@@ -189,6 +200,7 @@ function drawRuns(runs) {
         el("td", {}, [el("span", { class: `state state-${run.state}`, text: run.state.replace("_", " ") })]),
         el("td", {}, [bar, " ", p.text]),
         el("td", { text: run.error ? `${plannedText(run)} — ${run.error}` : plannedText(run) }),
+        el("td", {}, [button("Details", () => openRun(run.id), { "aria-label": `details of run ${run.id}`, class: "small" })]),
       ]),
     );
   }
@@ -198,20 +210,212 @@ function drawDeadLetters(letters) {
   const body = $("#dead-letters tbody");
   body.replaceChildren();
   if (letters.length === 0) {
-    body.append(el("tr", {}, [el("td", { colspan: 5, text: "None: every trigger sync went through." })]));
+    body.append(el("tr", {}, [el("td", { colspan: 6, text: "None: every trigger sync went through." })]));
     return;
   }
   for (const d of letters) {
     body.append(
-      el("tr", {}, [
-        el("td", {}, [el("code", { text: d.user_id })]),
+      el("tr", { "data-user": d.user_id }, [
+        el("td", {}, [userLink(d.user_id)]),
         el("td", { text: d.op }),
         el("td", { text: d.sqlstate ? `${d.error} [${d.sqlstate}]` : d.error }),
         el("td", { class: "num", text: String(d.attempts) }),
         el("td", { text: new Date(d.next_attempt_at).toLocaleString() }),
+        el("td", {}, [button("Retry", () => retryLetter(d.user_id), { "aria-label": `retry the dead letter of ${d.user_id}`, class: "small retry" })]),
       ]),
     );
   }
+}
+
+// ---- one user: find, both sides, audit trail, sync now, retry -------------------------------
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const EVENTS_SHOWN = 10;
+let shownUser = null;
+let olderEvents = null;
+
+function button(text, action, attrs = {}) {
+  const node = el("button", { type: "button", ...attrs, text });
+  node.addEventListener("click", guarded(action));
+  return node;
+}
+
+function userLink(id, label) {
+  return button(label || id, () => openUser(id), { class: "row-link", "data-user": id });
+}
+
+function shown(value) {
+  if (value === null || value === undefined) return "–";
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
+function reveal(section) {
+  section.hidden = false;
+  section.focus();
+}
+
+async function find(query) {
+  const list = $("#matches");
+  list.replaceChildren();
+  if (UUID.test(query)) return openUser(query);
+  const { users } = await api(`/v1/users?email=${encodeURIComponent(query)}`);
+  if (users.length === 1) return openUser(users[0].id);
+  if (users.length === 0) list.append(el("li", { text: `No auth user or profile holds ${query}.` }));
+  for (const user of users) {
+    const where = user.auth && user.profile ? "auth user and profile" : user.auth ? "auth user only" : "profile only";
+    list.append(el("li", {}, [userLink(user.id), ` (${where})`]));
+  }
+}
+
+function drawSides(user) {
+  const body = $("#user-sides tbody");
+  body.replaceChildren();
+  const mapped = user.auth ? user.auth.mapped : {};
+  const profile = user.profile || {};
+  const columns = [...new Set([...Object.keys(mapped), ...Object.keys(profile)])];
+  for (const column of columns) {
+    const compared = column in mapped;
+    const differs = compared && user.auth && user.profile
+      ? JSON.stringify(mapped[column]) !== JSON.stringify(profile[column])
+      : false;
+    body.append(el("tr", { "data-column": column, class: differs ? "differs" : "" }, [
+      el("td", { text: column }),
+      el("td", { text: !user.auth ? "no auth user" : compared ? shown(mapped[column]) : "(not compared)" }),
+      el("td", { text: user.profile ? shown(profile[column]) : "no profile" }),
+    ]));
+  }
+  const facts = $("#user-auth");
+  facts.replaceChildren();
+  for (const [name, value] of Object.entries(user.auth || {})) {
+    if (name !== "mapped") facts.append(el("dt", { text: name }), el("dd", { text: shown(value) }));
+  }
+}
+
+function drawEvents(events, append) {
+  const body = $("#user-events tbody");
+  if (!append) body.replaceChildren();
+  if (!append && events.length === 0) {
+    body.append(el("tr", {}, [el("td", { colspan: 5, text: "Nothing recorded for this user yet." })]));
+  }
+  for (const e of events) {
+    body.append(el("tr", { "data-event": String(e.event_id) }, [
+      el("td", { text: new Date(e.at).toLocaleString() }),
+      el("td", { text: e.path }),
+      el("td", { text: e.kind }),
+      el("td", { text: e.action }),
+      el("td", { text: e.caller }),
+    ]));
+  }
+}
+
+async function openUser(id) {
+  const user = await api(`/v1/users/${encodeURIComponent(id)}`);
+  shownUser = user;
+  $("#user-title").textContent = `User ${user.id}`;
+  $("#user-drift").textContent = user.in_sync ? "In step: no drift." : `Drift: ${user.drift.join(", ")}.`;
+  drawSides(user);
+  const letter = user.dead_letter;
+  $("#user-letter").textContent = letter
+    ? `Dead letter: ${letter.error} (${letter.attempts} attempts; next ${new Date(letter.next_attempt_at).toLocaleString()})`
+    : "";
+  $("#retry-letter").hidden = !letter;
+  $("#sync-now").hidden = !user.auth;
+  drawEvents(user.repairs, false);
+  olderEvents = user.repairs.length === EVENTS_SHOWN ? user.repairs[EVENTS_SHOWN - 1].event_id : null;
+  $("#more-events").hidden = olderEvents === null;
+  reveal($("#user-panel"));
+}
+
+async function moreEvents() {
+  const page = await api(`/v1/users/${shownUser.id}/events?limit=50&before=${olderEvents}`);
+  drawEvents(page.events, true);
+  olderEvents = page.next;
+  $("#more-events").hidden = olderEvents === null;
+}
+
+async function syncNow() {
+  const id = shownUser.id;
+  const outcome = await api(`/v1/users/${id}/sync`, { method: "POST" });
+  await Promise.all([openUser(id), refresh()]);
+  $("#user-note").textContent = `Synced: ${outcome.action}.`;
+}
+
+async function retryLetter(id) {
+  const outcome = await api(`/v1/dead-letters/${id}/retry`, { method: "POST" });
+  // The note comes last, once the panel shows the user: it is what says the retry is done.
+  await Promise.all([openUser(id), refresh()]);
+  $("#user-note").textContent = outcome.healed
+    ? `Dead letter healed: ${outcome.action}.`
+    : `Still failing: ${outcome.dead_letter ? outcome.dead_letter.error : "see the dead letter"}.`;
+}
+
+// ---- the rows of one drift kind ----------------------------------------------------------
+
+let rowsKind = null;
+let rowsNext = null;
+
+async function openRows(kind, after) {
+  const query = `kind=${kind}&limit=50${after ? `&after=${after}` : ""}`;
+  const page = await api(`/v1/drift?${query}`);
+  const body = $("#rows tbody");
+  if (!after) body.replaceChildren();
+  if (!after && page.items.length === 0) {
+    body.append(el("tr", {}, [el("td", { colspan: 3, text: `No ${kind} rows.` })]));
+  }
+  for (const item of page.items) {
+    const detail = item.columns ? `differs: ${item.columns.join(", ")}`
+      : item.target_ids ? `profile under ${item.target_ids.join(", ")}` : "";
+    body.append(el("tr", { "data-user": item.id }, [
+      el("td", {}, [userLink(item.id)]),
+      el("td", { text: item.email || "–" }),
+      el("td", { text: detail }),
+    ]));
+  }
+  rowsKind = kind;
+  rowsNext = page.next;
+  $("#rows-title").textContent = `Drifted rows: ${kind}`;
+  $("#more-rows").hidden = !rowsNext;
+  if (!after) reveal($("#drift-rows"));
+}
+
+// ---- one run in detail ---------------------------------------------------------------------
+
+async function openRun(id) {
+  const run = await api(`/v1/reconciliations/${id}`);
+  $("#run-title").textContent = `Run ${run.id}`;
+  const facts = $("#run-facts");
+  facts.replaceChildren();
+  const rows = [
+    ["state", run.state.replace("_", " ")],
+    ["kind of run", run.options && run.options.dry_run ? "dry run" : "apply"],
+    ["started", new Date(run.started_at).toLocaleString()],
+    ["finished", run.finished_at ? new Date(run.finished_at).toLocaleString() : "–"],
+    ["progress", progressOf(run).text],
+    ["deletes planned", run.plan ? number(run.plan.deletes) : "–"],
+  ];
+  if (run.error) rows.push(["error", run.error]);
+  for (const [name, value] of rows) facts.append(el("dt", { text: name }), el("dd", { text: value }));
+  const kinds = $("#run-kinds tbody");
+  kinds.replaceChildren();
+  const progress = run.progress || {};
+  for (const [kind, planned] of Object.entries(run.plan ? run.plan.kinds : {})) {
+    kinds.append(el("tr", { "data-kind": kind }, [
+      el("td", { text: kind }),
+      el("td", { text: planned.action }),
+      el("td", { class: "num", text: number(planned.count) }),
+      el("td", { class: "num", text: number((progress.repaired || {})[kind] || 0) }),
+      el("td", { class: "num", text: number((progress.failed || {})[kind] || 0) }),
+    ]));
+  }
+  const failures = $("#run-failures tbody");
+  failures.replaceChildren();
+  if (!(progress.failures || []).length) {
+    failures.append(el("tr", {}, [el("td", { colspan: 3, text: "None." })]));
+  }
+  for (const f of progress.failures || []) {
+    failures.append(el("tr", {}, [el("td", { text: f.kind }), el("td", {}, [userLink(f.id)]), el("td", { text: f.reason })]));
+  }
+  reveal($("#run-detail"));
 }
 
 let pollTimer = null;
@@ -373,6 +577,18 @@ document.addEventListener("DOMContentLoaded", () => {
     clearTimeout(pollTimer);
     showDashboard(false);
     $("#key").focus();
+  });
+  $("#find-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(() => find($("#find").value.trim()))();
+  });
+  $("#sync-now").addEventListener("click", guarded(syncNow));
+  $("#retry-letter").addEventListener("click", guarded(() => retryLetter(shownUser.id)));
+  $("#more-events").addEventListener("click", guarded(moreEvents));
+  $("#more-rows").addEventListener("click", guarded(() => openRows(rowsKind, rowsNext)));
+  $("#close-user").addEventListener("click", () => {
+    $("#user-panel").hidden = true;
+    $("#find").focus();
   });
   $("#dry-run").addEventListener("click", guarded(dryRun));
   $("#apply").addEventListener("click", guarded(apply));

@@ -4,7 +4,7 @@
 //   cargo build && cd tests/browser && npm ci && npm test
 //
 // Screenshots land in tests/browser/screenshots/.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { after, before, test } from "node:test";
@@ -31,6 +31,17 @@ async function status() {
   return response.json();
 }
 
+/** Runs SQL in the throwaway database as its superuser: what Supabase Auth or a bad migration would do. */
+function sql(statement) {
+  execFileSync("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", env.DATABASE_URL, "-c", statement]);
+}
+
+async function deadLetters() {
+  const response = await fetch(`${env.USERSYNC_URL}/v1/dead-letters`, { headers: { apikey: env.SECRET_KEY } });
+  assert.equal(response.status, 200);
+  return (await response.json()).dead_letters;
+}
+
 async function chartCounts() {
   return page.$$eval("#drift-chart g[data-kind]", (groups) =>
     Object.fromEntries(groups.map((g) => [g.dataset.kind, Number(g.dataset.count)])),
@@ -50,6 +61,7 @@ async function startService(attempt) {
   }
   const banner = {};
   for (const m of out.matchAll(/^export (\w+)=(\S+)/gm)) banner[m[1]] = m[2];
+  banner.DATABASE_URL = out.match(/database \(throwaway\): (\S+)/)?.[1];
   for (let i = 0; i < 50 && banner.USERSYNC_URL; i++) {
     try {
       if ((await fetch(`${banner.USERSYNC_URL}/healthz`)).ok) return { child, banner };
@@ -209,6 +221,94 @@ test("usable by keyboard, readable, and fits a phone", async () => {
 
   await page.setViewportSize({ width: 375, height: 800 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
+  const wide = await page.evaluate(() =>
+    [...document.querySelectorAll("body *")]
+      .filter((e) => e.getBoundingClientRect().right > window.innerWidth && !e.closest(".scroll"))
+      .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${e.className}`)
+      .slice(0, 8),
+  );
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone: ${wide.join(" ")}`);
   await page.screenshot({ path: `${shots}phone.png`, fullPage: true });
+});
+
+const ADA = "00000000-0000-4000-8000-000000000001";
+const LETTER = "00000000-0000-4000-8000-0000000000d1";
+
+test("search by email opens the user panel with the differing column marked, and sync now heals it", async () => {
+  await page.setViewportSize({ width: 1280, height: 900 });
+  // Ada's email changes with the triggers off (as if they had been dropped): her profile is stale.
+  sql(`set session_replication_role = replica;
+       update auth.users set email = 'ada.lovelace@example.com' where id = '${ADA}'`);
+  await page.fill("#find", "ADA.Lovelace@example.com");
+  await page.press("#find", "Enter");
+  await page.waitForSelector("#user-panel:not([hidden])");
+  assert.match(await page.textContent("#user-title"), new RegExp(ADA));
+  assert.match(await page.textContent("#user-drift"), /stale/);
+  const differing = await page.$$eval("#user-sides tr.differs", (rows) => rows.map((r) => r.dataset.column));
+  assert.deepEqual(differing, ["email"]);
+  assert.match(await page.textContent('#user-sides tr[data-column="email"]'), /ada\.lovelace@example\.com.*ada@example\.com/);
+  // No secret reaches the page.
+  assert.doesNotMatch(await page.textContent("#user-panel"), /encrypted_password|\$2a\$/);
+  await page.screenshot({ path: `${shots}user-panel.png`, fullPage: true });
+
+  await page.click("#sync-now");
+  await page.waitForFunction(() => /Synced: updated/.test(document.querySelector("#user-note").textContent));
+  assert.match(await page.textContent("#user-drift"), /In step/);
+  assert.equal(await page.locator("#user-sides tr.differs").count(), 0);
+  assert.match(await page.textContent("#user-events tbody tr:first-child"), /call.*stale.*updated.*service/s);
+});
+
+test("a drift bar opens its rows, and a row opens the user panel", async () => {
+  const expected = await status();
+  assert.equal(expected.drift.orphaned, 1, "the demo data has one orphaned profile");
+  // By keyboard: the bar takes focus and Enter opens it.
+  await page.focus('#drift-chart g[data-kind="orphaned"]');
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("#drift-rows:not([hidden])");
+  assert.match(await page.textContent("#rows-title"), /orphaned/);
+  const rows = page.locator("#rows tbody tr[data-user]");
+  assert.equal(await rows.count(), 1);
+  const id = await rows.first().getAttribute("data-user");
+  await page.screenshot({ path: `${shots}drift-rows.png`, fullPage: true });
+  await rows.first().locator("button.row-link").click();
+  await page.waitForFunction((wanted) => document.querySelector("#user-title").textContent.includes(wanted), id);
+  assert.match(await page.textContent("#user-drift"), /orphaned/);
+  assert.match(await page.textContent("#user-sides tbody"), /no auth user/);
+  assert.equal(await page.isVisible("#sync-now"), false);
+});
+
+test("a run opens its detail: plan, progress per kind and failures", async () => {
+  await page.locator("#runs tbody tr").first().locator("button").click();
+  await page.waitForSelector("#run-detail:not([hidden])");
+  assert.match(await page.textContent("#run-facts"), /succeeded/);
+  assert.ok((await page.locator("#run-kinds tbody tr[data-kind]").count()) > 0);
+  assert.match(await page.textContent("#run-failures tbody"), /None\./);
+});
+
+test("a dead letter is retried from the page and heals once the table is fixed", async () => {
+  // A migration breaks the profile table; a sign-up commits anyway and leaves a dead letter.
+  sql(`alter table public.users add column plan text,
+       add constraint users_plan_required check (plan is not null) not valid`);
+  sql(`insert into auth.users (instance_id, id, aud, role, email, raw_app_meta_data, raw_user_meta_data,
+         created_at, updated_at, confirmation_token, recovery_token, email_change_token_new, email_change)
+       values ('00000000-0000-0000-0000-000000000000', '${LETTER}', 'authenticated', 'authenticated',
+         'letter@example.com', '{"provider": "email", "providers": ["email"]}', '{}', now(), now(), '', '', '', '')`);
+  // Let the healing loop fail twice (at once, then after 5 s), so that its next attempt is 30 s
+  // off, then fix the table and retry by hand.
+  for (let i = 0; ; i++) {
+    const letter = (await deadLetters()).find((d) => d.user_id === LETTER);
+    if (letter && letter.attempts >= 2) break;
+    assert.ok(i < 400, "the healing loop did not attempt the letter twice");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await page.reload();
+  await page.waitForSelector(`#dead-letters tr[data-user="${LETTER}"]`);
+  sql("alter table public.users drop column plan");
+  await page.screenshot({ path: `${shots}dead-letter.png`, fullPage: true });
+  await page.click(`#dead-letters tr[data-user="${LETTER}"] button.retry`);
+  await page.waitForFunction(() => /Dead letter healed: created/.test(document.querySelector("#user-note").textContent));
+  assert.match(await page.textContent("#user-title"), new RegExp(LETTER));
+  assert.match(await page.textContent("#user-drift"), /In step/);
+  assert.equal((await deadLetters()).length, 0);
+  await page.waitForSelector("#dead-letters tbody tr:not([data-user])");
 });
