@@ -36,6 +36,10 @@ use crate::sync::target::BoundMapping;
 /// How many re-keys a plan lists in full.
 const PLANNED_REKEYS: usize = 100;
 
+/// How long a start waits for a run that has recorded its end to let go of the run lock.
+const LOCK_HANDOVER: std::time::Duration = std::time::Duration::from_secs(2);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Up to this many stray target rows (rows no auth user has, holding an email), a run reads
 /// their emails once when it starts and its inserts check each user against that list; with
 /// more, each insert probes the target's `lower(email)` index per user. The list spares a
@@ -171,9 +175,17 @@ impl Reconciler {
     pub async fn start(&self, caller: &str, options: RunOptions) -> Result<ActiveRun, StartError> {
         // A connection of its own, out of the pool: the lock lives exactly as long as it does.
         let mut lock = self.db.acquire().await?.detach();
-        if !runs::try_lock(&mut lock).await? {
+        let asked = tokio::time::Instant::now();
+        while !runs::try_lock(&mut lock).await? {
+            // A run records its end a moment before it lets go of the lock (and a starting one
+            // takes the lock a moment before it is recorded): a lock held while no run shows
+            // as in progress is about to be free. A caller who waited for the last run to end
+            // must not be told that it is still going.
             let run_id = runs::active(&self.db).await?;
-            return Err(StartError::InProgress { run_id });
+            if run_id.is_some() || asked.elapsed() >= LOCK_HANDOVER {
+                return Err(StartError::InProgress { run_id });
+            }
+            tokio::time::sleep(LOCK_RETRY).await;
         }
         let resumed_from = runs::abandon_active(&mut lock).await?;
         if let Some(old) = resumed_from {

@@ -793,7 +793,7 @@ export interface components {
             caller: string;
             /**
              * Format: int64
-             * @description Its place in the audit: a later event has a larger id (the cursor of the next page).
+             * @description The event's id: pass the last one of a page as `before` for the next page.
              */
             event_id: number;
             /** @description The drift kind repaired or reported. */
@@ -815,7 +815,7 @@ export interface components {
             auth?: null | components["schemas"]["AuthSide"];
             /** Format: uuid */
             id: string;
-            /** @description The profile's mapped columns, or null when it has none. */
+            /** @description The profile's key and mapped columns, or null when it has none. */
             profile?: Record<string, never> | null;
         };
         /**
