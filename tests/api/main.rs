@@ -28,4 +28,5 @@ mod secrets;
 mod shapes;
 mod source;
 mod sync_one;
+mod throwaway;
 mod triggers;
