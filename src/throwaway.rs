@@ -10,6 +10,8 @@
 //! terminal sends to the foreground group on Ctrl-C reaches this process only, never the server
 //! under the watchdog's feet. [`Throwaway::stop`] (also run on drop) closes the pipe and waits
 //! for the watchdog, so an orderly exit returns only once the server and the directory are gone.
+//! The server logs to `server.log` in its directory, never to a pipe: a pipe nobody reads fills
+//! up at 64 KiB and then blocks every backend writing the next log line.
 //!
 //! It needs PostgreSQL's `initdb` and `postgres`, found on `PATH` or, as Debian installs them,
 //! in `/usr/lib/postgresql/<version>/bin` (the newest). PostgreSQL refuses to run as root: as

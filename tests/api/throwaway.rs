@@ -1,4 +1,5 @@
-//! The throwaway PostgreSQL leaves nothing behind, however the test binary ends.
+//! The throwaway PostgreSQL leaves nothing behind, however the test binary ends; `usersync dev`
+//! without what it needs says so in one line.
 //!
 //! Each case runs this very binary again as a child, with `DATABASE_URL` unset, filtered down to
 //! [`probe`], which boots the harness's throwaway server and then passes, fails or hangs until
@@ -152,4 +153,47 @@ fn sigkill_leaves_no_server_and_no_directory() {
     let (dir, status) = run_probe("hang", Some(libc::SIGKILL));
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     assert_nothing_left_soon(&dir);
+}
+
+/// `usersync dev` whose initdb fails (a stand-in that says so, first on PATH) stops with one
+/// line, and leaves nothing behind either.
+#[test]
+fn dev_without_a_working_postgresql_says_so_in_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    // Readable by the `postgres` user too, which runs initdb when the tests run as root.
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, says) in [
+        (
+            "initdb",
+            "initdb: error: this initdb is a stand-in that fails",
+        ),
+        ("postgres", "this postgres is a stand-in"),
+    ] {
+        let path = bin.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho '{says}' >&2\nexit 1\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("TMPDIR", tmp.path())
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the usersync binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("initdb: error: this initdb is a stand-in that fails"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
