@@ -30,6 +30,8 @@ fn probe() {
     assert!(std::env::var_os("DATABASE_URL").is_none());
     let server = crate::helpers::throwaway();
     println!("{SAYS}{}", server.dir().display());
+    // Ends only once the parent has seen the server running and closed our stdin.
+    let _ = std::io::stdin().read_line(&mut String::new());
     match mode.as_str() {
         "pass" => {}
         "fail" => panic!("this probe fails on purpose"),
@@ -39,14 +41,14 @@ fn probe() {
     }
 }
 
-/// Runs the probe in `mode`, sends `signal` to its process group once its server is up (if
-/// any), and returns the server's directory and the child's exit status.
+/// Runs the probe in `mode`, lets it go on once its server is up, sends `signal` to its
+/// process group then (if any), and returns the server's directory and the child's exit status.
 fn run_probe(mode: &str, signal: Option<libc::c_int>) -> (PathBuf, std::process::ExitStatus) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["throwaway::probe", "--exact", "--ignored", "--nocapture"])
         .env_remove("DATABASE_URL")
         .env(MODE, mode)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0)
@@ -70,6 +72,7 @@ fn run_probe(mode: &str, signal: Option<libc::c_int>) -> (PathBuf, std::process:
         dir.join("data/postmaster.pid").exists(),
         "{dir:?} is running"
     );
+    drop(child.stdin.take());
     if let Some(signal) = signal {
         let group = -(child.id() as libc::pid_t);
         // SAFETY: kill has no memory-safety preconditions.
