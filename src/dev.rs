@@ -1,6 +1,6 @@
 //! `usersync dev`: the whole service on a laptop with no set-up.
 //!
-//! It boots a throwaway Postgres from the machine's PostgreSQL binaries (pgtemp), loads a
+//! It boots a throwaway Postgres from the machine's PostgreSQL binaries ([`crate::throwaway`]), loads a
 //! Supabase-compatible `auth` schema, a demo `public.users` and a few demo users, installs the
 //! triggers, prints tokens and curl lines, and serves (healing included). Nothing here runs in
 //! production: `auth.*` is Supabase Auth's.
@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use pgtemp::PgTempDB;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -26,6 +25,7 @@ use crate::repo::triggers;
 use crate::startup::{self, Application};
 use crate::sync::mapping::Mapping;
 use crate::sync::target::BoundMapping;
+use crate::throwaway::Throwaway;
 use crate::worker::retry::RetrySchedule;
 
 /// The SQL fixtures, shared with the integration tests.
@@ -59,15 +59,10 @@ pub struct DevArgs {
 
 /// Boots the throwaway database, seeds it, and serves until Ctrl-C; the database goes with it.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    eprintln!("usersync dev: starting a throwaway PostgreSQL from this machine's binaries...");
-    // pgtemp pipes the server's stderr and never reads it: once 64 KiB of log lines pile up,
-    // every backend blocks writing the next one. The collector writes the log to files in the
-    // throwaway data directory instead.
-    let pg = PgTempDB::builder()
-        .with_config_param("logging_collector", "on")
-        .start_async()
-        .await;
-    let url = pg.connection_uri();
+    // No line of its own before the server is up: when something is missing, the one line
+    // on stderr is the error, saying what to install.
+    let pg = tokio::task::spawn_blocking(Throwaway::start).await??;
+    let url = pg.url().to_owned();
     let admin = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -144,6 +139,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     drop(stdout);
     app.run_until_stopped(startup::shutdown_signal()).await?;
+    // Stops the server and removes its directory before returning; had this process been
+    // killed instead, the server's watchdog would have.
     drop(pg);
     Ok(())
 }

@@ -35,5 +35,7 @@ pub mod supabase;
 pub mod sync;
 /// Logging set-up.
 pub mod telemetry;
+/// A throwaway PostgreSQL (`usersync dev`, the tests) that leaves nothing behind.
+pub mod throwaway;
 /// The healing loop: leader election, dead letters, periodic reconciliation.
 pub mod worker;

@@ -2,7 +2,8 @@
 //! and one method per endpoint.
 //!
 //! The server is the one `DATABASE_URL` names, or, when it is unset, a throwaway PostgreSQL that
-//! the harness boots once per test binary from the machine's binaries (pgtemp). Each test gets
+//! the harness boots once per test binary from the machine's binaries ([`throwaway`]), and which
+//! is gone with its directory once the binary exits, however it ends. Each test gets
 //! its own database, cloned from a template that already holds the usersync migrations, the
 //! Supabase-compatible `auth` fixture and `public.users`; it is dropped when the test ends.
 
@@ -29,6 +30,7 @@ use usersync::startup::Application;
 use usersync::sync::mapping::Mapping;
 use usersync::sync::policy::DeletedPolicy;
 use usersync::sync::target::BoundMapping;
+use usersync::throwaway::Throwaway;
 use usersync::worker::retry::RetrySchedule;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-with-at-least-32-characters!!";
@@ -39,18 +41,32 @@ fn server_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ => {
-            // Kept for the life of the test binary; the OS reclaims it when the process exits.
-            // pgtemp pipes the server's stderr and never reads it: once 64 KiB of log lines
-            // pile up, every backend blocks writing the next one. The collector writes the log
-            // to files in the throwaway data directory instead.
-            let db = Box::leak(Box::new(
-                pgtemp::PgTempDB::builder()
-                    .with_config_param("logging_collector", "on")
-                    .start(),
-            ));
-            db.connection_uri()
+        _ => throwaway().url().to_owned(),
+    })
+}
+
+/// The throwaway server, started on first use. A static is never dropped, so it is stopped at
+/// exit instead: `atexit` runs when the test binary returns from `main` or calls `exit` (as it
+/// does when a test failed), and waits until the server and its directory are gone. A binary
+/// killed outright (Ctrl-C, SIGKILL) runs nothing; the server's watchdog cleans up then.
+pub fn throwaway() -> &'static Throwaway {
+    static SERVER: OnceLock<Throwaway> = OnceLock::new();
+    extern "C" fn stop_at_exit() {
+        if let Some(server) = SERVER.get() {
+            server.stop();
         }
+    }
+    SERVER.get_or_init(|| {
+        let server = Throwaway::start()
+            .unwrap_or_else(|e| panic!("{e} (or set DATABASE_URL to a server for the tests)"));
+        // SAFETY: `stop_at_exit` is a plain function that neither unwinds (it only closes a
+        // pipe and waits for a child) nor calls `exit`.
+        let registered = unsafe { libc::atexit(stop_at_exit) };
+        assert_eq!(
+            registered, 0,
+            "atexit refused the throwaway server's clean-up"
+        );
+        server
     })
 }
 

@@ -30,4 +30,5 @@ mod secrets;
 mod shapes;
 mod source;
 mod sync_one;
+mod throwaway;
 mod triggers;
