@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
@@ -16,6 +16,7 @@ use crate::repo;
 use crate::sync::engine::SyncPath;
 use crate::sync::heal::HealAction;
 use crate::sync::target::BoundMapping;
+use crate::worker::HealingRole;
 
 const HTTP_DURATION: &str = "usersync_http_request_duration_seconds";
 
@@ -41,6 +42,7 @@ fn handle() -> &'static PrometheusHandle {
             .expect("the bucket list is not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed");
+        describe();
         let upkeep = handle.clone();
         std::thread::Builder::new()
             .name("usersync-metrics".to_owned())
@@ -51,6 +53,78 @@ fn handle() -> &'static PrometheusHandle {
             .expect("the metrics upkeep thread starts");
         handle
     })
+}
+
+/// The standard process metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, ...), read from /proc
+/// at every scrape.
+fn process() -> &'static metrics_process::Collector {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
+
+/// Gives every family usersync publishes its HELP line (the exporter writes TYPE lines itself),
+/// and publishes the build's version. Runs once, as the recorder is installed. A new metric
+/// needs a line here and a row in the README's Observability table (a test compares the table
+/// with a scrape).
+fn describe() {
+    describe_counter!(
+        "usersync_http_requests_total",
+        "HTTP requests answered, by method, route template and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        "Time to answer an HTTP request in seconds, by method, route template and status."
+    );
+    describe_counter!(
+        "usersync_sync_statements_total",
+        "Sync statements the API ran (each syncs one or more coalesced users)."
+    );
+    describe_counter!(
+        "usersync_sync_statement_users_total",
+        "Users synced by the API's sync statements."
+    );
+    describe_counter!(
+        "usersync_sync_actions_total",
+        "Sync decisions, by path, drift kind repaired and action."
+    );
+    describe_gauge!(
+        "usersync_drift_users",
+        "Drifted users, by drift kind (refreshed at most every USERSYNC_METRICS_REFRESH)."
+    );
+    describe_gauge!("usersync_source_users", "Rows in auth.users.");
+    describe_gauge!("usersync_target_users", "Rows in the target users table.");
+    describe_gauge!(
+        "usersync_dead_letters_pending",
+        "Failed trigger syncs not yet healed."
+    );
+    describe_gauge!(
+        "usersync_oldest_unsynced_user_age_seconds",
+        "Seconds the longest-waiting missing user has waited (0 when none)."
+    );
+    describe_gauge!(
+        "usersync_last_successful_run_age_seconds",
+        "Seconds since the last successful reconciliation run (absent before the first)."
+    );
+    describe_gauge!(
+        "usersync_source_readable",
+        "1 when usersync's role sees every row of auth.users, else 0 (and no drift gauges)."
+    );
+    describe_gauge!(
+        "usersync_healing_leader",
+        "1 on the replica that leads the healing loop, else 0."
+    );
+    describe_gauge!(
+        "usersync_reconcile_interval_seconds",
+        "USERSYNC_RECONCILE_INTERVAL in seconds on a replica that takes part in healing; 0 when \
+         periodic runs are off or healing is off."
+    );
+    describe_gauge!(
+        "usersync_build_info",
+        "Always 1; the version label is the running build's."
+    );
+    gauge!("usersync_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    process().describe();
 }
 
 /// One HTTP request: counted and timed by route template (never the raw path) and status.
@@ -87,20 +161,39 @@ pub fn record_sync_statement(users: usize) {
 pub struct Meter {
     refresh_every: Duration,
     last_refresh: Mutex<Option<Instant>>,
+    /// How often this replica's healing loop starts a run, when it leads; `None`: never.
+    reconcile_interval: Option<Duration>,
 }
 
 impl Meter {
-    pub fn new(refresh_every: Duration) -> Self {
+    pub fn new(refresh_every: Duration, reconcile_interval: Option<Duration>) -> Self {
         // Install the recorder now, so that nothing recorded before the first scrape is lost.
         handle();
         Self {
             refresh_every,
             last_refresh: Mutex::new(None),
+            reconcile_interval,
         }
     }
 
-    /// The exposition text, after refreshing the database gauges if they are due.
-    pub async fn render(&self, db: &PgPool, bound: &BoundMapping) -> sqlx::Result<String> {
+    /// The exposition text, after refreshing the database gauges if they are due. `healing` is
+    /// this replica's part in the healing loop now.
+    pub async fn render(
+        &self,
+        db: &PgPool,
+        bound: &BoundMapping,
+        healing: HealingRole,
+    ) -> sqlx::Result<String> {
+        // Set at every scrape, from this replica's own state: the gauges are process-wide, and
+        // the role changes whenever leadership moves.
+        gauge!("usersync_healing_leader").set(if healing == HealingRole::Leader {
+            1.0
+        } else {
+            0.0
+        });
+        gauge!("usersync_reconcile_interval_seconds")
+            .set(self.reconcile_interval.map_or(0.0, |i| i.as_secs_f64()));
+        process().collect();
         let due = {
             let mut last = self.last_refresh.lock().expect("not poisoned");
             let due = last.is_none_or(|at| at.elapsed() >= self.refresh_every);

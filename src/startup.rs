@@ -68,7 +68,11 @@ impl Application {
             config.reconcile.walking(),
             config.reconcile.admin_api(),
         );
-        let (healer, healing) = match config.healing.settings(config.reconcile.deleted.deleted) {
+        let healing_settings = config.healing.settings(config.reconcile.deleted.deleted);
+        let reconcile_interval = healing_settings
+            .as_ref()
+            .and_then(|settings| settings.reconcile_interval);
+        let (healer, healing) = match healing_settings {
             Some(settings) => {
                 let (healer, role) =
                     Healer::new(db.clone(), mapping.clone(), settings, reconciler.clone());
@@ -90,7 +94,7 @@ impl Application {
                 config.http.rate_limit_burst,
             )
             .map(Arc::new),
-            meter: Arc::new(Meter::new(config.http.metrics_refresh)),
+            meter: Arc::new(Meter::new(config.http.metrics_refresh, reconcile_interval)),
             metrics_access: config.http.metrics_access,
             reconciler,
             retry_schedule: config.healing.retry_schedule.clone(),

@@ -39,7 +39,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             .await?
             .require_service()?;
     }
-    let text = state.meter.render(&state.db, &state.mapping).await?;
+    let healing = *state.healing.borrow();
+    let text = state
+        .meter
+        .render(&state.db, &state.mapping, healing)
+        .await?;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -249,3 +249,178 @@ async fn made_up_methods_leave_metrics_and_memory_as_they_were() {
     );
     assert!(!serve.logs().contains("M0001XX"));
 }
+
+/// The metric families a scrape declares (`# TYPE` lines), by name and type.
+fn families(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+        .collect()
+}
+
+/// The families the README's Observability table names (first column, in backticks).
+fn readme_families() -> std::collections::BTreeSet<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split_once("\n## Observability\n")
+        .expect("the README has an Observability section")
+        .1;
+    let section = section.split_once("\n## ").map_or(section, |(s, _)| s);
+    section
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .filter(|name| name.starts_with("usersync_") || name.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `promtool check metrics` over `text`: `None` when promtool is not installed.
+fn promtool_check_metrics(text: &str) -> Option<(bool, String)> {
+    use std::io::Write;
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), report))
+}
+
+// In a process of its own (the recorder is process-wide), with healing on so that the leader's
+// first run succeeds and every family is published: a request, a sync, a run, the leader.
+#[tokio::test]
+async fn a_scrape_passes_promtool_and_publishes_exactly_the_readme_table() {
+    let db = TestDb::new().await;
+    let id = AuthUser::new("scrape@example.com").insert(&db.pool).await;
+    let serve = ServeProcess::start(&db.url(), &[("USERSYNC_HEALING", "on")]).await;
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the leader's first run to succeed",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from usersync.runs where state = 'succeeded'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+                > 0
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let Auth::Bearer(token) = user_token(id) else {
+        unreachable!("a user token is a bearer token")
+    };
+    let synced = client
+        .post(format!("{}/v1/users/me/sync", serve.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(synced.status(), 200);
+    let scrape = client
+        .get(format!("{}/metrics", serve.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), 200);
+    let text = scrape.text().await.unwrap();
+
+    // The table, the alerts and the dashboard (scripts/check-grafana.py reads the table) name
+    // what a real process publishes, no more, no less.
+    let published: std::collections::BTreeSet<String> = families(&text).into_keys().collect();
+    assert_eq!(
+        published,
+        readme_families(),
+        "the families /metrics publishes (left) and the README's Observability table (right) \
+         differ:\n{text}"
+    );
+    for family in &published {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {family} "))),
+            "no HELP for {family}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                r#"usersync_build_info{{version="{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "usersync_healing_leader"), Some(1.0));
+    assert_eq!(
+        sample(&text, "usersync_reconcile_interval_seconds"),
+        Some(3600.0)
+    );
+    let age = sample(&text, "usersync_last_successful_run_age_seconds").unwrap();
+    assert!((0.0..60.0).contains(&age), "{age}");
+    let rss = sample(&text, "process_resident_memory_bytes").unwrap();
+    assert!(rss > 1_000_000.0, "{rss}");
+    assert!(sample(&text, "process_open_fds").is_some_and(|n| n > 0.0));
+    let started = sample(&text, "process_start_time_seconds").unwrap();
+    assert!(
+        (now_secs() as f64 - started).abs() < 600.0,
+        "{started} is not about now"
+    );
+
+    match promtool_check_metrics(&text) {
+        Some((passed, report)) => assert!(passed, "promtool check metrics:\n{report}\n{text}"),
+        // CI installs promtool (.ci/run), so there this never skips.
+        None => eprintln!(
+            "skipped promtool check metrics: promtool is not installed (Debian: apt-get install \
+             --no-install-recommends prometheus)"
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_replica_without_healing_publishes_no_leader_and_no_interval() {
+    let db = TestDb::new().await;
+    let serve = ServeProcess::start(&db.url(), &[]).await;
+    let text = reqwest::get(format!("{}/metrics", serve.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, "usersync_healing_leader"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "usersync_reconcile_interval_seconds"),
+        Some(0.0)
+    );
+    // Never a successful run: absent, not a made-up age.
+    assert_eq!(
+        sample(&text, "usersync_last_successful_run_age_seconds"),
+        None
+    );
+}
