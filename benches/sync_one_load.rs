@@ -16,24 +16,9 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::*;
 
 const DB: &str = "usersync_bench_sync_one";
-
-/// Each wrk thread reads the tokens once and signs every request with a random user's token.
-const WRK_SCRIPT: &str = r#"
-local tokens = {}
-function init(args)
-  for line in io.lines("tokens.txt") do tokens[#tokens + 1] = line end
-  math.randomseed(os.time() + math.floor(os.clock() * 1000000))
-end
-function request()
-  local token = tokens[math.random(#tokens)]
-  return wrk.format("POST", "/v1/users/me/sync", { ["Authorization"] = "Bearer " .. token }, "")
-end
-"#;
 
 fn main() -> anyhow::Result<()> {
     let seconds: u32 = env_or("BENCH_SECONDS", 15);
@@ -56,26 +41,12 @@ fn main() -> anyhow::Result<()> {
     );
     std::fs::write(work.join("sync_one.sql"), script)?;
     eprintln!("pgbench: {callers} clients, {seconds}s ...");
-    let pgbench = Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-j", "2"])
-        .args(["-c", &callers.to_string(), "-T", &seconds.to_string()])
-        .arg("-f")
-        .arg(work.join("sync_one.sql"))
-        .arg(&db_url)
-        .output()?;
-    let pgbench_out = String::from_utf8_lossy(&pgbench.stdout);
-    anyhow::ensure!(
-        pgbench.status.success(),
-        "pgbench failed: {}",
-        String::from_utf8_lossy(&pgbench.stderr)
-    );
-    let tps = number_after(&pgbench_out, "tps = ")
-        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output:\n{pgbench_out}"))?;
-    let pg_failed = number_after(&pgbench_out, "number of failed transactions: ").unwrap_or(0.0);
+    let pg = pgbench(&work.join("sync_one.sql"), &db_url, callers, seconds, 0)?;
+    let (tps, pg_failed) = (pg.tps, pg.errors);
 
     // --- the service under wrk -----------------------------------------------------------------
     write_tokens(&work, users, 3600)?;
-    std::fs::write(work.join("sync_me.lua"), WRK_SCRIPT)?;
+    std::fs::write(work.join("sync_me.lua"), SYNC_ME_LUA)?;
     let service = Service::start(&db_url, pool)?;
     eprintln!("wrk: {callers} connections, {seconds}s ...");
     let http = wrk(&work, "sync_me.lua", &service.url(), callers, seconds)?;
@@ -98,7 +69,10 @@ fn main() -> anyhow::Result<()> {
         format!("{:.2} ms", http.p99_ms),
     );
     row("usersync errors (target 0)", format!("{:.0}", http.errors));
-    row("pgbench failed transactions", format!("{pg_failed:.0}"));
+    row(
+        "pgbench errors (failed or aborted)",
+        format!("{pg_failed:.0}"),
+    );
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -31,6 +31,11 @@ pub fn id_of(n: u32) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
 }
 
+/// The bench database's name: `BENCH_DB` when set, else `default`.
+pub fn database_name(default: &str) -> String {
+    std::env::var("BENCH_DB").unwrap_or_else(|_| default.into())
+}
+
 /// The server (`DATABASE_URL`, default the local one) and the URL of database `name` on it.
 pub fn database_urls(name: &str) -> (String, String) {
     let server = std::env::var("DATABASE_URL")
@@ -179,6 +184,109 @@ pub async fn prepare_database(
     let bound = BoundMapping::bind(&pool, Mapping::default_mapping()).await?;
     pool.close().await;
     Ok(bound.sql.sync_one)
+}
+
+/// Drops database `name` on `server` (the bench's connections too).
+pub async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(server).await?;
+    sqlx::raw_sql(&format!("drop database if exists {name} with (force)"))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+/// Each wrk thread reads the tokens once and signs every request with a random user's token.
+pub const SYNC_ME_LUA: &str = r#"
+local tokens = {}
+function init(args)
+  for line in io.lines("tokens.txt") do tokens[#tokens + 1] = line end
+  math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+end
+function request()
+  local token = tokens[math.random(#tokens)]
+  return wrk.format("POST", "/v1/users/me/sync", { ["Authorization"] = "Bearer " .. token }, "")
+end
+"#;
+
+/// Runs a function of `scripts/bench/lib.sh`, what the shell benchmarks share (GoTrue's tables
+/// and its sign-up transaction, say), and returns what it printed.
+pub fn lib_sh(function: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("bash")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("-c")
+        .arg(r#". scripts/bench/lib.sh && "$@""#)
+        .arg("lib.sh")
+        .arg(function)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "lib.sh {function} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// What pgbench reported.
+pub struct PgbenchResult {
+    pub tps: f64,
+    pub transactions: f64,
+    /// Failed transactions and aborted clients (an error aborts a client).
+    pub errors: f64,
+    /// The tps of each progress interval (`-P`), in order.
+    pub progress: Vec<f64>,
+    pub output: String,
+}
+
+/// Runs pgbench's script `script` (prepared statements, `clients` clients on at most as many
+/// threads as cores, for `seconds`) against `url`, printing progress every `progress` seconds
+/// (0: none). A failed run is an error only when it says nothing at all: a client that aborts is
+/// counted in `errors`, for the caller to report beside everything else.
+pub fn pgbench(
+    script: &Path,
+    url: &str,
+    clients: u32,
+    seconds: u32,
+    progress: u32,
+) -> anyhow::Result<PgbenchResult> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let mut command = Command::new("pgbench");
+    command
+        .args(["-n", "-M", "prepared"])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(cores).to_string(),
+        ])
+        .args(["-T", &seconds.to_string()]);
+    if progress > 0 {
+        command.args(["-P", &progress.to_string()]);
+    }
+    let output = command.arg("-f").arg(script).arg(url).output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let out = format!("{stdout}{stderr}");
+    let tps = number_after(&stdout, "tps = ")
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output:\n{out}"))?;
+    let aborted = stderr.lines().filter(|l| l.contains(" aborted ")).count() as f64;
+    let failed = number_after(&stdout, "number of failed transactions: ").unwrap_or(0.0);
+    let progress = stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("progress: ")?;
+            let (_, rest) = rest.split_once(" s, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    Ok(PgbenchResult {
+        tps,
+        transactions: number_after(&stdout, "number of transactions actually processed: ")
+            .unwrap_or(0.0),
+        errors: failed + aborted.max(if output.status.success() { 0.0 } else { 1.0 }),
+        progress,
+        output: out,
+    })
 }
 
 /// What wrk reported.
