@@ -618,11 +618,12 @@ sync_traffic() {
   while [ "$(remaining)" -gt 0 ] && [ ! -e "$WORK/stop" ]; do
     : >"$cfg"
     for id in $(client_ids 12); do
-      printf 'url = "http://127.0.0.1:%s/v1/users/me/sync"\nrequest = "POST"\nheader = "Authorization: Bearer %s"\noutput = "/dev/null"\nmax-time = 15\nwrite-out = "sync %%{http_code}\\n"\nnext\n' \
+      [ ! -s "$cfg" ] || echo next >>"$cfg"
+      printf 'url = "http://127.0.0.1:%s/v1/users/me/sync"\nrequest = "POST"\nheader = "Authorization: Bearer %s"\noutput = "/dev/null"\nmax-time = 15\nwrite-out = "sync %%{http_code}\\n"\n' \
         "$(random_port)" "$(user_token "$id")" >>"$cfg"
     done
     if [ -s "$cfg" ]; then
-      curl -s --parallel --parallel-max 8 -K "$cfg" >>"$WORK/http.codes" 2>/dev/null || true
+      curl -sS --parallel --parallel-max 8 -K "$cfg" >>"$WORK/http.codes" 2>>"$WORK/curl.err" || true
     else
       sleep 0.2
     fi
@@ -647,11 +648,12 @@ hook_traffic() {
       else
         body=$(printf '{"type":"%s","table":"users","schema":"auth","record":{"id":"%s","email":"x@example.com","encrypted_password":"$2a$10$secret"},"old_record":null}' "$kind" "$id")
       fi
-      printf 'url = "http://127.0.0.1:%s/v1/hooks/database"\nheader = "Content-Type: application/json"\nheader = "x-usersync-webhook-secret: %s"\ndata = "%s"\noutput = "/dev/null"\nmax-time = 15\nwrite-out = "hook-%s %%{http_code}\\n"\nnext\n' \
+      [ ! -s "$cfg" ] || echo next >>"$cfg"
+      printf 'url = "http://127.0.0.1:%s/v1/hooks/database"\nheader = "Content-Type: application/json"\nheader = "x-usersync-webhook-secret: %s"\ndata = "%s"\noutput = "/dev/null"\nmax-time = 15\nwrite-out = "hook-%s %%{http_code}\\n"\n' \
         "$(random_port)" "$WEBHOOK_SECRET" "${body//\"/\\\"}" "$kind" >>"$cfg"
     done
     if [ -s "$cfg" ]; then
-      curl -s --parallel --parallel-max 8 -K "$cfg" >>"$WORK/http.codes" 2>/dev/null || true
+      curl -sS --parallel --parallel-max 8 -K "$cfg" >>"$WORK/http.codes" 2>>"$WORK/curl.err" || true
     else
       sleep 0.2
     fi
@@ -689,8 +691,9 @@ monitor() {
 # ------------------------------------------------------------------------------------------------
 FAULT_KINDS=(reconcile leader target postgres cut)
 
-# A fault is recorded as "<n> <kind> <ms at its end>" in $WORK/faults once it really happened.
-record_fault() { echo "$1 $2 $(( $(now_ms) - START_MS ))" >>"$WORK/faults"; }
+# A fault is recorded as "<n> <kind> <ms at its start> <ms at its end>" in $WORK/faults once it
+# really happened.
+record_fault() { echo "$1 $2 $3 $(( $(now_ms) - START_MS ))" >>"$WORK/faults"; }
 
 leader_index() {
   local i
@@ -767,7 +770,13 @@ fault_target() {
 }
 
 fault_cut() {
-  local cut
+  local cut n
+  # After a restart the replicas reconnect as they need: give them a moment to hold some.
+  for n in $(seq 1 50); do
+    [ "$(sql_value "select count(*) from pg_stat_activity where datname = 'chaos' and usename = 'hosted_postgres'")" -lt 3 ] || break
+    sleep 0.1
+    : "$n"
+  done
   cut=$(sql_value "select count(pg_terminate_backend(pid)) from pg_stat_activity
                     where datname = 'chaos' and usename = 'hosted_postgres' and pid <> pg_backend_pid()")
   say "fault: cut ${cut:-0} connections of the service's role"
@@ -805,7 +814,7 @@ fault_reconcile() {
 }
 
 fault_loop() {
-  local n=0 next kind
+  local n=0 next kind started
   next=$(( START_TRAFFIC_MS + 5000 ))
   while :; do
     [ ! -e "$WORK/stop" ] || return 0
@@ -814,8 +823,11 @@ fault_loop() {
     while [ "$(now_ms)" -lt "$next" ]; do sleep 0.2; done
     kind=${FAULT_KINDS[$(( n % ${#FAULT_KINDS[@]} ))]}
     n=$((n + 1))
-    if "fault_$kind"; then record_fault "$n" "$kind"; fi
+    started=$(( $(now_ms) - START_MS ))
+    if "fault_$kind"; then record_fault "$n" "$kind" "$started"; fi
     next=$(( next + FAULT_EVERY * 1000 ))
+    # A fault that overran its slot leaves the next one at least 3 s of traffic.
+    [ "$next" -ge $(( $(now_ms) + 3000 )) ] || next=$(( $(now_ms) + 3000 ))
   done
 }
 
@@ -925,16 +937,21 @@ DRIFT=${DRIFT_SAMPLE%% *}
 PANICS=$(cat "$WORK"/replica*.log "$WORK/reconcile-cli.log" 2>/dev/null | grep -c 'panicked' || true)
 DUPLICATED=$(( DUP_CREATED + SHARED_EMAIL ))
 
-# Time to heal: from each fault's end to the first sample with no drift and nothing pending.
+# Time to heal: from each fault's end to the first sample with no drift and nothing pending,
+# before the next fault starts ("overlapped" when there was none: the next fault met drift);
+# the last fault's window runs to the end of the settle.
 HEAL=$(awk -v settled_ms="$SETTLED_MS" '
   FNR == NR { t[FNR] = $1; ok[FNR] = ($2 == "0" && $3 == "0"); n = FNR; next }
-  {
-    kind = $2; end = $3; healed = -1
-    for (i = 1; i <= n; i++) if (t[i] >= end && ok[i]) { healed = t[i] - end; break }
-    if (healed < 0) healed = settled_ms - end
-    printf "%s %d\n", kind, healed
+  { kind[FNR] = $2; start[FNR] = $3; end[FNR] = $4; m = FNR }
+  END {
+    for (k = 1; k <= m; k++) {
+      limit = (k < m) ? start[k + 1] : settled_ms; healed = -1
+      for (i = 1; i <= n; i++) if (t[i] >= end[k] && t[i] <= limit && ok[i]) { healed = t[i] - end[k]; break }
+      if (healed < 0) printf "%s overlapped\n", kind[k]; else printf "%s %d\n", kind[k], healed
+    }
   }' "$WORK/samples" "$WORK/faults")
-LONGEST=$(sort -k2 -n <<<"$HEAL" | tail -1)
+LONGEST=$(grep -v overlapped <<<"$HEAL" | sort -k2 -n | tail -1 || true)
+OVERLAPPED=$(grep -c overlapped <<<"$HEAL" || true)
 
 echo
 echo "flows completed: $(for f in "${!PER_FLOW[@]}"; do printf '%s %s, ' "$f" "${PER_FLOW[$f]}"; done | sed 's/, $//')"
@@ -959,6 +976,10 @@ check "replica or CLI panics" "$PANICS"
 check "the broken target could not be repaired" "$([ -e "$WORK/unrepaired" ] && echo 1 || echo 0)"
 check "healing did not settle within ${SETTLE}s" "$([ -n "$settled" ] && echo 0 || echo 1)"
 [ "$RUNNING" = 0 ] || echo "note: $RUNNING reconciliation run(s) still planning or running"
-echo "longest time to heal: ${LONGEST#* } ms (${LONGEST%% *})"
+if [ -n "$LONGEST" ]; then
+  echo "longest time to heal: ${LONGEST#* } ms (${LONGEST%% *}); $OVERLAPPED of $FAULTS faults met the next one before drift was zero"
+else
+  echo "longest time to heal: none healed before the next fault; settled $(( (SETTLED_MS - TRAFFIC_END_MS) / 1000 ))s after the traffic stopped"
+fi
 echo "chaos: $N_USERS users, $WRITES writes, $FAULTS faults, lost $LOST, duplicated $DUPLICATED, drift $DRIFT"
 [ "$violations" -eq 0 ]
