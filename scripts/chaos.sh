@@ -66,7 +66,7 @@
 # committed transactions), and the exit status is non-zero on any violation.
 #
 # Settings: CHAOS_SECONDS (600), CHAOS_SETTLE_SECONDS (120), CHAOS_FAULT_EVERY, CHAOS_CLIENTS (4),
-# CHAOS_SEED_USERS (10000), CHAOS_RECONCILE_INTERVAL (15s, the healing leader's periodic run),
+# CHAOS_SEED_USERS (10000), CHAOS_RECONCILE_INTERVAL (30s, the healing leader's periodic run),
 # BIN (the usersync binary; default target/release/usersync, built here), PG_BIN (the
 # PostgreSQL server binaries; default the newest under /usr/lib/postgresql), CHAOS_KEEP=1 (leave
 # the directory, logs included, for a closer look; nothing is left running).
@@ -77,7 +77,7 @@ DURATION="${CHAOS_SECONDS:-600}"
 SETTLE="${CHAOS_SETTLE_SECONDS:-120}"
 CLIENTS="${CHAOS_CLIENTS:-4}"
 SEED_USERS="${CHAOS_SEED_USERS:-10000}"
-RECONCILE_INTERVAL="${CHAOS_RECONCILE_INTERVAL:-15s}"
+RECONCILE_INTERVAL="${CHAOS_RECONCILE_INTERVAL:-30s}"
 if [ -z "${CHAOS_FAULT_EVERY:-}" ]; then
   CHAOS_FAULT_EVERY=$((DURATION / 6))
   [ "$CHAOS_FAULT_EVERY" -le 20 ] || CHAOS_FAULT_EVERY=20
@@ -785,8 +785,10 @@ fault_cut() {
 fault_reconcile() {
   local run started n
   # The CLI refuses to start while the healing leader's periodic run holds the run lock: try
-  # again every second, for up to 30 s.
-  for _ in $(seq 1 30); do
+  # again every second, within the fault's slot.
+  local tries=$(( FAULT_EVERY - 3 ))
+  [ "$tries" -ge 3 ] || tries=3
+  for _ in $(seq 1 "$tries"); do
     started=$(sql_value "select now()")
     [ -n "$started" ] || { sleep 1; continue; }
     USERSYNC_RECONCILE_CHUNK_SIZE=100 "$BIN" reconcile >>"$WORK/reconcile-cli.log" 2>&1 &
@@ -811,7 +813,7 @@ fault_reconcile() {
     RECONCILE_PID=""
     sleep 1
   done
-  say "fault: no reconciliation run could be killed midway (other runs held the lock for 30 s)"
+  say "fault: no reconciliation run could be killed midway (other runs held the lock for ${tries} s)"
   return 1
 }
 
