@@ -786,9 +786,10 @@ fault_reconcile() {
   local run started n
   # The CLI refuses to start while the healing leader's periodic run holds the run lock: try
   # again every second, within the fault's slot.
-  local tries=$(( FAULT_EVERY - 3 ))
+  local tries=$(( FAULT_EVERY - 3 )) deadline
   [ "$tries" -ge 3 ] || tries=3
-  for _ in $(seq 1 "$tries"); do
+  deadline=$(( $(now_ms) + tries * 1000 ))
+  while [ "$(now_ms)" -lt "$deadline" ]; do
     started=$(sql_value "select now()")
     [ -n "$started" ] || { sleep 1; continue; }
     USERSYNC_RECONCILE_CHUNK_SIZE=100 "$BIN" reconcile >>"$WORK/reconcile-cli.log" 2>&1 &
