@@ -42,6 +42,8 @@ pub enum ApiError {
     EmailConflict,
     #[error("this user's value for column `{column}` cannot be stored in the profile table; the user is synced once the value in auth.users changes")]
     RefusedValue { column: String },
+    #[error("the profile table refused this user's row ({detail}); nothing was written, and the user is synced once the table or the user's data allows it")]
+    RefusedByTable { detail: String },
     #[error("{0}")]
     SourceUnreadable(#[from] Unreadable),
     #[error("no such route")]
@@ -119,7 +121,9 @@ impl ApiError {
             | ApiError::RunNotFound
             | ApiError::NoDeadLetter => StatusCode::NOT_FOUND,
             ApiError::UserDeleted => StatusCode::GONE,
-            ApiError::RefusedValue { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RefusedValue { .. } | ApiError::RefusedByTable { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::EmailConflict | ApiError::RunInProgress { .. } => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -155,6 +159,7 @@ impl ApiError {
             ApiError::UserDeleted => "user_deleted",
             ApiError::EmailConflict => "email_conflict",
             ApiError::RefusedValue { .. } => "invalid_value",
+            ApiError::RefusedByTable { .. } => "refused_by_table",
             ApiError::SourceUnreadable(_) => "source_unreadable",
             ApiError::RouteNotFound => "not_found",
             ApiError::RunNotFound => "run_not_found",
@@ -259,6 +264,12 @@ impl From<Arc<sqlx::Error>> for ApiError {
     fn from(error: Arc<sqlx::Error>) -> Self {
         if crate::db::is_unavailable(&error) {
             ApiError::Unavailable(error)
+        } else if crate::db::is_refused_by_data(&error) {
+            // The target's own constraint or type refused one user's row: that user's problem,
+            // as a run and the trigger treat it, not the service's.
+            ApiError::RefusedByTable {
+                detail: crate::db::describe(&error),
+            }
         } else {
             ApiError::Internal(anyhow::anyhow!(
                 "database error: {}",

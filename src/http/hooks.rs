@@ -152,7 +152,7 @@ impl FromRequestParts<AppState> for HookCaller {
         (status = 401, description = "No or invalid credentials, or a wrong webhook secret", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the service", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another profile holds this user's email", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]

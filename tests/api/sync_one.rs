@@ -360,3 +360,35 @@ async fn fifty_concurrent_syncs_of_one_new_user_create_exactly_one_row() {
             .unwrap();
     assert_eq!(events, 1);
 }
+
+#[tokio::test]
+async fn a_row_the_tables_own_constraint_refuses_is_422_for_that_user_alone_and_writes_nothing() {
+    let (app, id) = spawn_app_with_user(AppOptions::default()).await;
+    let email: String = sqlx::query_scalar("select email from auth.users where id = $1")
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    // The app's own rule, which usersync's mapping knows nothing about.
+    app.exec(&format!(
+        "alter table public.users add constraint no_such_email check (email <> '{email}') not valid"
+    ))
+    .await;
+    let body = assert_problem(app.sync_me(&user_token(id)).await, 422, "refused_by_table").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("no_such_email"),
+        "{body}"
+    );
+    let hook = json!({"type": "INSERT", "table": "users", "schema": "auth", "record": {"id": id}});
+    assert_problem(
+        app.hook(&hook, &secret_key()).await,
+        422,
+        "refused_by_table",
+    )
+    .await;
+    assert_eq!(app.target_row(id).await, None);
+    assert_eq!(app.event_count().await, 0);
+    // Another user is not held up by it.
+    let other = AuthUser::new("fine@example.com").insert(&app.db.pool).await;
+    assert_eq!(app.sync_me(&user_token(other)).await.status(), 200);
+}

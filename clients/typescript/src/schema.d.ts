@@ -1285,7 +1285,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column) */
+            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1795,7 +1795,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column) */
+            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2181,7 +2181,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column) */
+            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`) */
             422: {
                 headers: {
                     [name: string]: unknown;
