@@ -10,6 +10,13 @@ import { problemOf, UsersyncError } from "./errors.js";
 import type { components, paths } from "./schema.js";
 
 export { UsersyncError } from "./errors.js";
+export {
+  attachUsersync,
+  type AttachOptions,
+  type SupabaseLike,
+  type SupabaseSessionLike,
+  type SyncContext,
+} from "./attach.js";
 
 export type SyncOutcome = components["schemas"]["SyncOutcome"];
 export type Status = components["schemas"]["Status"];
