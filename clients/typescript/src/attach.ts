@@ -233,10 +233,11 @@ export function attachUsersync(supabase: SupabaseLike, options: AttachOptions): 
   const start = (key: string, context: SyncContext, token: string) => {
     const job: Job = { key, context, token, again: false, cancelled: false };
     jobs.set(key, job);
-    // Not inside the auth callback: supabase-js runs its subscribers while holding its auth lock
-    // (and awaits async ones), and warns against calling other supabase methods from there. A
-    // macrotask later the callback has long returned, so the request, and whatever the app's
-    // onSynced does with supabase (say, read the profile), runs outside that lock.
+    // Not inside the auth callback: supabase-js calls its subscribers while holding its auth
+    // lock (and awaits async ones), and warns that awaiting other supabase calls from there can
+    // deadlock. The callback returns at once and the request starts a timer turn later, so
+    // nothing holds the lock up on us, and a supabase call in the app's onSynced (say, reading
+    // the profile) just waits its turn for the lock.
     job.timer = setTimeout(() => void run(job), 0);
   };
 
