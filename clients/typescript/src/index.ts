@@ -6,7 +6,17 @@
  */
 import createClient from "openapi-fetch";
 
+import { problemOf, UsersyncError } from "./errors.js";
 import type { components, paths } from "./schema.js";
+
+export { UsersyncError } from "./errors.js";
+export {
+  attachUsersync,
+  type AttachOptions,
+  type SupabaseLike,
+  type SupabaseSessionLike,
+  type SyncContext,
+} from "./attach.js";
 
 export type SyncOutcome = components["schemas"]["SyncOutcome"];
 export type Status = components["schemas"]["Status"];
@@ -19,21 +29,6 @@ export type UserMatches = components["schemas"]["UserMatches"];
 export type EventPage = components["schemas"]["EventPage"];
 export type RetryOutcome = components["schemas"]["RetryOutcome"];
 
-/** An API error, carrying the problem+json body; branch on `code`, not on the message. */
-export class UsersyncError extends Error {
-  readonly status: number;
-  readonly code: string;
-  readonly problem: Problem;
-
-  constructor(problem: Problem) {
-    super(`${problem.status} ${problem.code}: ${problem.detail}`);
-    this.name = "UsersyncError";
-    this.status = problem.status;
-    this.code = problem.code;
-    this.problem = problem;
-  }
-}
-
 export interface UsersyncOptions {
   /** Where usersync listens, e.g. `https://usersync.internal`. */
   baseUrl: string;
@@ -44,19 +39,6 @@ export interface UsersyncOptions {
   secretKey?: string;
   /** A custom fetch (tests, edge runtimes). */
   fetch?: typeof fetch;
-}
-
-function problemOf(error: unknown, response: Response): Problem {
-  if (error && typeof error === "object" && "code" in error) {
-    return error as Problem;
-  }
-  return {
-    type: "about:blank",
-    title: response.statusText,
-    status: response.status,
-    detail: `unexpected ${response.status} response`,
-    code: "unexpected_response",
-  };
 }
 
 function unwrap<T>(result: { data?: T; error?: unknown; response: Response }): T {

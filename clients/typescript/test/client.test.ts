@@ -2,55 +2,26 @@
  * Starts the real service (`usersync dev`: a throwaway Postgres with demo users) and drives it
  * through the client, with tokens minted by `jose` the way Supabase Auth mints them.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { once } from "node:events";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
-
-import { SignJWT } from "jose";
 
 import { createUsersync, UsersyncError } from "../src/index.js";
+import { ADA, GRACE, accessToken as mint, startService, type Service } from "./service.js";
 
-const binary =
-  process.env.USERSYNC_BIN ??
-  fileURLToPath(new URL("../../../../target/debug/usersync", import.meta.url));
-const ADA = "00000000-0000-4000-8000-000000000001";
-const GRACE = "00000000-0000-4000-8000-000000000002";
-
-let service: ChildProcessWithoutNullStreams;
+let service: Service;
 let banner: Record<string, string> = {};
 
 before(async () => {
-  service = spawn(binary, ["dev", "--listen", "127.0.0.1:0"], {
-    env: { PATH: process.env.PATH, USERSYNC_LOG_FORMAT: "json" },
-  });
-  service.stderr.resume();
-  let out = "";
-  for await (const chunk of service.stdout) {
-    out += chunk;
-    if (out.includes("Ctrl-C stops")) break;
-  }
-  for (const match of out.matchAll(/^export (\w+)=(\S+)/gm)) {
-    banner[match[1]] = match[2];
-  }
-  assert.ok(banner.USERSYNC_URL, `no URL in the banner:\n${out}`);
+  service = await startService();
+  banner = service.banner;
 });
 
 after(async () => {
-  service.kill("SIGTERM");
-  await once(service, "exit");
+  await service.stop();
 });
 
-async function accessToken(sub: string, claims: Record<string, unknown> = {}) {
-  return new SignJWT({ role: "authenticated", aal: "aal1", is_anonymous: false, ...claims })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setSubject(sub)
-    .setAudience("authenticated")
-    .setIssuedAt()
-    .setExpirationTime("1h")
-    .sign(new TextEncoder().encode(banner.USERSYNC_JWT_SECRET));
-}
+const accessToken = (sub: string, claims: Record<string, unknown> = {}) =>
+  mint(banner.USERSYNC_JWT_SECRET, sub, claims);
 
 test("syncMe creates the profile once, then leaves it unchanged", async () => {
   const usersync = createUsersync({ baseUrl: banner.USERSYNC_URL });
