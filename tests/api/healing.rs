@@ -139,14 +139,15 @@ async fn the_periodic_reconciliation_is_a_run_that_heals_missing_and_stale_users
                 .await,
         );
     }
-    let stale = app
-        .insert_auth_user(&AuthUser::new("now@example.com"))
-        .await;
+    // In one transaction: a periodic run between the two would create the profile first.
+    let mut both = db.begin().await.unwrap();
+    let stale = AuthUser::new("now@example.com").insert(&mut *both).await;
     sqlx::query("insert into public.users (id, email) values ($1, 'then@example.com')")
         .bind(stale)
-        .execute(db)
+        .execute(&mut *both)
         .await
         .unwrap();
+    both.commit().await.unwrap();
 
     eventually(Duration::from_secs(10), "the reconciliation", || async {
         let status: Value = app.status(&secret_key()).await.json().await.unwrap();

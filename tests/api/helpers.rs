@@ -801,7 +801,7 @@ impl AuthUser {
         self
     }
 
-    pub async fn insert(&self, db: &PgPool) -> Uuid {
+    pub async fn insert(&self, db: impl sqlx::PgExecutor<'_>) -> Uuid {
         sqlx::query(
             "insert into auth.users (instance_id, id, aud, role, email, phone, encrypted_password,
                  email_confirmed_at, raw_app_meta_data, raw_user_meta_data,
