@@ -612,6 +612,16 @@ client_ids() {
              union all (select id from auth.users where id >= gen_random_uuid() order by id limit $1)"
 }
 
+# Sends the requests of curl config $1, 8 at a time, each answer's code to http.codes (a pause
+# instead when there was nobody to send them for).
+send_batch() {
+  if [ -s "$1" ]; then
+    curl -sS --parallel --parallel-max 8 -K "$1" >>"$WORK/http.codes" 2>>"$WORK/curl.err" || true
+  else
+    sleep 0.2
+  fi
+}
+
 # One batch of sync-one calls, each with the user's own token, in one curl (8 at a time).
 sync_traffic() {
   local n="$1" cfg="$WORK/sync.$1.cfg" id
@@ -622,11 +632,7 @@ sync_traffic() {
       printf 'url = "http://127.0.0.1:%s/v1/users/me/sync"\nrequest = "POST"\nheader = "Authorization: Bearer %s"\noutput = "/dev/null"\nmax-time = 15\nwrite-out = "sync %%{http_code}\\n"\n' \
         "$(random_port)" "$(user_token "$id")" >>"$cfg"
     done
-    if [ -s "$cfg" ]; then
-      curl -sS --parallel --parallel-max 8 -K "$cfg" >>"$WORK/http.codes" 2>>"$WORK/curl.err" || true
-    else
-      sleep 0.2
-    fi
+    send_batch "$cfg"
   done
 }
 
@@ -652,11 +658,7 @@ hook_traffic() {
       printf 'url = "http://127.0.0.1:%s/v1/hooks/database"\nheader = "Content-Type: application/json"\nheader = "x-usersync-webhook-secret: %s"\ndata = "%s"\noutput = "/dev/null"\nmax-time = 15\nwrite-out = "hook-%s %%{http_code}\\n"\n' \
         "$(random_port)" "$WEBHOOK_SECRET" "${body//\"/\\\"}" "$kind" >>"$cfg"
     done
-    if [ -s "$cfg" ]; then
-      curl -sS --parallel --parallel-max 8 -K "$cfg" >>"$WORK/http.codes" 2>>"$WORK/curl.err" || true
-    else
-      sleep 0.2
-    fi
+    send_batch "$cfg"
   done
 }
 
