@@ -1169,30 +1169,16 @@ select source_total,
  limit $2",
                 self.missing("s")
             ),
-            DriftKind::Stale => {
-                let differing: Vec<String> = self
-                    .mapping
-                    .always_columns()
-                    .map(|c| {
-                        format!(
-                            "case when t.{} is distinct from {} then {} end",
-                            c.name.quoted(),
-                            self.typed_expr(c, "s"),
-                            literal(c.name.as_str())
-                        )
-                    })
-                    .collect();
-                format!(
-                    "select s.id, s.email::text as email, null::uuid[] as target_ids,
-       array_remove(array[{}]::text[], null) as columns
+            DriftKind::Stale => format!(
+                "select s.id, s.email::text as email, null::uuid[] as target_ids,
+       {} as columns
   from auth.users s join {table} t on t.{key} = s.id
  where s.id >= $1 and {}
  order by s.id
  limit $2",
-                    differing.join(", "),
-                    self.stale("s", "t")
-                )
-            }
+                self.differing_columns("s", "t"),
+                self.stale("s", "t")
+            ),
             DriftKind::Mismatched => format!(
                 "select s.id, s.email::text as email,
        array_agg(m.{key} order by m.{key}) as target_ids, null::text[] as columns
@@ -1208,6 +1194,101 @@ select source_total,
             DriftKind::Orphaned => target_side(self.orphaned("t")),
             DriftKind::Deleted => target_side(self.deleted("t")),
         }
+    }
+
+    /// The names of the `always` columns in which source `s` and target `t` differ, in mapping
+    /// order, as a `text[]`: what a stale row's listing and the view say about it.
+    fn differing_columns(&self, s: &str, t: &str) -> String {
+        let differing: Vec<String> = self
+            .mapping
+            .always_columns()
+            .map(|c| {
+                format!(
+                    "case when {t}.{} is distinct from {} then {} end",
+                    c.name.quoted(),
+                    self.typed_expr(c, s),
+                    literal(c.name.as_str())
+                )
+            })
+            .collect();
+        format!(
+            "array_remove(array[{}]::text[], null)",
+            differing.join(", ")
+        )
+    }
+
+    /// The query of the view `usersync.user_drift (user_id, email, kind, detail)`: one row per
+    /// drifted user and kind, installed with the triggers (`repo::triggers`) for admins who ask
+    /// in SQL (`select kind, count(*) from usersync.user_drift group by 1`).
+    ///
+    /// One `union all` branch per kind, each the kind's own predicate exactly as `drift_one`
+    /// asks it of one id (the source-side kinds as the listings and counts ask them, the
+    /// target-side ones with `claimed_by_index`, as `status` pairs strays with auth users), so
+    /// that its counts are `status`'s and a user's rows are `GET /v1/users/{id}/drift`'s. Each
+    /// branch's `user_id` is the plain key column of the table it starts from (`s.id`, the
+    /// auth user's id, for missing, stale and mismatched; the profile's key for orphaned and
+    /// deleted) and every branch has the same column types, so the planner pushes a
+    /// `where user_id = ...` into each branch as an index condition: a lookup of one user reads
+    /// a few index entries at any table size (the scale rule; `tests/api/scale.rs`).
+    ///
+    /// `email` is the auth user's for the source-side kinds and the profile's for the others.
+    /// `detail` is `jsonb`: `{"columns": [...]}` for stale (the `always` columns that differ),
+    /// `{"target_ids": [...]}` for mismatched (the profiles holding the email under an id no
+    /// auth user has), `{"auth_user": "soft_deleted" | "gone"}` for deleted, null otherwise.
+    pub fn drift_view(&self) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let branch = |kind: DriftKind| {
+            let kind_name = literal(kind.as_str());
+            match kind {
+                DriftKind::Missing => format!(
+                    "select s.id as user_id, s.email::text as email, {kind_name}::text as kind,
+       null::jsonb as detail
+  from auth.users s
+ where {}",
+                    self.missing("s")
+                ),
+                DriftKind::Stale => format!(
+                    "select s.id, s.email::text, {kind_name}::text,
+       jsonb_build_object('columns', to_jsonb({}))
+  from auth.users s join {table} t on t.{key} = s.id
+ where {}",
+                    self.differing_columns("s", "t"),
+                    self.stale("s", "t")
+                ),
+                DriftKind::Mismatched => format!(
+                    "select s.id, s.email::text, {kind_name}::text,
+       jsonb_build_object('target_ids', (select jsonb_agg(m.{key} order by m.{key})
+                                           from {table} m where {} and {}))
+  from auth.users s
+ where {}",
+                    self.stray("m"),
+                    self.same_person("s", "m"),
+                    self.mismatched_source("s")
+                ),
+                DriftKind::Orphaned => format!(
+                    "select t.{key}, {email}, {kind_name}::text, null::jsonb
+  from {table} t
+ where {}",
+                    self.orphaned_with("t", &self.claimed_by_index("t")),
+                    email = self.target_email("t"),
+                ),
+                DriftKind::Deleted => format!(
+                    "select t.{key}, {email}, {kind_name}::text,
+       jsonb_build_object('auth_user', case when exists (select 1 from auth.users a
+                                                          where a.id = t.{key})
+                                            then 'soft_deleted' else 'gone' end)
+  from {table} t
+ where {}",
+                    self.deleted_with("t", &self.claimed_by_index("t")),
+                    email = self.target_email("t"),
+                ),
+            }
+        };
+        DriftKind::ALL
+            .iter()
+            .map(|k| branch(*k))
+            .collect::<Vec<_>>()
+            .join("\nunion all\n")
     }
 
     fn repair(&self) -> RepairSql {

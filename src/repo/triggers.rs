@@ -56,6 +56,9 @@ const FUNCTIONS: [&str; 3] = [
     "usersync.auth_user_changed(auth.users, auth.users)",
 ];
 
+/// The drift view (`Renderer::drift_view`), installed and removed with the functions.
+pub const VIEW: &str = "usersync.user_drift";
+
 /// The update trigger's name for `clause`: `usersync_user_updated_` and 12 hex digits of its
 /// SHA-256.
 fn update_trigger_name(clause: &str) -> String {
@@ -198,6 +201,49 @@ end
 revoke all on function usersync.record_dead_letter(uuid, text, text, text) from public;
 revoke all on function usersync.sync_auth_user() from public;
 
+-- Drift in SQL: one row per drifted user and kind, from the same predicates as
+-- `GET /v1/status`, whose counts it equals: `select kind, count(*) from usersync.user_drift
+-- group by 1`. `user_id` is the auth user's id (missing, stale, mismatched) or the profile's
+-- key (orphaned, deleted); `detail` names the differing columns (stale), the profiles holding
+-- the email (mismatched), or whether the auth user is soft-deleted or gone (deleted). A lookup
+-- `where user_id = ...` reads indexes only. Its columns never change with the mapping; a view
+-- of another shape (an earlier usersync's) cannot be replaced in place and is dropped first.
+do {tag}
+begin
+    if to_regclass('usersync.user_drift') is not null
+       and (select pg_catalog.array_agg(a.attname::text || ' '
+                                        || pg_catalog.format_type(a.atttypid, a.atttypmod)
+                                        order by a.attnum)
+              from pg_catalog.pg_attribute a
+             where a.attrelid = to_regclass('usersync.user_drift')
+               and a.attnum > 0 and not a.attisdropped)
+           is distinct from array['user_id uuid', 'email text', 'kind text', 'detail jsonb'] then
+        drop view usersync.user_drift;
+    end if;
+end
+{tag};
+
+create or replace view usersync.user_drift (user_id, email, kind, detail) as
+{view};
+
+-- The view reads auth.users with its owner's rights (the role that installed it: `postgres` on
+-- hosted Supabase, which the dashboard's SQL editor runs as) and shows every user's email and
+-- drift: only its owner may read it. Not `public`, and never `anon` or `authenticated` (were
+-- the schema ever exposed through the Data API, any visitor or signed-in user could list every
+-- email), whatever default privileges the schema has.
+revoke all on usersync.user_drift from public;
+do {tag}
+declare
+    v_role name;
+begin
+    for v_role in select rolname from pg_catalog.pg_roles
+                   where rolname in ('anon', 'authenticated')
+    loop
+        execute pg_catalog.format('revoke all on usersync.user_drift from %I', v_role);
+    end loop;
+end
+{tag};
+
 -- The triggers. The insert and delete ones never change, and are created when missing. The
 -- update one is queued only when a value the mapping reads changed (not on every sign-in): its
 -- clause follows the mapping, and its name a digest of that clause, so a changed mapping
@@ -246,6 +292,7 @@ commit;
         path = TRIGGER_ORIGIN.path,
         sync = indent(&sync, 12),
         deleted = indent(&deleted, 8),
+        view = renderer.drift_view(),
     )
 }
 
@@ -293,8 +340,8 @@ fn create_triggers() -> String {
         .collect()
 }
 
-/// The SQL that removes everything `install_sql` creates (the usersync schema and its tables
-/// stay: they belong to the migrations). Only usersync's triggers are dropped, and only those
+/// The SQL that removes everything `install_sql` creates, the drift view included (the usersync
+/// schema and its tables stay: they belong to the migrations). Only usersync's triggers are dropped, and only those
 /// that exist: `drop trigger if exists` asks for ownership of `auth.users` even when there is
 /// nothing to drop.
 pub fn uninstall_sql() -> String {
@@ -311,6 +358,7 @@ end
 $usersync$;
 "
     );
+    sql.push_str(&format!("drop view if exists {VIEW};\n"));
     for function in FUNCTIONS {
         sql.push_str(&format!("drop function if exists {function};\n"));
     }
@@ -320,7 +368,7 @@ $usersync$;
 
 /// The SQL that turns the trigger path into no-ops without touching the triggers: the sync
 /// function returns at once (catching every error, so that `doctor` rightly finds nothing
-/// unsafe in it).
+/// unsafe in it). The drift view is usersync's own, in its schema: it goes.
 fn neutralise_sql() -> String {
     "begin;
 create or replace function usersync.sync_auth_user()
@@ -335,6 +383,7 @@ exception when others then
 end
 $usersync$;
 drop function if exists usersync.record_dead_letter(uuid, text, text, text);
+drop view if exists usersync.user_drift;
 commit;
 "
     .to_owned()

@@ -8,6 +8,7 @@ mod confusion;
 mod connections;
 mod doctor;
 mod drift;
+mod drift_view;
 mod edge;
 mod faults;
 mod gotrue;

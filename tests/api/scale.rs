@@ -16,6 +16,7 @@ use crate::helpers::*;
 use usersync::repo::email_index;
 use usersync::repo::events;
 use usersync::repo::rekey;
+use usersync::repo::triggers;
 use usersync::sync::mapping::Mapping;
 use usersync::sync::policy::DeletedPolicy;
 use usersync::sync::target::BoundMapping;
@@ -228,11 +229,16 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
     ];
     let sql = &bound.sql;
     let rekey = rekey::statement(bound, &[]);
+    // The drift view, installed with the triggers: a lookup by user_id.
+    triggers::install(&db.pool, bound, DeletedPolicy::Report)
+        .await
+        .unwrap();
+    let view_lookup = "select * from usersync.user_drift where user_id = $1";
     let ids = sample_ids(db, bound).await;
     let mut conn = PgConnection::connect(&db.url()).await.unwrap();
     for id in &ids {
         let one = format!("'{id}', 'probe', 'call'");
-        let statements: [(&str, &str, &str, String); 10] = [
+        let statements: [(&str, &str, &str, String); 11] = [
             ("sync_one", &sql.sync_one, "uuid, text, text", one.clone()),
             (
                 "sync_batch",
@@ -256,6 +262,7 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
                 one.clone(),
             ),
             ("drift_one", &sql.drift_one, "uuid", format!("'{id}'")),
+            ("user_drift view", view_lookup, "uuid", format!("'{id}'")),
             ("user_sides", &sql.user_sides, "uuid", format!("'{id}'")),
             (
                 "find_by_email",

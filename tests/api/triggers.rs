@@ -10,8 +10,8 @@ use crate::gotrue::{self, SignUp};
 use crate::helpers::*;
 use usersync::sync::policy::DeletedPolicy;
 
-/// Everything usersync's trigger path consists of in the catalog, identities included (a
-/// re-created object would get a new oid).
+/// Everything usersync's trigger path consists of in the catalog, the drift view included,
+/// identities included (a re-created object would get a new oid).
 async fn trigger_catalog(db: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "select format('trigger %s %s %s', t.oid, t.tgname, pg_get_triggerdef(t.oid))
@@ -23,6 +23,9 @@ async fn trigger_catalog(db: &PgPool) -> Vec<String> {
            from pg_proc p
           where p.oid in (to_regprocedure('usersync.sync_auth_user()'),
                           to_regprocedure('usersync.record_dead_letter(uuid, text, text, text)'))
+         union all
+         select format('view %s %s %s %s', c.oid, c.relname, c.relacl, md5(pg_get_viewdef(c.oid)))
+           from pg_class c where c.oid = to_regclass('usersync.user_drift')
          union all
          select format('constraint %s %s', c.oid, c.conname)
            from pg_constraint c where c.conrelid = 'auth.users'::regclass and c.contype = 't'
@@ -98,6 +101,7 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
             first.iter().filter(|l| l.starts_with("function")).count(),
             2
         );
+        assert_eq!(first.iter().filter(|l| l.starts_with("view")).count(), 1);
         // Both functions pin an empty search_path, are security definer, and nobody else may
         // execute them.
         for line in first.iter().filter(|l| l.starts_with("function")) {
@@ -122,6 +126,10 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
         assert!(sql.contains("deferrable initially deferred"));
         assert!(sql.contains("security definer") && sql.contains("set search_path = ''"));
         assert!(sql.contains("exception when others"));
+        assert!(sql.contains(
+            "create or replace view usersync.user_drift (user_id, email, kind, detail) as"
+        ));
+        assert!(sql.contains("revoke all on usersync.user_drift from public;"));
         sqlx::raw_sql(&sql).execute(&db.pool).await.unwrap();
         assert_eq!(
             trigger_catalog(&db.pool).await,
@@ -148,6 +156,8 @@ fn install_twice_changes_nothing_show_is_the_same_sql_and_uninstall_leaves_nothi
             neutral.iter().filter(|l| l.starts_with("function")).count(),
             1
         );
+        // The view is usersync's own: it goes at once.
+        assert_eq!(neutral.iter().filter(|l| l.starts_with("view")).count(), 0);
         // A sign-up through the neutralised triggers commits and leaves nothing behind.
         let id = gotrue::sign_up(&db.auth_admin, &SignUp::new("after@example.com"))
             .await
