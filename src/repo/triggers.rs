@@ -58,6 +58,8 @@ const FUNCTIONS: [&str; 3] = [
 
 /// The drift view (`Renderer::drift_view`), installed and removed with the functions.
 pub const VIEW: &str = "usersync.user_drift";
+/// The function whose rows the drift view shows.
+const VIEW_ROWS: &str = "usersync.user_drift_rows()";
 
 /// The update trigger's name for `clause`: `usersync_user_updated_` and 12 hex digits of its
 /// SHA-256.
@@ -223,8 +225,22 @@ begin
 end
 {tag};
 
+-- The rows come from a SQL function the view calls, not from the view's own query: a view
+-- pins every column it reads, so Supabase Auth's upgrades and the app's migrations could no
+-- longer drop or retype a column of auth.users or the profile table. A plain-SQL function
+-- records no such dependency, and the planner inlines it (stable, not strict, not a security
+-- definer), so a lookup by user_id still reads indexes only. Inlined, it reads the tables with
+-- the caller's rights.
+create or replace function usersync.user_drift_rows()
+returns table (user_id uuid, email text, kind text, detail jsonb)
+language sql stable
+as $usersync_view$
+{view}
+$usersync_view$;
+revoke all on function usersync.user_drift_rows() from public;
+
 create or replace view usersync.user_drift (user_id, email, kind, detail) as
-{view};
+select r.user_id, r.email, r.kind, r.detail from usersync.user_drift_rows() r;
 
 -- The view reads auth.users with its owner's rights (the role that installed it: `postgres` on
 -- hosted Supabase, which the dashboard's SQL editor runs as) and shows every user's email and
@@ -359,6 +375,7 @@ $usersync$;
 "
     );
     sql.push_str(&format!("drop view if exists {VIEW};\n"));
+    sql.push_str(&format!("drop function if exists {VIEW_ROWS};\n"));
     for function in FUNCTIONS {
         sql.push_str(&format!("drop function if exists {function};\n"));
     }
@@ -384,6 +401,7 @@ end
 $usersync$;
 drop function if exists usersync.record_dead_letter(uuid, text, text, text);
 drop view if exists usersync.user_drift;
+drop function if exists usersync.user_drift_rows();
 commit;
 "
     .to_owned()

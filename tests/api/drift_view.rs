@@ -348,3 +348,17 @@ async fn only_the_installing_role_may_read_the_view_whatever_the_default_privile
         ]
     );
 }
+
+#[tokio::test]
+async fn the_view_pins_no_column_so_the_apps_migrations_still_run() {
+    let app = spawn_app().await;
+    install_triggers(&app.db.pool, None, DeletedPolicy::Report).await;
+    // A view reading these columns itself would refuse both: "cannot alter type of a column
+    // used by a view or rule".
+    app.exec("alter table public.users alter column email type varchar(320)")
+        .await;
+    app.exec("alter table public.users alter column role type varchar(64)")
+        .await;
+    // And the view still answers, through the retyped columns.
+    assert_eq!(view_counts(&app.db.pool).await["missing"], 0);
+}
