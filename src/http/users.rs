@@ -153,6 +153,7 @@ async fn get_user(
 #[into_params(parameter_in = Query)]
 pub struct FindQuery {
     /// The email, in any case.
+    #[param(min_length = 1, max_length = 320)]
     email: String,
 }
 
@@ -180,14 +181,19 @@ async fn find_users(
     Query(query): Query<FindQuery>,
 ) -> Result<Json<UserMatches>, ApiError> {
     caller.require_service()?;
-    let email = query.email.trim();
-    if email.is_empty() || email.len() > MAX_EMAIL_LENGTH || email.contains('\0') {
+    let email = query.email;
+    let length = email.chars().count();
+    if length == 0 || length > MAX_EMAIL_LENGTH {
         return Err(ApiError::bad_request(
             "invalid_query",
             format!("email must be 1 to {MAX_EMAIL_LENGTH} characters"),
         ));
     }
-    let users = inspect::by_email(&state.db, &state.mapping, email).await?;
+    // No email holds a NUL, and Postgres cannot even compare text that does.
+    if email.contains('\0') {
+        return Ok(Json(UserMatches { users: Vec::new() }));
+    }
+    let users = inspect::by_email(&state.db, &state.mapping, &email).await?;
     Ok(Json(UserMatches { users }))
 }
 

@@ -139,7 +139,7 @@ async fn the_user_endpoints_are_for_the_service_and_refuse_bad_input() {
         "user_not_found",
     )
     .await;
-    for query in ["", "?email=", "?email=%20", "?other=x", "?email=a&email=b"] {
+    for query in ["", "?email=", "?other=x", "?email=a&email=b"] {
         let response = get(&app, &format!("/v1/users{query}"), &key).await;
         assert_problem(response, 400, "invalid_query").await;
     }
@@ -209,8 +209,10 @@ async fn an_email_finds_the_auth_user_and_a_profile_under_another_id_in_any_case
     assert_eq!(of(id)["profile"], Value::Null);
     assert_eq!(of(stray)["auth"], Value::Null);
 
-    let none = get_json(&app, "/v1/users?email=nobody%40example.com").await;
-    assert_eq!(none["users"], json!([]));
+    for nobody in ["nobody%40example.com", "%20", "a%00b%40example.com"] {
+        let none = get_json(&app, &format!("/v1/users?email={nobody}")).await;
+        assert_eq!(none["users"], json!([]), "{nobody}");
+    }
 }
 
 #[tokio::test]
