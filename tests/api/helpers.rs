@@ -627,6 +627,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The email `auth.users` holds for `id`.
+    pub async fn auth_email(&self, id: Uuid) -> String {
+        sqlx::query_scalar("select email from auth.users where id = $1")
+            .bind(id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn target_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from public.users")
             .fetch_one(&self.db.pool)

@@ -172,11 +172,7 @@ async fn the_user_endpoints_are_for_the_service_and_refuse_bad_input() {
 #[tokio::test]
 async fn an_email_finds_the_auth_user_and_a_profile_under_another_id_in_any_case() {
     let (app, id) = spawn_app_with_user(AppOptions::default()).await;
-    let email: String = sqlx::query_scalar("select email from auth.users where id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let email = app.auth_email(id).await;
     // The same person under a second id: a profile left by an earlier sign-up.
     let stray = Uuid::new_v4();
     app.insert_profile(stray, Some(&email.to_uppercase())).await;

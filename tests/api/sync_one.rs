@@ -364,11 +364,7 @@ async fn fifty_concurrent_syncs_of_one_new_user_create_exactly_one_row() {
 #[tokio::test]
 async fn a_row_the_tables_own_constraint_refuses_is_422_for_that_user_alone_and_writes_nothing() {
     let (app, id) = spawn_app_with_user(AppOptions::default()).await;
-    let email: String = sqlx::query_scalar("select email from auth.users where id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let email = app.auth_email(id).await;
     // The app's own rule, which usersync's mapping knows nothing about.
     app.exec(&format!(
         "alter table public.users add constraint no_such_email check (email <> '{email}') not valid"
