@@ -431,6 +431,16 @@ impl<'a> Renderer<'a> {
         )
     }
 
+    /// `no_target_row` for a chunk of source rows: one probe of the target's key per row. The
+    /// `offset 0` keeps the planner from making it an anti-join, which would hash the whole
+    /// target once per chunk.
+    fn no_target_row_per_row(&self, s: &str) -> String {
+        format!(
+            "not exists (select 1 from {} x where x.{} = {s}.id offset 0)",
+            self.table, self.key
+        )
+    }
+
     fn not_in_source(&self, t: &str) -> String {
         format!(
             "not exists (select 1 from auth.users a where a.id = {t}.{})",
@@ -727,49 +737,87 @@ impl<'a> Renderer<'a> {
     /// The `ins` and `audit` CTEs over `src`: insert the rows that may be written, update only
     /// the `always` columns and only when one really differs, and record one event per write.
     /// `ins` returns `id`, `row` (the whole target row), `created` and `after`.
+    ///
+    /// A user with a profile in the snapshot is updated, never upserted: an update skips a
+    /// profile deleted since, where `on conflict` would insert it again, and so bring back a
+    /// user whose deletion (and the trigger's removal of the profile) committed meanwhile. The
+    /// insert keeps `on conflict` for a profile made meanwhile.
     fn upsert_ctes(&self, caller: &str, path: &str) -> String {
         let m = self.mapping;
         let (table, key) = (&self.table, &self.key);
         let names: Vec<String> = m.columns.iter().map(|c| c.name.quoted()).collect();
         let compared: Vec<&ColumnMapping> = m.always_columns().collect();
-        let on_conflict = if compared.is_empty() {
-            "do nothing".to_owned()
-        } else {
+        let differs = |new: &str| {
+            let (old, new): (Vec<String>, Vec<String>) = compared
+                .iter()
+                .map(|c| {
+                    let n = c.name.quoted();
+                    (format!("t.{n}"), format!("{new}.{n}"))
+                })
+                .unzip();
+            format!("({}) is distinct from ({})", old.join(", "), new.join(", "))
+        };
+        let sets = |new: &str| {
             let sets: Vec<String> = self
                 .refreshed_columns()
                 .map(|c| {
                     let n = c.name.quoted();
-                    format!("{n} = excluded.{n}")
+                    format!("{n} = {new}.{n}")
                 })
                 .collect();
-            let left: Vec<String> = compared
-                .iter()
-                .map(|c| format!("t.{}", c.name.quoted()))
-                .collect();
-            let right: Vec<String> = compared
-                .iter()
-                .map(|c| format!("excluded.{}", c.name.quoted()))
-                .collect();
+            sets.join(", ")
+        };
+        let on_conflict = if compared.is_empty() {
+            "do nothing".to_owned()
+        } else {
             format!(
-                "do update set {} where ({}) is distinct from ({})",
-                sets.join(", "),
-                left.join(", "),
-                right.join(", ")
+                "do update set {} where {}",
+                sets("excluded"),
+                differs("excluded")
             )
         };
         let skip_anonymous = match m.anonymous {
             AnonymousPolicy::Sync => "",
-            AnonymousPolicy::Skip => " and not is_anonymous",
+            AnonymousPolicy::Skip => " and not src.is_anonymous",
+        };
+        let returning = |created: &str| {
+            format!(
+                "returning t.{key} as id, to_jsonb(t) as row, {created} as created, {} as after",
+                self.mapped_json("t")
+            )
+        };
+        let updated = if compared.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "updated as (
+    update {table} as t set {sets}
+      from src
+     where t.{key} = src.id and src.has_row and src.deleted_at is null{skip_anonymous}
+       and src.refused_update is null and {differs}
+    {returning}
+),
+",
+                sets = sets("src"),
+                differs = differs("src"),
+                returning = returning("false"),
+            )
+        };
+        let ins = if compared.is_empty() {
+            "select * from inserted"
+        } else {
+            "select * from inserted union all select * from updated"
         };
         format!(
-            "ins as (
+            "inserted as (
     insert into {table} as t ({key}, {names})
     select id, {names} from src
-     where deleted_at is null{skip_anonymous} and (has_row or not mismatched)
-       and case when has_row then refused_update is null else refused_insert is null end
+     where deleted_at is null{skip_anonymous} and not has_row and not mismatched
+       and refused_insert is null
     on conflict ({key}) {on_conflict}
-    returning t.{key} as id, to_jsonb(t) as row, t.xmax = 0 as created, {after} as after
+    {returning}
 ),
+{updated}ins as ({ins}),
 audit as (
     insert into usersync.events (user_id, caller, path, kind, action, before, after)
     select ins.id, {caller}, {path},
@@ -780,7 +828,7 @@ audit as (
       from ins
 )",
             names = names.join(", "),
-            after = self.mapped_json("t"),
+            returning = returning("t.xmax = 0"),
             before = self.mapped_json("b"),
         )
     }
@@ -1295,18 +1343,19 @@ select source_total,
         let (table, key) = (&self.table, &self.key);
         let (columns, values) = self.insert_columns("s");
         let names = self.mapped_names();
-        // `missing`, with two changes for speed. The "no target row" test is left to
-        // `on conflict do nothing`, which makes it through the primary key as it inserts (a
-        // `not exists` would hash the whole target per chunk); only a run with a row limit
-        // needs it up front, so that the limit counts rows really inserted. And "no stray
-        // namesake" is either a per-row index probe or a check against a list of emails.
+        // `missing`, with its two probes made per row for speed: "no target row" through the
+        // primary key, and "no stray namesake" through the `lower(email)` index or against a
+        // list of emails. "No target row" must be read in the statement's snapshot, with the
+        // user: leaving it to `on conflict do nothing` brought back the profile of a user
+        // deleted while the chunk ran (`on conflict` sees the committed delete of the profile,
+        // not that of the user). `on conflict` stays for a profile made meanwhile.
         let create = |no_namesake: String| {
             format!(
                 "with ins as (
     insert into {table} as t ({key}, {columns})
     select s.id, {values}
       from auth.users s
-     where {chunk} and {live} and ($5::bigint is null or {no_row})
+     where {chunk} and {live} and {no_row}
        and {no_namesake} and {refused} is null
      limit $5
     on conflict ({key}) do nothing
@@ -1318,7 +1367,7 @@ audit as (
 select count(*) from ins",
                 chunk = in_chunk("s"),
                 live = self.live("s"),
-                no_row = self.no_target_row("s"),
+                no_row = self.no_target_row_per_row("s"),
                 refused = self.refused_column("s", false),
                 after = self.mapped_array("t"),
                 audit = chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER, &names),

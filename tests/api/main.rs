@@ -23,6 +23,7 @@ mod mapping;
 mod metadata;
 mod observability;
 mod provision;
+mod races;
 mod reconcile;
 mod rekey;
 mod replays;
