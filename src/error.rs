@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::sync::engine::SyncError;
+use crate::sync::provision::{ProfileError, ProvisionError};
 use crate::sync::reconcile::StartError;
 use crate::sync::source::{ReadError, Unreadable};
 
@@ -46,6 +47,10 @@ pub enum ApiError {
     RefusedByTable { detail: String },
     #[error("{0}")]
     SourceUnreadable(#[from] Unreadable),
+    #[error("this payload is about a table usersync does not sync: it takes auth.users and the profile table, {target}")]
+    UnknownTable { target: String },
+    #[error("the orphaned profile did not get its auth user: {0}")]
+    ProvisionFailed(#[source] ProvisionError),
     #[error("no such route")]
     RouteNotFound,
     #[error("no reconciliation run has this id")]
@@ -121,9 +126,13 @@ impl ApiError {
             | ApiError::RunNotFound
             | ApiError::NoDeadLetter => StatusCode::NOT_FOUND,
             ApiError::UserDeleted => StatusCode::GONE,
-            ApiError::RefusedValue { .. } | ApiError::RefusedByTable { .. } => {
+            ApiError::RefusedValue { .. }
+            | ApiError::RefusedByTable { .. }
+            | ApiError::UnknownTable { .. }
+            | ApiError::ProvisionFailed(ProvisionError::Unmappable(_)) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::ProvisionFailed(ProvisionError::AdminApi(_)) => StatusCode::BAD_GATEWAY,
             ApiError::EmailConflict | ApiError::RunInProgress { .. } => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -161,6 +170,8 @@ impl ApiError {
             ApiError::RefusedValue { .. } => "invalid_value",
             ApiError::RefusedByTable { .. } => "refused_by_table",
             ApiError::SourceUnreadable(_) => "source_unreadable",
+            ApiError::UnknownTable { .. } => "unknown_table",
+            ApiError::ProvisionFailed(_) => "provision_failed",
             ApiError::RouteNotFound => "not_found",
             ApiError::RunNotFound => "run_not_found",
             ApiError::NoDeadLetter => "no_dead_letter",
@@ -289,6 +300,19 @@ impl From<SyncError> for ApiError {
             SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
             SyncError::Shared(e) => e.into(),
+        }
+    }
+}
+
+impl From<ProfileError> for ApiError {
+    fn from(error: ProfileError) -> Self {
+        match error {
+            ProfileError::Sync(e) => e.into(),
+            ProfileError::Unreadable(e) => ApiError::SourceUnreadable(e),
+            // `serve` refuses to start with the `provision` policy and no admin API.
+            e @ ProfileError::NoAdminApi => ApiError::Internal(e.into()),
+            ProfileError::Provision(e) => ApiError::ProvisionFailed(e),
+            ProfileError::Database(e) => e.into(),
         }
     }
 }

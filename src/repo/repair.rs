@@ -9,6 +9,7 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::sync::drift::DriftKind;
+use crate::sync::engine::SyncPath;
 use crate::sync::target::BoundMapping;
 
 /// A row's place in its table: a page and an offset in it (Postgres's `tid`).
@@ -344,24 +345,57 @@ pub async fn pairs(
         .await
 }
 
+/// The profile of `id` when it is orphaned (see `RenderedSql::orphan_one`).
+pub async fn orphan_one(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    id: Uuid,
+) -> sqlx::Result<Option<OrphanRow>> {
+    sqlx::query_as(&bound.sql.orphan_one)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Whom a repair made outside a set-based statement is filed under: a run (path `batch`), or
+/// one call (a webhook's signal).
+#[derive(Debug, Clone, Copy)]
+pub struct Filed<'a> {
+    pub run_id: Option<Uuid>,
+    pub caller: &'a str,
+    pub path: SyncPath,
+}
+
+impl<'a> From<RunContext<'a>> for Filed<'a> {
+    fn from(run: RunContext<'a>) -> Self {
+        Filed {
+            run_id: Some(run.run_id),
+            caller: run.caller,
+            path: SyncPath::Batch,
+        }
+    }
+}
+
 /// Records one repair done outside a set-based statement (a re-key, a provisioned auth user).
 #[allow(clippy::too_many_arguments)]
 pub async fn record_event(
     db: impl PgExecutor<'_>,
-    run: RunContext<'_>,
+    filed: impl Into<Filed<'_>>,
     user_id: Uuid,
     kind: DriftKind,
     action: &str,
     before: Option<&serde_json::Value>,
     after: Option<&serde_json::Value>,
 ) -> sqlx::Result<()> {
+    let filed = filed.into();
     sqlx::query(
         "insert into usersync.events (run_id, user_id, caller, path, kind, action, before, after)
-         values ($1, $2, $3, 'batch', $4, $5, $6, $7)",
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(run.run_id)
+    .bind(filed.run_id)
     .bind(user_id)
-    .bind(run.caller)
+    .bind(filed.caller)
+    .bind(filed.path.as_str())
     .bind(kind.as_str())
     .bind(action)
     .bind(before)

@@ -35,6 +35,10 @@ pub struct RenderedSql {
     pub deleted_delete: String,
     /// The drift kinds of one id: `$1` user id.
     pub drift_one: String,
+    /// The profile of one key when it is orphaned (no auth user, and neither a lonely user's
+    /// namesake nor a deleted user's): `$1` the key. `id` and `row` (its mapped columns), or
+    /// no row. Index probes only, like `drift_one`.
+    pub orphan_one: String,
     /// Both sides of one id, as an admin may see them: `$1` user id. `auth` (safe fields only,
     /// and the values the mapping would write, under `mapped`) and `profile` (its key and
     /// mapped columns), each JSON or null.
@@ -1054,6 +1058,16 @@ select exists (select 1 from gone) as gone,
         )
     }
 
+    /// `orphaned` for one key, with `drift_one`'s index-driven claim.
+    fn orphan_one(&self) -> String {
+        let (table, key) = (&self.table, &self.key);
+        format!(
+            "select t.{key} as id, {row} as row from {table} t where t.{key} = $1 and {orphaned}",
+            row = self.mapped_json("t"),
+            orphaned = self.orphaned_with("t", &self.claimed_by_index("t")),
+        )
+    }
+
     /// Both sides of one id (see `RenderedSql::user_sides`). The auth side names what an admin
     /// needs to tell why a profile is wrong, and nothing that authenticates: no password hash,
     /// no token, no metadata but what the mapping reads (through `mapped`).
@@ -1553,6 +1567,7 @@ moved as (
             deleted_report: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Report),
             deleted_delete: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Delete),
             drift_one: self.drift_one(),
+            orphan_one: self.orphan_one(),
             user_sides: self.user_sides(),
             find_by_email: self.find_by_email(),
             status: self.status(),

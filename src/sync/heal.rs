@@ -31,6 +31,11 @@ pub enum HealAction {
     /// The user is deleted and the deletion is recorded (the `report` policy, or no target row
     /// was left to delete).
     Reported,
+    /// The profile had no auth user, and got one through the admin API (the `provision`
+    /// policy for orphaned profiles).
+    Provisioned,
+    /// The profile has no auth user, and the orphaned policy only reports it.
+    OrphanReported,
 }
 
 impl HealAction {
@@ -43,6 +48,8 @@ impl HealAction {
             HealAction::Skipped => "skipped",
             HealAction::Deleted => "deleted",
             HealAction::Reported => "reported",
+            HealAction::Provisioned => "provisioned",
+            HealAction::OrphanReported => "orphan_reported",
         }
     }
 
@@ -52,6 +59,7 @@ impl HealAction {
             HealAction::Created => "missing",
             HealAction::Updated => "stale",
             HealAction::Deleted | HealAction::Reported => "deleted",
+            HealAction::Provisioned | HealAction::OrphanReported => "orphaned",
             HealAction::Unchanged | HealAction::Skipped => "none",
         }
     }

@@ -1,11 +1,108 @@
 //! The `provision` repair: the auth user an orphaned profile should have had, built from the
-//! profile by running the mapping backwards.
+//! profile by running the mapping backwards. A run provisions a chunk's orphans; a Database
+//! Webhook on the target table provisions one new profile at once (`heal_profile`).
 
 use serde_json::{Map, Value};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::supabase::NewAuthUser;
+use crate::repo::repair::{self, Filed, OrphanRow};
+use crate::supabase::{AdminApi, AdminApiError, NewAuthUser};
+use crate::sync::drift::DriftKind;
+use crate::sync::engine::{SyncError, SyncPath};
+use crate::sync::heal::{self, HealAction};
 use crate::sync::mapping::{ColumnMapping, Mapping, ValueSource};
+use crate::sync::policy::{DeletedPolicy, OrphanedPolicy};
+use crate::sync::source::{self, Unreadable};
+use crate::sync::target::BoundMapping;
+
+/// Why an orphaned profile did not get its auth user.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The profile cannot be mapped back onto an auth user (no email and no phone).
+    #[error("{0}")]
+    Unmappable(String),
+    #[error(transparent)]
+    AdminApi(#[from] AdminApiError),
+}
+
+/// Creates the auth user of `orphan` through the admin API, and records it at once: the call
+/// cannot be undone, so its event must not wait for anyone's transaction.
+pub async fn provision(
+    db: &PgPool,
+    admin: &AdminApi,
+    mapping: &Mapping,
+    orphan: &OrphanRow,
+    filed: impl Into<Filed<'_>>,
+) -> sqlx::Result<Result<(), ProvisionError>> {
+    let user = match auth_user_for(mapping, orphan.id, &orphan.row) {
+        Ok(user) => user,
+        Err(reason) => return Ok(Err(ProvisionError::Unmappable(reason))),
+    };
+    if let Err(e) = admin.create_user(&user).await {
+        return Ok(Err(e.into()));
+    }
+    repair::record_event(
+        db,
+        filed,
+        orphan.id,
+        DriftKind::Orphaned,
+        "provisioned",
+        Some(&orphan.row),
+        None,
+    )
+    .await?;
+    Ok(Ok(()))
+}
+
+/// Why a signal about one profile could not be acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// Every profile would look orphaned to a role that cannot see `auth.users`.
+    #[error(transparent)]
+    Unreadable(#[from] Unreadable),
+    #[error("the orphaned policy is `provision`, but no Supabase admin API is configured")]
+    NoAdminApi,
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Brings the profile of key `id` in step after a signal about it (a Database Webhook on the
+/// target table), which names the row and is never trusted for its content: the row is read
+/// again. An orphaned profile gets its auth user under the `provision` policy (with a run's
+/// guard: a source that the role cannot fully see is refused first), and is only reported
+/// under any other, a webhook being no occasion to delete the profile an app just wrote. A
+/// profile that is not orphaned is its user's: that user is healed.
+pub async fn heal_profile(
+    db: &PgPool,
+    bound: &BoundMapping,
+    orphaned: OrphanedPolicy,
+    admin: Option<&AdminApi>,
+    deleted: DeletedPolicy,
+    id: Uuid,
+    caller: &str,
+) -> Result<HealAction, ProfileError> {
+    let path = SyncPath::Hook;
+    source::check_access(db).await??;
+    let Some(orphan) = repair::orphan_one(db, bound, id).await? else {
+        return Ok(heal::heal_user(db, bound, deleted, id, caller, path).await?);
+    };
+    if orphaned != OrphanedPolicy::Provision {
+        return Ok(HealAction::OrphanReported);
+    }
+    let admin = admin.ok_or(ProfileError::NoAdminApi)?;
+    let filed = Filed {
+        run_id: None,
+        caller,
+        path,
+    };
+    provision(db, admin, &bound.mapping, &orphan, filed).await??;
+    Ok(HealAction::Provisioned)
+}
 
 /// The admin API body for the orphaned row `row` (its mapped columns, as `Renderer::mapped_json`
 /// gives them). A column read from `email` or `phone` becomes that field; one read from

@@ -25,7 +25,7 @@ use crate::supabase::AdminApi;
 use crate::sync::chunks;
 use crate::sync::drift::DriftKind;
 use crate::sync::policy::{Action, Policies};
-use crate::sync::provision::auth_user_for;
+use crate::sync::provision;
 use crate::sync::run::{
     MovedReference, Plan, PlannedKind, Progress, RekeyPlan, Run, RunOptions, RunState,
 };
@@ -167,6 +167,11 @@ impl Reconciler {
 
     pub fn policies(&self) -> &Policies {
         &self.policies
+    }
+
+    /// The Supabase Auth admin API, when one is configured: what `provision` goes through.
+    pub fn admin(&self) -> Option<&AdminApi> {
+        self.admin.as_ref()
     }
 
     /// Takes the run lock, marks runs left over by dead processes abandoned, and records the
@@ -754,39 +759,26 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Creates the auth user of each orphaned row in the chunk through the admin API. Each
-    /// success is recorded at once: the call cannot be undone, so its event must not wait for
-    /// the chunk's transaction.
+    /// Creates the auth user of each orphaned row in the chunk through the admin API.
     async fn provision(&self, pages: Pages) -> Result<(), RunError> {
         let r = self.reconciler;
         let admin = r.admin.as_ref().ok_or(RunError::NoAdminApi)?;
         let limit = self.limit(false);
         let orphans = repair::orphans(&r.db, &r.bound, pages, limit).await?;
         for orphan in orphans {
-            let created = match auth_user_for(&r.bound.mapping, orphan.id, &orphan.row) {
-                Err(reason) => Err(reason),
-                Ok(user) => admin.create_user(&user).await.map_err(|e| e.to_string()),
-            };
-            match created {
+            match provision::provision(&r.db, admin, &r.bound.mapping, &orphan, self.context())
+                .await?
+            {
                 Ok(()) => {
-                    repair::record_event(
-                        &r.db,
-                        self.context(),
-                        orphan.id,
-                        DriftKind::Orphaned,
-                        "provisioned",
-                        Some(&orphan.row),
-                        None,
-                    )
-                    .await?;
                     let mut state = self.state();
                     state.progress.repaired(DriftKind::Orphaned, 1);
                     state.budget.spend(1, false);
                 }
-                Err(reason) => self
-                    .state()
-                    .progress
-                    .failed(DriftKind::Orphaned, orphan.id, reason),
+                Err(reason) => {
+                    self.state()
+                        .progress
+                        .failed(DriftKind::Orphaned, orphan.id, reason.to_string())
+                }
             }
         }
         Ok(())

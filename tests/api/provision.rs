@@ -53,7 +53,8 @@ async fn create_user(
     (StatusCode::OK, axum::Json(json!({"id": user.id})))
 }
 
-async fn spawn_provisioning() -> (TestApp, FakeAuth) {
+/// The fake admin API, listening; returns it and its URL.
+async fn fake_admin() -> (FakeAuth, String) {
     let fake = FakeAuth::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -61,21 +62,28 @@ async fn spawn_provisioning() -> (TestApp, FakeAuth) {
         .route("/auth/v1/admin/users", post(create_user))
         .with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (fake, format!("http://127.0.0.1:{port}"))
+}
+
+/// Options that provision orphaned profiles through the admin API at `url`.
+fn provisioning(url: String) -> AppOptions {
+    AppOptions {
+        reconcile: ReconcileConfig {
+            orphaned: OrphanedPolicy::Provision,
+            supabase_url: Some(url),
+            supabase_service_key: Some(ADMIN_KEY.to_owned().into()),
+            ..ReconcileConfig::default()
+        },
+        ..AppOptions::default()
+    }
+}
+
+async fn spawn_provisioning() -> (TestApp, FakeAuth) {
+    let (fake, url) = fake_admin().await;
     let db_slot = fake.db.clone();
-    let app = spawn_app_with(
-        AppOptions {
-            reconcile: ReconcileConfig {
-                orphaned: OrphanedPolicy::Provision,
-                supabase_url: Some(format!("http://127.0.0.1:{port}")),
-                supabase_service_key: Some(ADMIN_KEY.to_owned().into()),
-                ..ReconcileConfig::default()
-            },
-            ..AppOptions::default()
-        },
-        |db| async move {
-            *db_slot.lock().unwrap() = Some(db);
-        },
-    )
+    let app = spawn_app_with(provisioning(url), |db| async move {
+        *db_slot.lock().unwrap() = Some(db);
+    })
     .await;
     (app, fake)
 }
@@ -178,4 +186,207 @@ async fn refusals_are_reported_and_deleted_users_are_never_provisioned() {
         .await
         .unwrap();
     assert_eq!(in_auth, 0);
+}
+
+/// A Supabase Database Webhook payload on the profile table, as `supabase_functions.http_request`
+/// sends it: the whole row.
+fn profile_payload(op: &str, row: &Value) -> Value {
+    let (record, old_record) = match op {
+        "DELETE" => (Value::Null, row.clone()),
+        _ => (row.clone(), Value::Null),
+    };
+    json!({"type": op, "table": "users", "schema": "public", "record": record,
+           "old_record": old_record})
+}
+
+/// The action of a 200 answer.
+async fn action_of(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["action"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_profile_insert_webhook_gives_the_new_profile_its_auth_user_at_once() {
+    let (app, fake) = spawn_provisioning().await;
+    let orphan = Uuid::new_v4();
+    app.insert_profile(orphan, Some("olga@example.com")).await;
+    let mut row = app.target_row(orphan).await.unwrap();
+    // The payload is only a signal: what it says of the row is not what is provisioned.
+    row["email"] = json!("forged@example.com");
+
+    let response = app
+        .hook(&profile_payload("INSERT", &row), &secret_key())
+        .await;
+
+    assert_eq!(action_of(response).await, "provisioned");
+    let calls = calls_for(&fake, orphan);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].1["email"], "olga@example.com");
+    let (path, kind, action): (String, String, String) =
+        sqlx::query_as("select path, kind, action from usersync.repairs where user_id = $1")
+            .bind(orphan)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (path.as_str(), kind.as_str(), action.as_str()),
+        ("hook", "orphaned", "provisioned")
+    );
+    let drift: Value = app
+        .drift(&orphan.to_string(), &secret_key())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(drift["in_sync"], true, "{drift}");
+
+    // Delivered again (an UPDATE, a retry): the profile has its user now, and is that user's
+    // signal; nobody is created twice.
+    for op in ["INSERT", "UPDATE"] {
+        let again = app.hook(&profile_payload(op, &row), &secret_key()).await;
+        assert_eq!(action_of(again).await, "unchanged");
+    }
+    assert_eq!(calls_for(&fake, orphan).len(), 1);
+}
+
+#[tokio::test]
+async fn a_profile_webhook_on_a_profile_with_a_user_heals_that_user_and_provisions_nobody() {
+    let (app, fake) = spawn_provisioning().await;
+    let user = app
+        .insert_auth_user(&AuthUser::new("ada@example.com"))
+        .await;
+    // The app wrote the profile first, with a value the mapping does not agree with.
+    app.insert_profile(user, Some("stale@example.com")).await;
+    let row = app.target_row(user).await.unwrap();
+
+    let response = app
+        .hook(&profile_payload("INSERT", &row), &secret_key())
+        .await;
+
+    assert_eq!(action_of(response).await, "updated");
+    assert_eq!(
+        app.target_row(user).await.unwrap()["email"],
+        "ada@example.com"
+    );
+    // A deleted profile of a live user is that user's missing profile; an unknown key, nothing.
+    app.exec(&format!("delete from public.users where id = '{user}'"))
+        .await;
+    let deleted = app
+        .hook(&profile_payload("DELETE", &row), &secret_key())
+        .await;
+    assert_eq!(action_of(deleted).await, "created");
+    let nobody = json!({"id": Uuid::new_v4(), "email": "nobody@example.com"});
+    let unknown = app
+        .hook(&profile_payload("INSERT", &nobody), &secret_key())
+        .await;
+    assert_eq!(action_of(unknown).await, "unchanged");
+    assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_orphan_is_only_reported_under_the_report_policy() {
+    let app = spawn_app().await;
+    let orphan = Uuid::new_v4();
+    app.insert_profile(orphan, Some("olga@example.com")).await;
+    let before = app.target_snapshot().await;
+
+    let response = app
+        .hook(
+            &profile_payload("INSERT", &json!({"id": orphan})),
+            &secret_key(),
+        )
+        .await;
+
+    assert_eq!(action_of(response).await, "orphan_reported");
+    assert_eq!(app.target_snapshot().await, before);
+    assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_profile_webhook_that_cannot_provision_says_why_and_changes_nothing() {
+    let (app, fake) = spawn_provisioning().await;
+    let taken = Uuid::new_v4();
+    app.insert_profile(taken, Some("taken@example.com")).await;
+    let no_email = Uuid::new_v4();
+    app.insert_profile(no_email, None).await;
+    let before = app.target_snapshot().await;
+
+    let refused = app
+        .hook(
+            &profile_payload("INSERT", &json!({"id": taken})),
+            &secret_key(),
+        )
+        .await;
+    let problem = assert_problem(refused, 502, "provision_failed").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("email_exists"),
+        "{problem}"
+    );
+    let unmappable = app
+        .hook(
+            &profile_payload("INSERT", &json!({"id": no_email})),
+            &secret_key(),
+        )
+        .await;
+    let problem = assert_problem(unmappable, 422, "provision_failed").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("neither an email nor a phone"),
+        "{problem}"
+    );
+    assert!(calls_for(&fake, no_email).is_empty());
+    assert_eq!(app.target_snapshot().await, before);
+    assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_role_that_cannot_see_auth_users_provisions_nobody() {
+    // Row level security hides every auth user from this role: every profile would look
+    // orphaned, and each would be created a second auth user.
+    let (fake, url) = fake_admin().await;
+    let db = TestDb::new().await;
+    *fake.db.lock().unwrap() = Some(db.pool.clone());
+    let user = AuthUser::new("ada@example.com").insert(&db.pool).await;
+    let config = serve_config(&db.url_as(NO_RLS_BYPASS_ROLE), &provisioning(url));
+    let app = TestApp::start(db, config).await;
+    app.insert_profile(Uuid::new_v4(), Some("olga@example.com"))
+        .await;
+    sqlx::query("insert into public.users (id, email) values ($1, 'ada@example.com') on conflict do nothing")
+        .bind(user)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let response = app
+        .hook(
+            &profile_payload("INSERT", &json!({"id": user})),
+            &secret_key(),
+        )
+        .await;
+
+    assert_problem(response, 503, "source_unreadable").await;
+    assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn profile_payloads_without_a_key_or_about_another_table_are_refused() {
+    let app = spawn_app().await;
+    let id = Uuid::new_v4();
+    for record in [
+        json!({"email": "x@example.com"}),
+        json!({"id": 42}),
+        json!({"id": "nope"}),
+    ] {
+        let response = app
+            .hook(&profile_payload("INSERT", &record), &secret_key())
+            .await;
+        assert_problem(response, 400, "invalid_body").await;
+    }
+    let mut other = profile_payload("INSERT", &json!({"id": id}));
+    other["table"] = json!("profiles");
+    assert_problem(app.hook(&other, &secret_key()).await, 422, "unknown_table").await;
+    assert_eq!(app.event_count().await, 0);
 }

@@ -238,7 +238,7 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
     let mut conn = PgConnection::connect(&db.url()).await.unwrap();
     for id in &ids {
         let one = format!("'{id}', 'probe', 'call'");
-        let statements: [(&str, &str, &str, String); 11] = [
+        let statements: [(&str, &str, &str, String); 12] = [
             ("sync_one", &sql.sync_one, "uuid, text, text", one.clone()),
             (
                 "sync_batch",
@@ -264,6 +264,7 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
             ("drift_one", &sql.drift_one, "uuid", format!("'{id}'")),
             ("user_drift view", view_lookup, "uuid", format!("'{id}'")),
             ("user_sides", &sql.user_sides, "uuid", format!("'{id}'")),
+            ("orphan_one", &sql.orphan_one, "uuid", format!("'{id}'")),
             (
                 "find_by_email",
                 &sql.find_by_email,

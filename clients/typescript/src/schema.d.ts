@@ -136,10 +136,14 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Take a Supabase Database Webhook on `auth.users` as a signal to sync that user.
-         * @description Only the user's id is read from the payload; the user is re-read from `auth.users`: synced
-         *     when live, the deleted policy applied when gone or soft-deleted. Authenticate with a service
-         *     key, or with the configured secret in `x-usersync-webhook-secret`.
+         * Take a Supabase Database Webhook as a signal: on `auth.users`, to sync that user; on the
+         *     profile table, to give a new profile its auth user.
+         * @description Only the id (the profile's key) is read from the payload, and the row is re-read. A user is
+         *     synced when live, and the deleted policy applied when gone or soft-deleted. A profile with
+         *     no auth user (orphaned) is provisioned through the Supabase Auth admin API when the
+         *     orphaned policy is `provision`, and reported (`orphan_reported`) otherwise; any other
+         *     profile is its user's signal. Authenticate with a service key, or with the configured secret
+         *     in `x-usersync-webhook-secret`.
          */
         post: operations["database_hook"];
         delete?: never;
@@ -492,7 +496,7 @@ export interface components {
          * @description What healing one user did.
          * @enum {string}
          */
-        HealAction: "created" | "updated" | "unchanged" | "skipped" | "deleted" | "reported";
+        HealAction: "created" | "updated" | "unchanged" | "skipped" | "deleted" | "reported" | "provisioned" | "orphan_reported";
         Health: {
             checks?: Record<string, never> | null;
             /**
@@ -575,6 +579,40 @@ export interface components {
             title: string;
             /** @description A URI naming the problem type: `urn:usersync:problem:<code>`. */
             type: string;
+        };
+        /**
+         * @description The field of a profile row that usersync reads from a webhook: the key column, `id` in the
+         *     built-in mapping (the mapping's `key` otherwise). Other columns are ignored.
+         */
+        ProfileRef: {
+            /** Format: uuid */
+            id: string;
+        };
+        /**
+         * @description A Supabase Database Webhook payload on the profile table (the mapping's target): the row
+         *     after an `INSERT` or `UPDATE` in `record`, before a `DELETE` in `old_record`. Only the key
+         *     column is read.
+         */
+        ProfileWebhook: {
+            record: components["schemas"]["ProfileRef"];
+            /** @description The profile table's schema, as the mapping names it. */
+            schema: string;
+            /** @description The profile table's name, as the mapping names it. */
+            table: string;
+            /** @enum {string} */
+            type: "INSERT";
+        } | {
+            record: components["schemas"]["ProfileRef"];
+            schema: string;
+            table: string;
+            /** @enum {string} */
+            type: "UPDATE";
+        } | {
+            old_record: components["schemas"]["ProfileRef"];
+            schema: string;
+            table: string;
+            /** @enum {string} */
+            type: "DELETE";
         };
         /** @description How far a run got: updated in the same transaction as each chunk's repairs. */
         Progress: {
@@ -823,6 +861,8 @@ export interface components {
          * @enum {string}
          */
         UsersTable: "users";
+        /** @description Either payload the endpoint takes, for the document. */
+        WebhookPayload: components["schemas"]["DatabaseWebhook"] | components["schemas"]["ProfileWebhook"];
     };
     responses: never;
     parameters: never;
@@ -1227,11 +1267,11 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["DatabaseWebhook"];
+                "application/json": components["schemas"]["WebhookPayload"];
             };
         };
         responses: {
-            /** @description The user was re-read and synced, or the deleted policy applied */
+            /** @description The row was re-read and acted on: the user synced or the deleted policy applied, or the orphaned profile provisioned or reported */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1240,7 +1280,7 @@ export interface operations {
                     "application/json": components["schemas"]["HookOutcome"];
                 };
             };
-            /** @description Not a Database Webhook payload, not about auth.users, or no user id */
+            /** @description Not a Database Webhook payload, or no id (key) in its record */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1285,7 +1325,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`) */
+            /** @description A payload about a table that is neither auth.users nor the profile table (`unknown_table`); a value of this user's that cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`); an orphaned profile that cannot become an auth user (`provision_failed`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1303,7 +1343,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Database unavailable */
+            /** @description Supabase Auth refused to create the auth user, or could not be reached (`provision_failed`) */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Database unavailable, or auth.users not fully visible to the role */
             503: {
                 headers: {
                     [name: string]: unknown;
