@@ -71,7 +71,7 @@ pub async fn claim_due(
 ) -> sqlx::Result<Vec<ClaimedLetter>> {
     sqlx::query_as(
         "update usersync.dead_letters d
-            set next_attempt_at = now() + make_interval(secs => $2)
+            set next_attempt_at = now() + make_interval(secs => $2), claimed_at = now()
           where d.id in (select id from usersync.dead_letters
                           where resolved_at is null and next_attempt_at <= now()
                           order by next_attempt_at
@@ -85,11 +85,28 @@ pub async fn claim_due(
     .await
 }
 
+/// Makes every claimed letter due now, and returns how many there were. For a leader's new
+/// term: only the leader claims, and a term begins once the previous leader's lock is gone, so
+/// each claim left is an attempt that will never report back, which would otherwise wait out its
+/// lease. (A leader that lost its lock a moment ago may still finish one: a second attempt
+/// re-reads the user, as every attempt does, and changes nothing.)
+pub async fn release_claims(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    sqlx::query(
+        "update usersync.dead_letters
+            set next_attempt_at = now(), claimed_at = null
+          where claimed_at is not null and resolved_at is null",
+    )
+    .execute(db)
+    .await
+    .map(|done| done.rows_affected())
+}
+
 /// The letter's user is in step again.
 pub async fn resolve(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<()> {
     sqlx::query(
         "update usersync.dead_letters
-            set resolved_at = now(), attempts = attempts + 1, last_attempt_at = now()
+            set resolved_at = now(), attempts = attempts + 1, last_attempt_at = now(),
+                claimed_at = null
           where id = $1 and resolved_at is null",
     )
     .bind(id)
@@ -110,7 +127,8 @@ pub async fn reschedule(
     sqlx::query(
         "update usersync.dead_letters
             set attempts = attempts + 1, last_attempt_at = now(), error = $2, sqlstate = $3,
-                next_attempt_at = now() + make_interval(secs => $4 * (0.8 + random() * 0.4))
+                next_attempt_at = now() + make_interval(secs => $4 * (0.8 + random() * 0.4)),
+                claimed_at = null
           where id = $1 and resolved_at is null",
     )
     .bind(id)

@@ -44,7 +44,8 @@ use retry::RetrySchedule;
 const LEADERSHIP_CHECK: Duration = Duration::from_secs(1);
 /// Dead letters claimed per statement.
 const DRAIN_BATCH: i64 = 50;
-/// How long a claimed letter is left alone if its attempt never reports back.
+/// How long a claimed letter is left alone if its attempt never reports back while this leader
+/// leads (a new leader releases the claims at once).
 const CLAIM_LEASE: Duration = Duration::from_secs(60);
 /// How the audit log (and the runs it starts) name the healing loop.
 const CALLER: &str = "healing";
@@ -179,6 +180,17 @@ impl Healer {
         let mut check = tokio::time::interval(LEADERSHIP_CHECK);
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         check.reset();
+        match dead_letters::release_claims(&self.db).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(
+                released,
+                "healing: retrying the letters the last leader had claimed"
+            ),
+            // Their leases bring them back.
+            Err(e) => {
+                tracing::warn!(error = %e, "healing: cannot release the last leader's claims")
+            }
+        }
         let mut next_run = self.first_run().await;
         // A run goes on in a task of its own, so that dead letters keep draining meanwhile; it
         // holds the run lock itself, and a run cut short by a shutdown is taken over by the next.

@@ -230,6 +230,51 @@ async fn a_dead_letter_whose_notification_was_lost_is_found_by_the_sweep() {
 }
 
 #[tokio::test]
+async fn a_new_leader_retries_at_once_the_letters_a_dead_leader_had_claimed() {
+    let db = TestDb::new().await;
+    let id = AuthUser::new("claimed@example.com").insert(&db.pool).await;
+    sqlx::query(
+        "insert into usersync.dead_letters (user_id, op, error) values ($1, 'insert', 'x')",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // A leader claims the letter for its 60 s lease, then dies before its attempt reports back.
+    let claimed = usersync::repo::dead_letters::claim_due(&db.pool, 50, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    let config = serve_config(
+        &db.url(),
+        &AppOptions {
+            healing: true,
+            ..AppOptions::default()
+        },
+    );
+    let started = Instant::now();
+    let app = TestApp::start(db, config).await;
+
+    eventually(
+        Duration::from_secs(10),
+        "the claimed letter's heal",
+        || async {
+            letter_of(&app.db.pool, id)
+                .await
+                .is_some_and(|l| l.resolved)
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(app.target_row(id).await.is_some());
+    assert_eq!(
+        events_of(&app.db.pool, id).await,
+        [("healing".into(), "missing".into(), "created".into())]
+    );
+}
+
+#[tokio::test]
 async fn a_manual_run_starts_while_this_replica_leads_the_healing_loop() {
     let app = spawn_leader(AppOptions::default()).await;
     let response = app
