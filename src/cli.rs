@@ -21,9 +21,11 @@ use crate::repo::triggers::{self, Uninstalled};
 use crate::startup::{self, Application};
 use crate::sync::drift::DriftKind;
 use crate::sync::mapping::Mapping;
+use crate::sync::policy::Action;
 use crate::sync::reconcile::{Reconciler, StartError};
 use crate::sync::run::{Run, RunOptions, RunState};
 use crate::sync::target::{BindError, BoundMapping};
+use crate::sync::user_repair;
 use crate::{db, dev, doctor, openapi, sync, telemetry};
 
 #[derive(Debug, Parser)]
@@ -73,6 +75,9 @@ enum Command {
     /// Plan, then repair drift chunk by chunk (one run at a time across all replicas); exits
     /// non-zero unless the run succeeds.
     Reconcile(Box<ReconcileArgs>),
+    /// Repair one user, by id or by email, as a run of one user: `create`, `update`, `rekey`,
+    /// `provision` or `delete`, the configured policy's by default; exits non-zero on a refusal.
+    Repair(Box<RepairArgs>),
     /// Name every risk the live project carries for sign-up, sync and deletion; exits non-zero
     /// when it finds one.
     Doctor(DoctorArgs),
@@ -137,6 +142,30 @@ struct ReconcileArgs {
     /// Let the run delete more than USERSYNC_MAX_DELETE_SHARE of the target.
     #[arg(long)]
     allow_mass_delete: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["user", "email"])))]
+struct RepairArgs {
+    #[command(flatten)]
+    database: DatabaseConfig,
+    #[command(flatten)]
+    mapping: MappingConfig,
+    #[command(flatten)]
+    reconcile: ReconcileConfig,
+    /// The auth user's id, or the profile's key.
+    #[arg(long, value_name = "ID")]
+    user: Option<Uuid>,
+    /// The user's email, in any case: the auth user who holds it (or the one profile, when no
+    /// auth user does).
+    #[arg(long, value_name = "EMAIL")]
+    email: Option<String>,
+    /// The repair; the configured policy's for the user's drift when absent.
+    #[arg(long, value_name = "ACTION")]
+    action: Option<Action>,
+    /// Say what would be done, and do nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +256,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", render_status(&status));
         }
         Command::Reconcile(args) => return reconcile(*args).await,
+        Command::Repair(args) => return repair(*args).await,
         Command::Openapi => {
             println!("{}", openapi::document().to_pretty_json()?);
         }
@@ -417,6 +447,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         },
         limit: args.limit,
         allow_mass_delete: args.allow_mass_delete,
+        ..RunOptions::default()
     };
     let active = match reconciler.start("cli", options).await {
         Ok(active) => active,
@@ -455,6 +486,50 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
+    args.reconcile.check().map_err(anyhow::Error::msg)?;
+    let pool = db::pool(&args.database);
+    let bound = std::sync::Arc::new(
+        BoundMapping::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?,
+    );
+    let reconciler = Reconciler::new(
+        pool.clone(),
+        bound.clone(),
+        args.reconcile.policies(),
+        args.reconcile.walking(),
+        args.reconcile.admin_api(),
+    );
+    let id = match (args.user, &args.email) {
+        (Some(id), _) => id,
+        (None, Some(email)) => user_repair::user_by_email(&pool, &bound, email).await?,
+        (None, None) => unreachable!("clap requires --user or --email"),
+    };
+    let outcome = user_repair::repair_user(
+        &reconciler,
+        &pool,
+        &bound,
+        id,
+        args.action,
+        args.dry_run,
+        "cli",
+    )
+    .await?;
+    let action = serde_json::to_value(outcome.action)?;
+    println!(
+        "{} {} {} ({} drift)",
+        if outcome.dry_run {
+            "would"
+        } else {
+            "repaired:"
+        },
+        action.as_str().unwrap_or_default(),
+        outcome.user_id,
+        outcome.kind.as_str()
+    );
+    print!("{}", render_run(&outcome.run));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A run as a table: per kind, the action, the drift planned and what was repaired or failed.

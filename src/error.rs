@@ -16,6 +16,7 @@ use crate::sync::engine::SyncError;
 use crate::sync::provision::{ProfileError, ProvisionError};
 use crate::sync::reconcile::StartError;
 use crate::sync::source::{ReadError, Unreadable};
+use crate::sync::user_repair::RepairError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
@@ -39,8 +40,13 @@ pub enum ApiError {
     UserNotFound,
     #[error("the auth user is deleted")]
     UserDeleted,
-    #[error("another profile holds this email (the same person under another id?); reconcile with the `rekey` repair")]
-    EmailConflict,
+    #[error("{}", email_conflict_detail(*.user_id, *.profile_id))]
+    EmailConflict {
+        /// The user synced, when known: the repair is theirs.
+        user_id: Option<uuid::Uuid>,
+        /// The profile that holds the email.
+        profile_id: Option<uuid::Uuid>,
+    },
     #[error("this user's value for column `{column}` cannot be stored in the profile table; the user is synced once the value in auth.users changes")]
     RefusedValue { column: String },
     #[error("the profile table refused this user's row ({detail}); nothing was written, and the user is synced once the table or the user's data allows it")]
@@ -49,6 +55,10 @@ pub enum ApiError {
     SourceUnreadable(#[from] Unreadable),
     #[error("this payload is about a table usersync does not sync: it takes auth.users and the profile table, {target}")]
     UnknownTable { target: String },
+    #[error("{detail}")]
+    RepairRefused { code: &'static str, detail: String },
+    #[error("the repair failed: {detail}")]
+    RepairFailed { detail: String },
     #[error("the orphaned profile did not get its auth user: {0}")]
     ProvisionFailed(#[source] ProvisionError),
     #[error("no such route")]
@@ -105,6 +115,32 @@ pub struct Problem {
     /// The run in progress, on a 409 `run_in_progress`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<uuid::Uuid>,
+    /// On a 409 `email_conflict`: the profile that holds the user's email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_id: Option<uuid::Uuid>,
+    /// On a 409 `email_conflict` of a sync: the request that resolves it (`POST` its `path`
+    /// with its `body`), the re-key of that profile onto the user's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub repair: Option<serde_json::Value>,
+}
+
+/// What a 409 `email_conflict` says, naming what it knows.
+fn email_conflict_detail(user_id: Option<uuid::Uuid>, profile_id: Option<uuid::Uuid>) -> String {
+    let holder = match profile_id {
+        Some(profile) => format!("profile {profile} holds this email"),
+        None => "another profile holds this email".to_owned(),
+    };
+    match user_id {
+        Some(user) => format!(
+            "{holder} (the same person under another id?): re-key it onto this user with \
+             POST /v1/users/{user}/repair {{\"action\": \"rekey\"}}, or \
+             `usersync repair --user {user} --action rekey`"
+        ),
+        None => format!(
+            "{holder} (the same person under another id?); reconcile with the `rekey` repair"
+        ),
+    }
 }
 
 impl ApiError {
@@ -129,11 +165,14 @@ impl ApiError {
             ApiError::RefusedValue { .. }
             | ApiError::RefusedByTable { .. }
             | ApiError::UnknownTable { .. }
+            | ApiError::RepairFailed { .. }
             | ApiError::ProvisionFailed(ProvisionError::Unmappable(_)) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::ProvisionFailed(ProvisionError::AdminApi(_)) => StatusCode::BAD_GATEWAY,
-            ApiError::EmailConflict | ApiError::RunInProgress { .. } => StatusCode::CONFLICT,
+            ApiError::EmailConflict { .. }
+            | ApiError::RunInProgress { .. }
+            | ApiError::RepairRefused { .. } => StatusCode::CONFLICT,
             ApiError::Status(status) => *status,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout
@@ -166,11 +205,13 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => code,
             ApiError::UserNotFound => "user_not_found",
             ApiError::UserDeleted => "user_deleted",
-            ApiError::EmailConflict => "email_conflict",
+            ApiError::EmailConflict { .. } => "email_conflict",
             ApiError::RefusedValue { .. } => "invalid_value",
             ApiError::RefusedByTable { .. } => "refused_by_table",
             ApiError::SourceUnreadable(_) => "source_unreadable",
             ApiError::UnknownTable { .. } => "unknown_table",
+            ApiError::RepairRefused { code, .. } => code,
+            ApiError::RepairFailed { .. } => "repair_failed",
             ApiError::ProvisionFailed(_) => "provision_failed",
             ApiError::RouteNotFound => "not_found",
             ApiError::RunNotFound => "run_not_found",
@@ -202,6 +243,19 @@ impl ApiError {
             },
             run_id: match self {
                 ApiError::RunInProgress { run_id } => *run_id,
+                _ => None,
+            },
+            profile_id: match self {
+                ApiError::EmailConflict { profile_id, .. } => *profile_id,
+                _ => None,
+            },
+            repair: match self {
+                ApiError::EmailConflict {
+                    user_id: Some(id), ..
+                } => Some(serde_json::json!({
+                    "path": format!("/v1/users/{id}/repair"),
+                    "body": {"action": "rekey"},
+                })),
                 _ => None,
             },
         }
@@ -295,11 +349,37 @@ impl From<SyncError> for ApiError {
         match error {
             SyncError::UserNotFound => ApiError::UserNotFound,
             SyncError::UserDeleted => ApiError::UserDeleted,
-            SyncError::EmailConflict => ApiError::EmailConflict,
+            SyncError::EmailConflict => ApiError::EmailConflict {
+                user_id: None,
+                profile_id: None,
+            },
             SyncError::RefusedValue { column } => ApiError::RefusedValue { column },
             SyncError::Contended => ApiError::Contended,
             SyncError::Database(e) => e.into(),
             SyncError::Shared(e) => e.into(),
+        }
+    }
+}
+
+impl From<RepairError> for ApiError {
+    fn from(error: RepairError) -> Self {
+        let refused = |code, e: &RepairError| ApiError::RepairRefused {
+            code,
+            detail: e.to_string(),
+        };
+        match error {
+            RepairError::UserNotFound => ApiError::UserNotFound,
+            RepairError::InSync => refused("in_sync", &error),
+            RepairError::ReportOnly(_) => refused("report_only", &error),
+            RepairError::DoesNotFit { .. } => refused("action_does_not_fit", &error),
+            RepairError::AmbiguousEmail(_) => refused("ambiguous_email", &error),
+            RepairError::RekeyRefused(_) => refused("rekey_refused", &error),
+            RepairError::NoAdminApi => refused("no_admin_api", &error),
+            RepairError::Failed(detail) => ApiError::RepairFailed { detail },
+            RepairError::Unreadable(e) => ApiError::SourceUnreadable(e),
+            RepairError::Start(e) => e.into(),
+            RepairError::Sync(e) => e.into(),
+            RepairError::Database(e) => e.into(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod limits;
 mod metrics;
 mod problem;
 mod reconciliations;
+mod repair;
 pub mod serve;
 mod status;
 mod users;
@@ -42,6 +43,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(users::router())
+        .merge(repair::router())
         .merge(status::router())
         .merge(dead_letters::router())
         .merge(drift::router())

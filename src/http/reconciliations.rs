@@ -62,6 +62,7 @@ impl StartRun {
             kinds,
             limit: self.limit,
             allow_mass_delete: self.allow_mass_delete,
+            ..RunOptions::default()
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::repo::events::{self, UserEvent};
 use crate::state::AppState;
-use crate::sync::engine::{self, SyncOutcome, SyncPath, UserDrift};
+use crate::sync::engine::{self, SyncError, SyncOutcome, SyncPath, UserDrift};
 use crate::sync::inspect::{self, UserDetail, UserSides};
 
 /// The longest email searched for (RFC 5321's limit on a path is 256; a little room).
@@ -44,7 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a user token (anon role, or the service)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The token's user no longer exists", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another profile holds this email (`email_conflict`): `profile_id` names it, `repair` the request that re-keys it onto this user", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
@@ -74,7 +74,7 @@ async fn sync_me(
         (status = 401, description = "No, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another user's id, or a role without access", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No auth user has this id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Another profile holds this email", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another profile holds this email (`email_conflict`): `profile_id` names it, `repair` the request that re-keys it onto this user", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A value of this user's cannot be stored in the profile table (`invalid_value`, naming the column), or the table's own constraint refused the row (`refused_by_table`)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The user is deleted", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the caller's sync rate", body = Problem, content_type = "application/problem+json",
@@ -93,7 +93,16 @@ async fn sync_user(
 }
 
 async fn sync(state: &AppState, caller: Caller, id: Uuid) -> Result<Json<SyncOutcome>, ApiError> {
-    let outcome = state.syncs.sync(id, caller.audit_name()).await?;
+    let outcome = match state.syncs.sync(id, caller.audit_name()).await {
+        Err(SyncError::EmailConflict) => {
+            let profile_id = engine::conflicting_profile(&state.db, &state.mapping, id).await?;
+            return Err(ApiError::EmailConflict {
+                user_id: Some(id),
+                profile_id,
+            });
+        }
+        other => other?,
+    };
     meter::record_sync(SyncPath::Call, outcome.action.into());
     // On the request span, so that the one access line per request says what the sync did: a
     // line of its own would double the logging cost of the service's hottest path.

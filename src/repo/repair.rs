@@ -28,6 +28,15 @@ impl Tid {
     fn sql(self) -> String {
         format!("({},{})", self.page, self.offset)
     }
+
+    /// Reads Postgres's text form, `(page,offset)`.
+    fn parse(text: &str) -> Option<Tid> {
+        let (page, offset) = text.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+        Some(Tid {
+            page: page.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    }
 }
 
 /// The most rows a page holds (Postgres's `MaxHeapTuplesPerPage` for 8 KiB pages): past it, an
@@ -55,6 +64,17 @@ impl Pages {
         Pages {
             first: Tid::page(first),
             end: end.map(Tid::page),
+        }
+    }
+
+    /// The one place `at`: a chunk of one row.
+    pub fn row(at: Tid) -> Pages {
+        Pages {
+            first: at,
+            end: Some(Tid {
+                page: at.page,
+                offset: at.offset + 1,
+            }),
         }
     }
 
@@ -301,6 +321,23 @@ pub async fn refused_users(
 pub struct OrphanRow {
     pub id: Uuid,
     pub row: serde_json::Value,
+}
+
+/// Where the row of `id` is on `side` now, if it exists: the chunk a run of one user walks.
+/// (A row that moves before the chunk's statements run is simply not found in its old place:
+/// the repair does nothing, and says so.)
+pub async fn place(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    side: Side,
+    id: Uuid,
+) -> sqlx::Result<Option<Pages>> {
+    let sql = side.pick(
+        &bound.sql.repair.source_place,
+        &bound.sql.repair.target_place,
+    );
+    let place: Option<String> = sqlx::query_scalar(sql).bind(id).fetch_optional(db).await?;
+    Ok(place.as_deref().and_then(Tid::parse).map(Pages::row))
 }
 
 /// The orphaned rows of a chunk of the target.

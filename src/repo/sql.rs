@@ -39,6 +39,9 @@ pub struct RenderedSql {
     /// namesake nor a deleted user's): `$1` the key. `id` and `row` (its mapped columns), or
     /// no row. Index probes only, like `drift_one`.
     pub orphan_one: String,
+    /// The stray profile that holds the email of the auth user `$1` (the other half of a
+    /// mismatched pair), lowest key first; no row when none does.
+    pub namesake_of: String,
     /// Both sides of one id, as an admin may see them: `$1` user id. `auth` (safe fields only,
     /// and the values the mapping would write, under `mapped`) and `profile` (its key and
     /// mapped columns), each JSON or null.
@@ -81,6 +84,11 @@ pub struct RepairSql {
     pub source_ids: String,
     /// The keys of the target rows a chunk holds: `$1`, `$2`.
     pub target_ids: String,
+    /// Where the source row of id `$1` is (its `ctid` as text): a run of one user walks only
+    /// that place.
+    pub source_place: String,
+    /// Where the target row of key `$1` is.
+    pub target_place: String,
     /// Insert the mapped row of every `missing` user, probing the target for a stray row with
     /// each user's email.
     pub create_missing: String,
@@ -1058,6 +1066,18 @@ select exists (select 1 from gone) as gone,
         )
     }
 
+    /// `namesake_of`: one probe of the target's email index.
+    fn namesake_of(&self) -> String {
+        let (table, key) = (&self.table, &self.key);
+        format!(
+            "select m.{key} from auth.users s join {table} m on {same}
+ where s.id = $1 and m.{key} <> s.id and {stray}
+ order by m.{key} limit 1",
+            same = self.same_person("s", "m"),
+            stray = self.stray("m"),
+        )
+    }
+
     /// `orphaned` for one key, with `drift_one`'s index-driven claim.
     fn orphan_one(&self) -> String {
         let (table, key) = (&self.table, &self.key);
@@ -1501,6 +1521,8 @@ select count(*) from gone",
             target_rows: format!("select count(*) from {table} t where {}", in_chunk("t")),
             source_ids: format!("select s.id from auth.users s where {}", in_chunk("s")),
             target_ids: format!("select t.{key} from {table} t where {}", in_chunk("t")),
+            source_place: "select s.ctid::text from auth.users s where s.id = $1".into(),
+            target_place: format!("select t.ctid::text from {table} t where t.{key} = $1"),
             create_missing,
             update_stale,
             delete_deleted: delete(DriftKind::Deleted, &|t| self.deleted(t)),
@@ -1568,6 +1590,7 @@ moved as (
             deleted_delete: self.deleted_statement(BOUND_ORIGIN, DeletedPolicy::Delete),
             drift_one: self.drift_one(),
             orphan_one: self.orphan_one(),
+            namesake_of: self.namesake_of(),
             user_sides: self.user_sides(),
             find_by_email: self.find_by_email(),
             status: self.status(),

@@ -3,6 +3,7 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::sync::drift::DriftKind;
 use crate::sync::engine::SyncPath;
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
@@ -76,6 +77,19 @@ pub struct DriftRow {
     pub deleted: bool,
 }
 
+impl DriftRow {
+    /// Whether the id has drift of `kind`.
+    pub fn has(&self, kind: DriftKind) -> bool {
+        match kind {
+            DriftKind::Missing => self.missing,
+            DriftKind::Stale => self.stale,
+            DriftKind::Mismatched => self.mismatched,
+            DriftKind::Orphaned => self.orphaned,
+            DriftKind::Deleted => self.deleted,
+        }
+    }
+}
+
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
 pub async fn drift_one(
     db: impl PgExecutor<'_>,
@@ -132,6 +146,18 @@ pub async fn sides(
     sqlx::query_as(&bound.sql.user_sides)
         .bind(user_id)
         .fetch_one(db)
+        .await
+}
+
+/// The stray profile holding the email of auth user `id` (see `RenderedSql::namesake_of`).
+pub async fn namesake_of(
+    db: impl PgExecutor<'_>,
+    bound: &BoundMapping,
+    id: Uuid,
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(&bound.sql.namesake_of)
+        .bind(id)
+        .fetch_optional(db)
         .await
 }
 

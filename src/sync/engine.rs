@@ -167,6 +167,16 @@ fn unique_violation_to_conflict(error: sqlx::Error, bound: &BoundMapping) -> Syn
     SyncError::Database(error)
 }
 
+/// The profile that stands in the way of syncing `user_id` when the sync is an
+/// `EmailConflict`: the other half of the mismatched pair, for the answer to name it.
+pub async fn conflicting_profile(
+    db: &PgPool,
+    bound: &BoundMapping,
+    user_id: Uuid,
+) -> Result<Option<Uuid>, SyncError> {
+    Ok(users::namesake_of(db, bound, user_id).await?)
+}
+
 /// One id's drift, as `GET /v1/users/{id}/drift` reports it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"in_sync": false, "drift": ["stale"]}))]
@@ -185,16 +195,10 @@ pub async fn drift_of(
     if !row.in_source && !row.in_target {
         return Err(SyncError::UserNotFound);
     }
-    let drift: Vec<DriftKind> = [
-        (row.missing, DriftKind::Missing),
-        (row.stale, DriftKind::Stale),
-        (row.mismatched, DriftKind::Mismatched),
-        (row.orphaned, DriftKind::Orphaned),
-        (row.deleted, DriftKind::Deleted),
-    ]
-    .into_iter()
-    .filter_map(|(present, kind)| present.then_some(kind))
-    .collect();
+    let drift: Vec<DriftKind> = DriftKind::ALL
+        .into_iter()
+        .filter(|kind| row.has(*kind))
+        .collect();
     Ok(UserDrift {
         in_sync: drift.is_empty(),
         drift,

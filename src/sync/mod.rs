@@ -14,3 +14,4 @@ pub mod run;
 pub mod source;
 pub mod status;
 pub mod target;
+pub mod user_repair;

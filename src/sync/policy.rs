@@ -76,7 +76,9 @@ impl DeletedPolicy {
 }
 
 /// The repair a run applies to one kind, as runs report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Create,
@@ -88,6 +90,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether this repair is one for `kind`: `create` a missing profile, `update` a stale
+    /// one, `rekey` a mismatched pair, `provision` or `delete` an orphan, `delete` a deleted
+    /// user's profile.
+    pub fn fits(self, kind: DriftKind) -> bool {
+        matches!(
+            (kind, self),
+            (DriftKind::Missing, Action::Create)
+                | (DriftKind::Stale, Action::Update)
+                | (DriftKind::Mismatched, Action::Rekey)
+                | (DriftKind::Orphaned, Action::Provision | Action::Delete)
+                | (DriftKind::Deleted, Action::Delete)
+        )
+    }
+
     /// Whether the repair writes anything (a `report` does not).
     pub fn repairs(self) -> bool {
         self != Action::Report

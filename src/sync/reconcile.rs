@@ -21,6 +21,7 @@ use crate::repo::rekey::{self, Reference};
 use crate::repo::repair::{self, Pages, PairRow, RunContext, SetRepair, Side};
 use crate::repo::runs;
 use crate::repo::status as status_repo;
+use crate::repo::users;
 use crate::supabase::AdminApi;
 use crate::sync::chunks;
 use crate::sync::drift::DriftKind;
@@ -300,7 +301,18 @@ impl Reconciler {
     /// Counts every requested kind and, for re-keys, lists the moves. All five kinds are one
     /// statement (one pass over both tables); a few kinds are cheaper counted one by one.
     async fn plan(&self, options: &RunOptions) -> Result<Plan, RunError> {
-        let (source_total, target_total, counts) = if options.kinds.len() == DriftKind::ALL.len() {
+        let (source_total, target_total, counts) = if let Some(id) = options.user_id {
+            // One user: their drift, by index; the totals as any run counts them, for the
+            // guard against a source that reads short.
+            let (source_total, target_total) = status_repo::totals(&self.db, &self.bound).await?;
+            let drift = users::drift_one(&self.db, &self.bound, id).await?;
+            let counts = options
+                .kinds
+                .iter()
+                .map(|k| i64::from(drift.has(*k)))
+                .collect();
+            (source_total, target_total, counts)
+        } else if options.kinds.len() == DriftKind::ALL.len() {
             let c = status::counts(&self.db, &self.bound).await?;
             let counts: Vec<i64> = options.kinds.iter().map(|k| c.drift.of(*k)).collect();
             (c.source_total, c.target_total, counts)
@@ -318,7 +330,7 @@ impl Reconciler {
             .zip(counts)
             .map(|(k, count)| {
                 let planned = PlannedKind {
-                    action: self.policies.action(*k),
+                    action: self.action(options, *k),
                     count,
                 };
                 (*k, planned)
@@ -335,7 +347,16 @@ impl Reconciler {
         };
         let max_deletes = self.policies.max_deletes(target_total);
         let rekeys = match kinds.get(&DriftKind::Mismatched) {
-            Some(p) if p.action == Action::Rekey && p.count > 0 => self.rekey_plan().await?,
+            Some(p) if p.action == Action::Rekey && p.count > 0 => {
+                let pages = match options.user_id {
+                    Some(id) => repair::place(&self.db, &self.bound, Side::Source, id).await?,
+                    None => Some(Pages::ALL),
+                };
+                match pages {
+                    Some(pages) => self.rekey_plan(pages).await?,
+                    None => Vec::new(),
+                }
+            }
             _ => Vec::new(),
         };
         Ok(Plan {
@@ -349,9 +370,10 @@ impl Reconciler {
         })
     }
 
-    async fn rekey_plan(&self) -> Result<Vec<RekeyPlan>, RunError> {
+    /// The re-keys of the mismatched pairs whose auth user is in `pages`.
+    async fn rekey_plan(&self, pages: Pages) -> Result<Vec<RekeyPlan>, RunError> {
         let references = rekey::references(&self.db, &self.bound).await?;
-        let pairs = repair::pairs(&self.db, &self.bound, Pages::ALL).await?;
+        let pairs = repair::pairs(&self.db, &self.bound, pages).await?;
         let mut plans = Vec::new();
         for pair in pairs.into_iter().take(PLANNED_REKEYS) {
             let (moved, refused) = match &references {
@@ -380,7 +402,12 @@ impl Reconciler {
     }
 
     fn wants(&self, options: &RunOptions, kind: DriftKind, action: Action) -> bool {
-        options.kinds.contains(&kind) && self.policies.action(kind) == action
+        options.kinds.contains(&kind) && self.action(options, kind) == action
+    }
+
+    /// The repair a run with `options` applies to `kind`: the one asked for, or the policy's.
+    fn action(&self, options: &RunOptions, kind: DriftKind) -> Action {
+        options.action.unwrap_or_else(|| self.policies.action(kind))
     }
 
     /// Walks the source in chunks, up to `workers` chunks at a time (one at a time when a
@@ -401,7 +428,10 @@ impl Reconciler {
         } else {
             None
         };
-        let strays = if self.wants(&run.options, DriftKind::Missing, Action::Create) {
+        // One user needs no list of the whole target's strays: the per-row probe is cheaper.
+        let strays = if self.wants(&run.options, DriftKind::Missing, Action::Create)
+            && run.options.user_id.is_none()
+        {
             repair::stray_emails(&self.db, &self.bound, KNOWN_STRAYS_MAX).await?
         } else {
             None
@@ -438,12 +468,20 @@ impl Reconciler {
             if !self.walks(&run.options, side) {
                 continue;
             }
-            let (source_pages, target_pages) = repair::pages(&self.db, &self.bound).await?;
-            let (table_pages, rows) = side.pick(
-                (source_pages, plan.source_total),
-                (target_pages, plan.target_total),
-            );
-            let chunks = chunks::split(table_pages, rows, self.chunk_size);
+            let chunks = match run.options.user_id {
+                Some(id) => repair::place(&self.db, &self.bound, side, id)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                None => {
+                    let (source_pages, target_pages) = repair::pages(&self.db, &self.bound).await?;
+                    let (table_pages, rows) = side.pick(
+                        (source_pages, plan.source_total),
+                        (target_pages, plan.target_total),
+                    );
+                    chunks::split(table_pages, rows, self.chunk_size)
+                }
+            };
             let mut chunks = chunks.into_iter();
             let mut in_flight = FuturesUnordered::new();
             loop {
@@ -490,7 +528,7 @@ impl Reconciler {
         options
             .kinds
             .iter()
-            .any(|kind| kind_side(*kind) == side && self.policies.action(*kind) != Action::Report)
+            .any(|kind| kind_side(*kind) == side && self.action(options, *kind) != Action::Report)
     }
 }
 
@@ -791,7 +829,7 @@ const MAX_SPLITS: u32 = 64;
 
 /// Why a pair cannot be re-keyed without guessing: its email matches more than one profile, or
 /// more than one user.
-fn ambiguity(pair: &PairRow) -> Option<String> {
+pub(crate) fn ambiguity(pair: &PairRow) -> Option<String> {
     if pair.targets > 1 {
         return Some(format!(
             "ambiguous: {} profiles without an auth user hold this email",

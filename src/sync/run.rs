@@ -72,6 +72,14 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// Let the run delete more than the configured share of the target.
     pub allow_mass_delete: bool,
+    /// A repair of this one user (`POST /v1/users/{id}/repair`): the run plans and walks only
+    /// the user's own rows, with the same statements as any run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    /// The repair to apply to the requested kind instead of the configured policy's (with
+    /// `user_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
 }
 
 impl Default for RunOptions {
@@ -88,6 +96,8 @@ impl RunOptions {
             kinds: DriftKind::ALL.to_vec(),
             limit: None,
             allow_mass_delete: false,
+            user_id: None,
+            action: None,
         }
     }
 

@@ -34,3 +34,4 @@ mod source;
 mod sync_one;
 mod throwaway;
 mod triggers;
+mod user_repair;

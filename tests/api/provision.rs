@@ -390,3 +390,37 @@ async fn profile_payloads_without_a_key_or_about_another_table_are_refused() {
     assert_problem(app.hook(&other, &secret_key()).await, 422, "unknown_table").await;
     assert_eq!(app.event_count().await, 0);
 }
+
+#[tokio::test]
+async fn one_orphan_is_provisioned_by_its_repair() {
+    let (app, fake) = spawn_provisioning().await;
+    let orphan = Uuid::new_v4();
+    app.insert_profile(orphan, Some("olga@example.com")).await;
+    let other = Uuid::new_v4();
+    app.insert_profile(other, Some("otto@example.com")).await;
+
+    let response = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/users/{orphan}/repair"),
+            &secret_key(),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    let done: Value = response.json().await.unwrap();
+    assert_eq!(
+        (done["kind"].as_str(), done["action"].as_str()),
+        (Some("orphaned"), Some("provision"))
+    );
+    assert_eq!(done["repaired"], true);
+    assert_eq!(calls_for(&fake, orphan).len(), 1);
+    assert!(calls_for(&fake, other).is_empty());
+    assert_eq!(
+        app.events_of(orphan).await,
+        [("orphaned".to_owned(), "provisioned".to_owned())]
+    );
+}

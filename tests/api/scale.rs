@@ -238,7 +238,7 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
     let mut conn = PgConnection::connect(&db.url()).await.unwrap();
     for id in &ids {
         let one = format!("'{id}', 'probe', 'call'");
-        let statements: [(&str, &str, &str, String); 12] = [
+        let statements: [(&str, &str, &str, String); 13] = [
             ("sync_one", &sql.sync_one, "uuid, text, text", one.clone()),
             (
                 "sync_batch",
@@ -265,6 +265,7 @@ async fn assert_per_user_statements_use_indexes(db: &TestDb, bound: &BoundMappin
             ("user_drift view", view_lookup, "uuid", format!("'{id}'")),
             ("user_sides", &sql.user_sides, "uuid", format!("'{id}'")),
             ("orphan_one", &sql.orphan_one, "uuid", format!("'{id}'")),
+            ("namesake_of", &sql.namesake_of, "uuid", format!("'{id}'")),
             (
                 "find_by_email",
                 &sql.find_by_email,

@@ -304,6 +304,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/users/{id}/repair": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Repair one user.
+         * @description Applies exactly one repair to exactly this user, as a reconciliation run of one user: the
+         *     same statements, guards and audit as a run, and listed with the runs. `id` is the auth
+         *     user's, or the profile's key (an orphan; the profile of a mismatched pair, which is repaired
+         *     from its auth user).
+         */
+        post: operations["repair_user"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/users/{id}/sync": {
         parameters: {
             query?: never;
@@ -571,6 +594,16 @@ export interface components {
             detail: string;
             /**
              * Format: uuid
+             * @description On a 409 `email_conflict`: the profile that holds the user's email.
+             */
+            profile_id?: string | null;
+            /**
+             * @description On a 409 `email_conflict` of a sync: the request that resolves it (`POST` its `path`
+             *     with its `body`), the re-key of that profile onto the user's id.
+             */
+            repair?: Record<string, never> | null;
+            /**
+             * Format: uuid
              * @description The run in progress, on a 409 `run_in_progress`.
              */
             run_id?: string | null;
@@ -660,6 +693,28 @@ export interface components {
             /** Format: uuid */
             target_id: string;
         };
+        /** @description What a repair of one user did, or would do. */
+        RepairOutcome: {
+            action: components["schemas"]["Action"];
+            dry_run: boolean;
+            kind: components["schemas"]["DriftKind"];
+            /** @description The repair was made (never on a dry run). */
+            repaired: boolean;
+            /** @description The run of this one user: its plan (with the re-key's moves, for `rekey`) and progress. */
+            run: components["schemas"]["Run"];
+            /**
+             * Format: uuid
+             * @description The user repaired: the auth user's id (for a mismatched pair, also when the request
+             *     named the profile's).
+             */
+            user_id: string;
+        };
+        /** @description Which repair, and whether to make it. */
+        RepairRequest: {
+            action?: null | components["schemas"]["Action"];
+            /** @description Say what would be done, and do nothing. */
+            dry_run?: boolean;
+        };
         /** @description What a retry by hand did. */
         RetryOutcome: {
             action?: null | components["schemas"]["HealAction"];
@@ -702,6 +757,8 @@ export interface components {
          *     by hand (or by an older version) still reads.
          */
         RunOptions: {
+            /** @default null */
+            action: null | components["schemas"]["Action"];
             /**
              * @description Let the run delete more than the configured share of the target.
              * @default false
@@ -729,6 +786,13 @@ export interface components {
              * @default null
              */
             limit: number | null;
+            /**
+             * Format: uuid
+             * @description A repair of this one user (`POST /v1/users/{id}/repair`): the run plans and walks only
+             *     the user's own rows, with the same statements as any run.
+             * @default null
+             */
+            user_id: string | null;
         };
         /**
          * @description Where a run is in its life.
@@ -1817,7 +1881,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Another profile holds this email */
+            /** @description Another profile holds this email (`email_conflict`): `profile_id` names it, `repair` the request that re-keys it onto this user */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2146,6 +2210,123 @@ export interface operations {
             };
         };
     };
+    repair_user: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The auth user's id or the profile's key */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RepairRequest"];
+            };
+        };
+        responses: {
+            /** @description Repaired, or (`dry_run`) what would be */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RepairOutcome"];
+                };
+            };
+            /** @description The id is not a UUID, or a malformed body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not the service */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Neither table has this id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Refused, by a stable `code`: `in_sync`, `report_only` (the policy only reports: name the action), `action_does_not_fit` (not a repair for this drift), `ambiguous_email`, `rekey_refused` (a composite foreign key), `no_admin_api`, or `run_in_progress` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body is larger than the limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The repair was tried and failed (`repair_failed`): the profile table or the admin API refused it, or the user changed meanwhile */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are larger than the limit */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Database unavailable, or auth.users not fully visible to the role */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     sync_user: {
         parameters: {
             query?: never;
@@ -2203,7 +2384,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Another profile holds this email */
+            /** @description Another profile holds this email (`email_conflict`): `profile_id` names it, `repair` the request that re-keys it onto this user */
             409: {
                 headers: {
                     [name: string]: unknown;
