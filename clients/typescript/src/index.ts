@@ -28,6 +28,8 @@ export type UserDetail = components["schemas"]["UserDetail"];
 export type UserMatches = components["schemas"]["UserMatches"];
 export type EventPage = components["schemas"]["EventPage"];
 export type RetryOutcome = components["schemas"]["RetryOutcome"];
+export type RepairRequest = components["schemas"]["RepairRequest"];
+export type RepairOutcome = components["schemas"]["RepairOutcome"];
 
 export interface UsersyncOptions {
   /** Where usersync listens, e.g. `https://usersync.internal`. */
@@ -130,6 +132,22 @@ export function createUsersync(options: UsersyncOptions) {
         await client.POST("/v1/dead-letters/{user_id}/retry", {
           params: { path: { user_id: userId } },
           headers: serviceHeaders(),
+        }),
+      );
+    },
+
+    /**
+     * Repairs one user (service only), as a run of that user alone: `action` defaults to the
+     * configured policy's for the user's drift, and `dry_run` says what would be done. A refusal
+     * throws a `UsersyncError` with a stable code (`in_sync`, `report_only`,
+     * `action_does_not_fit`, `ambiguous_email`, `rekey_refused`, `no_admin_api`).
+     */
+    async repairUser(userId: string, request: RepairRequest = {}): Promise<RepairOutcome> {
+      return unwrap(
+        await client.POST("/v1/users/{id}/repair", {
+          params: { path: { id: userId } },
+          headers: serviceHeaders(),
+          body: request,
         }),
       );
     },

@@ -6,7 +6,14 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { createUsersync, UsersyncError } from "../src/index.js";
-import { ADA, GRACE, accessToken as mint, startService, type Service } from "./service.js";
+import {
+  ADA,
+  GRACE,
+  ORPHAN,
+  accessToken as mint,
+  startService,
+  type Service,
+} from "./service.js";
 
 let service: Service;
 let banner: Record<string, string> = {};
@@ -94,4 +101,23 @@ test("an admin finds a user by email, sees both sides and the audit trail", asyn
   });
   const user = createUsersync({ baseUrl: banner.USERSYNC_URL });
   await assert.rejects(user.user(ADA), /secretKey/);
+});
+
+test("an admin repairs one user, dry run first; a refusal has a stable code", async () => {
+  const admin = createUsersync({ baseUrl: banner.USERSYNC_URL, secretKey: banner.SECRET_KEY });
+  // The demo's orphaned profile: the default policy only reports it.
+  await assert.rejects(admin.repairUser(ORPHAN), (e: unknown) => {
+    assert.ok(e instanceof UsersyncError);
+    assert.equal(e.code, "report_only");
+    return true;
+  });
+  const dry = await admin.repairUser(ORPHAN, { action: "delete", dry_run: true });
+  assert.equal(dry.kind, "orphaned");
+  assert.equal(dry.repaired, false);
+  assert.equal(dry.run.options.user_id, ORPHAN);
+  await assert.rejects(admin.repairUser(ORPHAN, { action: "create" }), (e: unknown) => {
+    assert.ok(e instanceof UsersyncError);
+    assert.equal(e.code, "action_does_not_fit");
+    return true;
+  });
 });

@@ -16,6 +16,8 @@ const binary =
 export const ADA = "00000000-0000-4000-8000-000000000001";
 export const GRACE = "00000000-0000-4000-8000-000000000002";
 export const LINUS = "00000000-0000-4000-8000-000000000003";
+/** The demo's profile with no auth user. */
+export const ORPHAN = "00000000-0000-4000-8000-0000000000ff";
 
 export interface Service {
   /** The `export NAME=value` lines of the dev banner (`USERSYNC_URL`, `SECRET_KEY`, ...). */
