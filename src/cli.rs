@@ -516,7 +516,6 @@ async fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
         "cli",
     )
     .await?;
-    let action = serde_json::to_value(outcome.action)?;
     println!(
         "{} {} {} ({} drift)",
         if outcome.dry_run {
@@ -524,7 +523,7 @@ async fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
         } else {
             "repaired:"
         },
-        action.as_str().unwrap_or_default(),
+        outcome.action.as_str(),
         outcome.user_id,
         outcome.kind.as_str()
     );
@@ -550,14 +549,10 @@ fn render_run(run: &Run) -> String {
     ));
     if let Some(plan) = &run.plan {
         for (kind, planned) in &plan.kinds {
-            let action = serde_json::to_value(planned.action)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
             out.push_str(&format!(
                 "{:<12}{:<11}{:>10}{:>10}{:>8}\n",
                 kind.as_str(),
-                action,
+                planned.action.as_str(),
                 planned.count,
                 run.progress.repaired.get(kind).copied().unwrap_or(0),
                 run.progress.failed.get(kind).copied().unwrap_or(0),

@@ -104,6 +104,18 @@ impl Action {
         )
     }
 
+    /// The action's name, as the API, the CLI and the runs' plans spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Rekey => "rekey",
+            Action::Delete => "delete",
+            Action::Provision => "provision",
+            Action::Report => "report",
+        }
+    }
+
     /// Whether the repair writes anything (a `report` does not).
     pub fn repairs(self) -> bool {
         self != Action::Report
@@ -196,5 +208,13 @@ mod tests {
         assert_eq!(p.max_deletes(100), 5);
         assert_eq!(p.max_deletes(19), 0);
         assert_eq!(p.max_deletes(0), 0);
+    }
+
+    #[test]
+    fn an_actions_name_is_its_wire_name() {
+        use clap::ValueEnum;
+        for action in Action::value_variants() {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
     }
 }

@@ -44,7 +44,7 @@ pub enum RepairError {
     InSync,
     #[error("the configured policy for {} only reports it: name the repair in `action`", .0.as_str())]
     ReportOnly(DriftKind),
-    #[error("`{}` is not a repair for {} drift", action_name(*.action), .kind.as_str())]
+    #[error("`{}` is not a repair for {} drift", .action.as_str(), .kind.as_str())]
     DoesNotFit { kind: DriftKind, action: Action },
     #[error("{0}")]
     AmbiguousEmail(String),
@@ -72,13 +72,6 @@ impl From<SyncError> for RepairError {
             other => RepairError::Sync(other),
         }
     }
-}
-
-fn action_name(action: Action) -> String {
-    serde_json::to_value(action)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// Applies `action` (the configured policy's when `None`) to the drift of `id`: an auth user's
