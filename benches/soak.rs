@@ -22,7 +22,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
@@ -56,25 +56,6 @@ function request()
 end
 "#
     )
-}
-
-/// The work directory and the database, removed however the run ends.
-struct Cleanup {
-    work: PathBuf,
-    server: String,
-    db: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
-        let dropped = tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(drop_database(&self.server, &self.db)));
-        if let Err(e) = dropped {
-            eprintln!("soak: could not drop database {}: {e}", self.db);
-        }
-    }
 }
 
 /// The held load's sign-up side: GoTrue's other tables and its sign-up script (lib.sh's, as
@@ -153,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         work: work.clone(),
         server: server.clone(),
         db: db.clone(),
+        bench: "soak",
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(prepare_database(&server, &db_url, &db, users))?;

@@ -27,6 +27,12 @@ fn main() -> anyhow::Result<()> {
     let pool: u32 = env_or("BENCH_POOL", 16);
     let (server, db_url) = database_urls(DB);
     let work = workdir()?;
+    let _cleanup = Cleanup {
+        work: work.clone(),
+        server: server.clone(),
+        db: DB.to_owned(),
+        bench: "sync_one_load",
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let statement = rt.block_on(prepare_database(&server, &db_url, DB, users))?;
 
@@ -73,6 +79,5 @@ fn main() -> anyhow::Result<()> {
         "pgbench errors (failed or aborted)",
         format!("{pg_failed:.0}"),
     );
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

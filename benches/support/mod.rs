@@ -60,6 +60,28 @@ pub fn user_token(n: u32, ttl: u64) -> String {
     .unwrap()
 }
 
+/// A bench's work directory and database, removed however the run ends (an error or a panic
+/// included).
+pub struct Cleanup {
+    pub work: PathBuf,
+    pub server: String,
+    pub db: String,
+    /// The bench's name, for the one line said when the database cannot be dropped.
+    pub bench: &'static str,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+        let dropped = tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(drop_database(&self.server, &self.db)));
+        if let Err(e) = dropped {
+            eprintln!("{}: could not drop database {}: {e}", self.bench, self.db);
+        }
+    }
+}
+
 pub fn workdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("usersync-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
