@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use crate::repo::rekey;
 use crate::repo::repair::{self, Side};
-use crate::repo::users;
+use crate::repo::users::{self, DriftRow};
 use crate::sync::drift::DriftKind;
-use crate::sync::engine::{self, SyncError};
+use crate::sync::engine::SyncError;
 use crate::sync::policy::Action;
 use crate::sync::reconcile::{self, Reconciler, StartError};
 use crate::sync::run::{Run, RunOptions, RunState};
@@ -87,8 +87,11 @@ pub async fn repair_user(
     caller: &str,
 ) -> Result<RepairOutcome, RepairError> {
     source::check_access(db).await??;
-    let drift = engine::drift_of(db, bound, id).await?;
-    let Some(&kind) = drift.drift.first() else {
+    let drift = users::drift_one(db, bound, id).await?;
+    if !drift.in_source && !drift.in_target {
+        return Err(RepairError::UserNotFound);
+    }
+    let Some(kind) = DriftKind::ALL.into_iter().find(|k| drift.has(*k)) else {
         return Err(RepairError::InSync);
     };
     let action = action.unwrap_or_else(|| reconciler.policies().action(kind));
@@ -98,7 +101,7 @@ pub async fn repair_user(
     if !action.fits(kind) {
         return Err(RepairError::DoesNotFit { kind, action });
     }
-    let user_id = if kind == DriftKind::Mismatched {
+    let user_id = if kind == DriftKind::Mismatched && !drift.in_source {
         lonely_user(db, bound, id).await?
     } else {
         id
@@ -155,8 +158,7 @@ pub async fn user_by_email(
     email: &str,
 ) -> Result<Uuid, RepairError> {
     let (mut users, mut profiles) = (Vec::new(), Vec::new());
-    for id in users::find_by_email(db, bound, email).await? {
-        let row = users::drift_one(db, bound, id).await?;
+    for (id, row) in holders(db, bound, email).await? {
         if row.in_source {
             users.push(id);
         } else if row.in_target {
@@ -177,25 +179,34 @@ pub async fn user_by_email(
     }
 }
 
-/// The auth user of a mismatched pair `id` belongs to: `id` itself when it is one, else the one
-/// lonely auth user holding the profile's email.
-async fn lonely_user(db: &PgPool, bound: &BoundMapping, id: Uuid) -> Result<Uuid, RepairError> {
-    if users::drift_one(db, bound, id).await?.in_source {
-        return Ok(id);
+/// The ids whose auth user or profile holds `email`, each with its drift.
+async fn holders(
+    db: &PgPool,
+    bound: &BoundMapping,
+    email: &str,
+) -> Result<Vec<(Uuid, DriftRow)>, RepairError> {
+    let mut found = Vec::new();
+    for id in users::find_by_email(db, bound, email).await? {
+        found.push((id, users::drift_one(db, bound, id).await?));
     }
+    Ok(found)
+}
+
+/// The auth user of the mismatched pair whose profile is `id`: the one lonely auth user holding
+/// the profile's email.
+async fn lonely_user(db: &PgPool, bound: &BoundMapping, id: Uuid) -> Result<Uuid, RepairError> {
     let sides = crate::sync::inspect::sides(db, bound, id).await?;
     let email = bound
         .mapping
         .email_column()
         .and_then(|column| sides.profile.as_ref()?.get(column.as_str())?.as_str())
         .ok_or_else(|| RepairError::Failed("the profile has no email to pair it by".into()))?;
-    let mut users = Vec::new();
-    for candidate in users::find_by_email(db, bound, email).await? {
-        let row = users::drift_one(db, bound, candidate).await?;
-        if row.in_source && row.mismatched {
-            users.push(candidate);
-        }
-    }
+    let users: Vec<Uuid> = holders(db, bound, email)
+        .await?
+        .into_iter()
+        .filter(|(_, row)| row.in_source && row.mismatched)
+        .map(|(id, _)| id)
+        .collect();
     match users.as_slice() {
         [one] => Ok(*one),
         _ => Err(RepairError::AmbiguousEmail(format!(
