@@ -5,7 +5,7 @@
 //! prepared statements: a cached generic plan knows nothing of how many pages `[$1, $2)` spans,
 //! and may read the whole table instead of the chunk; each is planned for its own bounds.
 
-use sqlx::PgExecutor;
+use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::sync::drift::DriftKind;
@@ -253,9 +253,13 @@ impl SetRepair {
 /// Applies `repair` to a chunk, repairing at most `limit` rows (`None`: no bound), and returns
 /// how many rows it repaired. `strays`, when known, are the emails of the stray target rows
 /// (see `stray_emails`), which spare the insert a probe per row.
+///
+/// A create runs unguarded first, under a savepoint; a unique violation (a profile made since
+/// the statement's snapshot, or a value another unique index refuses) runs it again guarded,
+/// which skips the former and meets the latter again (see `sql::Creates`).
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
-    db: impl PgExecutor<'_>,
+    db: &mut PgConnection,
     bound: &BoundMapping,
     repair: SetRepair,
     chunk: Pages,
@@ -264,24 +268,62 @@ pub async fn apply(
     strays: Option<&[String]>,
 ) -> sqlx::Result<i64> {
     let sql = &bound.sql.repair;
-    let statement = match repair {
+    let strays = strays.filter(|_| repair == SetRepair::CreateMissing);
+    let execute = |sql| ChunkStatement {
+        sql,
+        chunk,
+        run,
+        limit,
+        strays,
+    };
+    let creates = match repair {
         SetRepair::CreateMissing if strays.is_some() => &sql.create_missing_known_strays,
         SetRepair::CreateMissing => &sql.create_missing,
-        SetRepair::UpdateStale => &sql.update_stale,
-        SetRepair::DeleteDeleted => &sql.delete_deleted,
-        SetRepair::DeleteOrphaned => &sql.delete_orphaned,
+        SetRepair::UpdateStale => return execute(&sql.update_stale).run(db).await,
+        SetRepair::DeleteDeleted => return execute(&sql.delete_deleted).run(db).await,
+        SetRepair::DeleteOrphaned => return execute(&sql.delete_orphaned).run(db).await,
     };
-    let (first, end) = chunk.bounds();
-    let query = sqlx::query_scalar(statement)
-        .bind(first)
-        .bind(end)
-        .bind(run.run_id)
-        .bind(run.caller)
-        .bind(limit)
-        .persistent(false);
-    match (repair, strays) {
-        (SetRepair::CreateMissing, Some(strays)) => query.bind(strays).fetch_one(db).await,
-        _ => query.fetch_one(db).await,
+    let mut savepoint = db.begin().await?;
+    match execute(&creates.unguarded).run(&mut savepoint).await {
+        Ok(created) => {
+            savepoint.commit().await?;
+            Ok(created)
+        }
+        Err(e) if crate::db::is_unique_violation(&e) => {
+            savepoint.rollback().await?;
+            execute(&creates.guarded).run(db).await
+        }
+        Err(e) => {
+            savepoint.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
+/// One chunk statement with a run's parameters: `$1`, `$2` the chunk, `$3` the run, `$4` the
+/// caller, `$5` the most rows, and `$6` the stray emails when they are known.
+struct ChunkStatement<'a> {
+    sql: &'a str,
+    chunk: Pages,
+    run: RunContext<'a>,
+    limit: Option<i64>,
+    strays: Option<&'a [String]>,
+}
+
+impl ChunkStatement<'_> {
+    async fn run(self, db: &mut PgConnection) -> sqlx::Result<i64> {
+        let (first, end) = self.chunk.bounds();
+        let query = sqlx::query_scalar(self.sql)
+            .bind(first)
+            .bind(end)
+            .bind(self.run.run_id)
+            .bind(self.run.caller)
+            .bind(self.limit)
+            .persistent(false);
+        match self.strays {
+            Some(strays) => query.bind(strays).fetch_one(db).await,
+            None => query.fetch_one(db).await,
+        }
     }
 }
 

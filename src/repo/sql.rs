@@ -91,10 +91,10 @@ pub struct RepairSql {
     pub target_place: String,
     /// Insert the mapped row of every `missing` user, probing the target for a stray row with
     /// each user's email.
-    pub create_missing: String,
+    pub create_missing: Creates,
     /// The same, given the stray rows' emails (`$6`, lower-cased): for a run that found few of
     /// them when it started (see `sync::reconcile`).
-    pub create_missing_known_strays: String,
+    pub create_missing_known_strays: Creates,
     /// The lower-cased emails of the stray target rows, at most `$1` of them.
     pub stray_emails: String,
     /// Write the `always` columns of every `stale` row.
@@ -119,6 +119,22 @@ pub struct RepairSql {
     pub rekey_moved: String,
     /// The re-key's audit CTE: `$3` the run id, `$4` the caller.
     pub rekey_audit: String,
+}
+
+/// A run's create statement in its two forms. Both read "has no profile" in the statement's
+/// snapshot, with the user, one probe of the target's key per row: leaving it to `on conflict`
+/// brought back the profile of a user deleted while the chunk ran (`on conflict` sees the
+/// committed delete of the profile, not that of the user).
+#[derive(Debug, Clone)]
+pub struct Creates {
+    /// Without `on conflict`, which would probe the key a second time per row: the snapshot's
+    /// probe and the insert's own unique check are all a new row costs, as for the bare
+    /// `insert ... on conflict do nothing`. A profile committed after the snapshot fails it
+    /// with a unique violation.
+    pub unguarded: String,
+    /// With `on conflict (key) do nothing`, for a profile made while the statement runs: what a
+    /// chunk runs after the unguarded form met a unique violation.
+    pub guarded: String,
 }
 
 /// Audit actions that mean "usersync wrote this row from an `auth.users` row": a target row
@@ -1378,34 +1394,37 @@ select source_total,
         let (columns, values) = self.insert_columns("s");
         let names = self.mapped_names();
         // `missing`, with its two probes made per row for speed: "no target row" through the
-        // primary key, and "no stray namesake" through the `lower(email)` index or against a
-        // list of emails. "No target row" must be read in the statement's snapshot, with the
-        // user: leaving it to `on conflict do nothing` brought back the profile of a user
-        // deleted while the chunk ran (`on conflict` sees the committed delete of the profile,
-        // not that of the user). `on conflict` stays for a profile made meanwhile.
+        // primary key (see `Creates`), and "no stray namesake" through the `lower(email)` index
+        // or against a list of emails.
         let create = |no_namesake: String| {
-            format!(
-                "with ins as (
+            let form = |on_conflict: &str| {
+                format!(
+                    "with ins as (
     insert into {table} as t ({key}, {columns})
     select s.id, {values}
       from auth.users s
      where {chunk} and {live} and {no_row}
        and {no_namesake} and {refused} is null
-     limit $5
-    on conflict ({key}) do nothing
+     limit $5{on_conflict}
     returning t.{key} as id, null::jsonb as before, {after} as after
 ),
 audit as (
     {audit}
 )
 select count(*) from ins",
-                chunk = in_chunk("s"),
-                live = self.live("s"),
-                no_row = self.no_target_row_per_row("s"),
-                refused = self.refused_column("s", false),
-                after = self.mapped_array("t"),
-                audit = chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER, &names),
-            )
+                    chunk = in_chunk("s"),
+                    live = self.live("s"),
+                    no_row = self.no_target_row_per_row("s"),
+                    refused = self.refused_column("s", false),
+                    after = self.mapped_array("t"),
+                    audit =
+                        chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER, &names),
+                )
+            };
+            Creates {
+                unguarded: form(""),
+                guarded: form(&format!("\n    on conflict ({key}) do nothing")),
+            }
         };
         let create_missing = create(self.no_stray_namesake_per_row("s"));
         let create_missing_known_strays = create(

@@ -682,7 +682,7 @@ impl Walk<'_> {
             let r = self.reconciler;
             let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
             let applied = repair::apply(
-                &mut *savepoint,
+                &mut savepoint,
                 &r.bound,
                 repair,
                 pages,

@@ -1,8 +1,9 @@
 //! A user deleted while usersync writes their profile stays deleted. Supabase Auth's soft
 //! delete (and, through the trigger under the `delete` policy, the profile's removal) commits
 //! while a run's chunk or a sync-one is between its snapshot and its write: the write must not
-//! bring the profile back, nor record a second `created`. Deterministic: the delete is held
-//! open until the writer has either finished or is seen waiting on it.
+//! bring the profile back, nor record a second `created`. And a profile the app commits while a
+//! run creates the same user's is left as the app wrote it. Deterministic: the other
+//! transaction is held open until the writer has either finished or is seen waiting on it.
 
 use std::time::Duration;
 
@@ -163,4 +164,115 @@ async fn a_sync_does_not_bring_back_a_user_deleted_while_it_runs() {
 #[tokio::test]
 async fn a_sync_of_a_stale_profile_does_not_bring_back_a_user_deleted_while_it_runs() {
     a_sync_during_a_delete(true).await;
+}
+
+/// A profile the app commits while a run's chunk creates the same user's: the chunk's insert
+/// (which reads "no profile" in its snapshot, without `on conflict`) meets the new row's key,
+/// and the chunk runs again guarded. The app's profile stays, the run records no `created`
+/// for that user, fails nothing, and creates every other missing profile.
+#[tokio::test]
+async fn a_run_leaves_alone_a_profile_the_app_made_while_its_chunk_runs() {
+    let app = spawn_app().await;
+    let raced = app
+        .insert_auth_user(&AuthUser::new("raced@example.com"))
+        .await;
+    let missing = app
+        .insert_auth_user(&AuthUser::new("missing@example.com"))
+        .await;
+
+    let mut app_write = app.db.superuser.begin().await.unwrap();
+    sqlx::query(
+        "insert into public.users (id, email, full_name) values ($1, 'raced@example.com', 'by the app')",
+    )
+    .bind(raced)
+    .execute(&mut *app_write)
+    .await
+    .unwrap();
+    let response = app
+        .start_run(&json!({"dry_run": false}), &secret_key())
+        .await;
+    assert_eq!(response.status(), 202);
+    let run: serde_json::Value = response.json().await.unwrap();
+    let id = run["id"].as_str().unwrap().to_owned();
+    until_done_or_waiting(&app, || {
+        let (app, id) = (&app, id.clone());
+        async move {
+            let run: serde_json::Value =
+                app.get_run(&id, &secret_key()).await.json().await.unwrap();
+            !matches!(run["state"].as_str(), Some("planning" | "running"))
+        }
+    })
+    .await;
+    app_write.commit().await.unwrap();
+    let run = app.wait_for_run(&id).await;
+
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["progress"]["failed"], json!({}), "{run}");
+    assert_eq!(run["progress"]["repaired"], json!({"missing": 1}), "{run}");
+    assert!(app.target_row(missing).await.is_some(), "{run}");
+    let full_name: Option<String> =
+        sqlx::query_scalar("select full_name from public.users where id = $1")
+            .bind(raced)
+            .fetch_one(&app.db.superuser)
+            .await
+            .unwrap();
+    assert_eq!(full_name.as_deref(), Some("by the app"));
+    assert_eq!(created_events(&app, raced).await, 0);
+    assert_eq!(created_events(&app, missing).await, 1);
+}
+
+/// The same race for a one-user repair, whose chunk is that user's row alone: the guarded
+/// create skips the app's profile (halving the chunk could not), and the repair answers that
+/// the user changed while it ran, not with the unique violation.
+#[tokio::test]
+async fn a_repair_leaves_alone_a_profile_the_app_made_while_it_runs() {
+    let app = spawn_app().await;
+    let raced = app
+        .insert_auth_user(&AuthUser::new("raced@example.com"))
+        .await;
+
+    let mut app_write = app.db.superuser.begin().await.unwrap();
+    sqlx::query(
+        "insert into public.users (id, email, full_name) values ($1, 'raced@example.com', 'by the app')",
+    )
+    .bind(raced)
+    .execute(&mut *app_write)
+    .await
+    .unwrap();
+    let repair = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/users/{raced}/repair"),
+            &secret_key(),
+        )
+        .json(&json!({}))
+        .send();
+    let repair = tokio::spawn(async move {
+        let response = repair.await.unwrap();
+        (
+            response.status(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    until_done_or_waiting(&app, || std::future::ready(repair.is_finished())).await;
+    app_write.commit().await.unwrap();
+    let (status, body) = repair.await.unwrap();
+
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "repair_failed", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the user changed while the repair ran"),
+        "{body}"
+    );
+    assert_eq!(created_events(&app, raced).await, 0);
+    let full_name: Option<String> =
+        sqlx::query_scalar("select full_name from public.users where id = $1")
+            .bind(raced)
+            .fetch_one(&app.db.superuser)
+            .await
+            .unwrap();
+    assert_eq!(full_name.as_deref(), Some("by the app"));
 }
