@@ -90,6 +90,44 @@ where
     .await;
 }
 
+/// Starts a run while `open` holds what the run will meet, waits until the run has finished or
+/// waits on it, commits `open`, and returns the finished run.
+async fn run_while_open(
+    app: &TestApp,
+    open: sqlx::Transaction<'static, sqlx::Postgres>,
+) -> serde_json::Value {
+    let response = app
+        .start_run(&json!({"dry_run": false}), &secret_key())
+        .await;
+    assert_eq!(response.status(), 202);
+    let run: serde_json::Value = response.json().await.unwrap();
+    let id = run["id"].as_str().unwrap().to_owned();
+    until_done_or_waiting(app, || {
+        let id = id.clone();
+        async move {
+            let run: serde_json::Value =
+                app.get_run(&id, &secret_key()).await.json().await.unwrap();
+            !matches!(run["state"].as_str(), Some("planning" | "running"))
+        }
+    })
+    .await;
+    open.commit().await.unwrap();
+    app.wait_for_run(&id).await
+}
+
+/// The app's own insert of `id`'s profile (as a client-side upsert would), left open.
+async fn begin_app_profile(app: &TestApp, id: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = app.db.superuser.begin().await.unwrap();
+    sqlx::query(
+        "insert into public.users (id, email, full_name) values ($1, 'raced@example.com', 'by the app')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
 /// How many `created` events `id` has.
 async fn created_events(app: &TestApp, id: Uuid) -> usize {
     app.events_of(id)
@@ -109,23 +147,7 @@ async fn a_run_does_not_bring_back_a_user_deleted_while_its_chunk_runs() {
         .await;
 
     let delete = begin_soft_delete(&app, deleted).await;
-    let response = app
-        .start_run(&json!({"dry_run": false}), &secret_key())
-        .await;
-    assert_eq!(response.status(), 202);
-    let run: serde_json::Value = response.json().await.unwrap();
-    let id = run["id"].as_str().unwrap().to_owned();
-    until_done_or_waiting(&app, || {
-        let (app, id) = (&app, id.clone());
-        async move {
-            let run: serde_json::Value =
-                app.get_run(&id, &secret_key()).await.json().await.unwrap();
-            !matches!(run["state"].as_str(), Some("planning" | "running"))
-        }
-    })
-    .await;
-    delete.commit().await.unwrap();
-    let run = app.wait_for_run(&id).await;
+    let run = run_while_open(&app, delete).await;
 
     assert_eq!(run["state"], "succeeded", "{run}");
     assert!(app.target_row(missing).await.is_some(), "{run}");
@@ -180,43 +202,17 @@ async fn a_run_leaves_alone_a_profile_the_app_made_while_its_chunk_runs() {
         .insert_auth_user(&AuthUser::new("missing@example.com"))
         .await;
 
-    let mut app_write = app.db.superuser.begin().await.unwrap();
-    sqlx::query(
-        "insert into public.users (id, email, full_name) values ($1, 'raced@example.com', 'by the app')",
-    )
-    .bind(raced)
-    .execute(&mut *app_write)
-    .await
-    .unwrap();
-    let response = app
-        .start_run(&json!({"dry_run": false}), &secret_key())
-        .await;
-    assert_eq!(response.status(), 202);
-    let run: serde_json::Value = response.json().await.unwrap();
-    let id = run["id"].as_str().unwrap().to_owned();
-    until_done_or_waiting(&app, || {
-        let (app, id) = (&app, id.clone());
-        async move {
-            let run: serde_json::Value =
-                app.get_run(&id, &secret_key()).await.json().await.unwrap();
-            !matches!(run["state"].as_str(), Some("planning" | "running"))
-        }
-    })
-    .await;
-    app_write.commit().await.unwrap();
-    let run = app.wait_for_run(&id).await;
+    let app_write = begin_app_profile(&app, raced).await;
+    let run = run_while_open(&app, app_write).await;
 
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(run["progress"]["failed"], json!({}), "{run}");
     assert_eq!(run["progress"]["repaired"], json!({"missing": 1}), "{run}");
     assert!(app.target_row(missing).await.is_some(), "{run}");
-    let full_name: Option<String> =
-        sqlx::query_scalar("select full_name from public.users where id = $1")
-            .bind(raced)
-            .fetch_one(&app.db.superuser)
-            .await
-            .unwrap();
-    assert_eq!(full_name.as_deref(), Some("by the app"));
+    assert_eq!(
+        app.target_row(raced).await.unwrap()["full_name"],
+        "by the app"
+    );
     assert_eq!(created_events(&app, raced).await, 0);
     assert_eq!(created_events(&app, missing).await, 1);
 }
@@ -231,14 +227,7 @@ async fn a_repair_leaves_alone_a_profile_the_app_made_while_it_runs() {
         .insert_auth_user(&AuthUser::new("raced@example.com"))
         .await;
 
-    let mut app_write = app.db.superuser.begin().await.unwrap();
-    sqlx::query(
-        "insert into public.users (id, email, full_name) values ($1, 'raced@example.com', 'by the app')",
-    )
-    .bind(raced)
-    .execute(&mut *app_write)
-    .await
-    .unwrap();
+    let app_write = begin_app_profile(&app, raced).await;
     let repair = app
         .request(
             reqwest::Method::POST,
@@ -268,11 +257,8 @@ async fn a_repair_leaves_alone_a_profile_the_app_made_while_it_runs() {
         "{body}"
     );
     assert_eq!(created_events(&app, raced).await, 0);
-    let full_name: Option<String> =
-        sqlx::query_scalar("select full_name from public.users where id = $1")
-            .bind(raced)
-            .fetch_one(&app.db.superuser)
-            .await
-            .unwrap();
-    assert_eq!(full_name.as_deref(), Some("by the app"));
+    assert_eq!(
+        app.target_row(raced).await.unwrap()["full_name"],
+        "by the app"
+    );
 }
