@@ -179,11 +179,13 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
-    /// The project's JWT secret.
+    /// The project's JWT secret: at least 32 characters, checked as `serve` checks it (a
+    /// token signed with a shorter one would be refused by the service it was minted for).
     #[arg(
         long = "jwt-secret",
         env = "USERSYNC_JWT_SECRET",
         value_name = "USERSYNC_JWT_SECRET",
+        value_parser = crate::config::parse_secret,
         hide_env_values = true,
         required = true
     )]

@@ -211,7 +211,8 @@ fn parse_jwks_url(raw: &str) -> Result<Url, String> {
 }
 
 /// A shared secret: at least 32 characters, as Supabase requires of its JWT secret.
-fn parse_secret(raw: &str) -> Result<SecretString, String> {
+/// A JWT secret as Supabase issues them: what `serve` verifies with and `token` signs with.
+pub fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.chars().count() < 32 {
         return Err("must be at least 32 characters long".into());
     }

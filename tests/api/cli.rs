@@ -153,6 +153,21 @@ fn token_mints_a_token_the_service_accepts() {
 }
 
 #[test]
+fn token_refuses_a_secret_serve_would_refuse() {
+    let (code, stdout, stderr) = usersync_cli(
+        &["token", "--service"],
+        &[("USERSYNC_JWT_SECRET", "only-twenty-characte")],
+    );
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("must be at least 32 characters long"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("only-twenty-characte"), "{stderr}");
+}
+
+#[test]
 fn migrate_can_run_any_number_of_times() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
