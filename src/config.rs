@@ -210,8 +210,8 @@ fn parse_jwks_url(raw: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// A shared secret: at least 32 characters, as Supabase requires of its JWT secret.
-/// A JWT secret as Supabase issues them: what `serve` verifies with and `token` signs with.
+/// A shared secret: at least 32 characters, as Supabase requires of its JWT secret. `serve`
+/// and `token` read `USERSYNC_JWT_SECRET` through it alike.
 pub fn parse_secret(raw: &str) -> Result<SecretString, String> {
     if raw.chars().count() < 32 {
         return Err("must be at least 32 characters long".into());

@@ -51,13 +51,6 @@ pub fn is_refused_by_data(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
-/// Whether the statement met a unique violation (SQLSTATE 23505).
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|e| e.code().as_deref() == Some("23505"))
-}
-
 /// A database error as usersync records and logs it (run errors, failures, dead letters, log
 /// lines). A data exception's message (SQLSTATE class 22) quotes the value at fault, which may
 /// be what a user wrote in their own metadata: only its SQLSTATE is kept. Other messages name

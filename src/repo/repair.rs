@@ -289,7 +289,10 @@ pub async fn apply(
             savepoint.commit().await?;
             Ok(created)
         }
-        Err(e) if crate::db::is_unique_violation(&e) => {
+        Err(e)
+            if e.as_database_error()
+                .is_some_and(|e| e.is_unique_violation()) =>
+        {
             savepoint.rollback().await?;
             execute(&creates.guarded).run(db).await
         }
