@@ -26,6 +26,7 @@ mod provision;
 mod races;
 mod reconcile;
 mod rekey;
+mod rendered;
 mod replays;
 mod scale;
 mod secrets;
