@@ -6,6 +6,19 @@ psql_bench() { psql "$BENCH_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 now_ms() { date +%s%3N; }
 min() { printf '%s\n' "$@" | sort -n | head -1; }
 max() { printf '%s\n' "$@" | sort -n | tail -1; }
+# The middle value (the mean of the two middle ones for an even count), to two decimals when
+# the values have decimals.
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    if (m == int(m) && index(v[1], ".") == 0) printf "%d", m; else printf "%.2f", m }'
+}
+# (largest - smallest) / median, as a percentage: how far one setup's rounds disagree.
+spread() {
+  local m; m=$(median "$@")
+  printf '%s\n' "$@" | sort -g | awk -v m="$m" 'NR == 1 { lo = $1 } { hi = $1 }
+    END { printf "%d%%", (hi - lo) * 100 / m }'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # Every live auth user's profile under the default mapping, written by hand in one statement:

@@ -19,7 +19,10 @@
 #   SIZES     existing users, each with a profile and an identity (default "10000 100000 1000000")
 #   CLIENTS   pgbench clients (default "1 16")
 #   SECONDS   seconds per measurement (default 20; DURATION works too)
-#   ROUNDS    measurements of each setup, alternating; the best is compared (default 1)
+#   ROUNDS    rounds, each measuring every setup once in an order that turns each round
+#             (default 3); the table gives the medians, and each ratio is the median of the
+#             rounds' own ratios (setups measured minutes apart, not a quarter of an hour), so
+#             that a slow minute of a shared machine moves one round, not the verdict
 #   WARMUP    seconds of an unrecorded no-trigger sign-up run before each size (default 5)
 #   SETTLE    seconds of the same workload and setup, unrecorded, before each measurement
 #             (default 3): each starts from shared buffers its own workload filled, not from
@@ -68,7 +71,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 SIZES="${SIZES:-10000 100000 1000000}"
 CLIENTS="${CLIENTS:-1 16}"
-ROUNDS="${ROUNDS:-1}"
+ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-5}"
 SETTLE="${SETTLE:-3}"
 SIGNUP_FLOW="${SIGNUP_FLOW:-confirm}"
@@ -313,23 +316,38 @@ for size in $SIZES; do
   fi
   for clients in $CLIENTS; do
     up_none=(); up_recipe=(); up_usersync=(); in_none=(); in_usersync=()
+    vs_none=(); vs_recipe=(); in_vs_none=()
     for round in $(seq 1 "$ROUNDS"); do
-      measure none signup "$clients" "$size"; up_none+=("$TPS")
-      measure none signin "$clients" "$size"; in_none+=("$TPS")
-      measure recipe signup "$clients" "$size"; up_recipe+=("$TPS")
-      measure usersync signup "$clients" "$size"; up_usersync+=("$TPS")
-      measure usersync signin "$clients" "$size"; in_usersync+=("$TPS")
+      # Each round measures every setup once, in an order that turns by one each round, so that
+      # no setup always runs first (or right after the same other one) at a size.
+      order=(none recipe usersync)
+      turn=$(( (round - 1) % 3 ))
+      order=("${order[@]:$turn}" "${order[@]:0:$turn}")
+      declare -A up=() in=()
+      for setup in "${order[@]}"; do
+        measure "$setup" signup "$clients" "$size"; up[$setup]=$TPS
+        if [ "$setup" != recipe ]; then measure "$setup" signin "$clients" "$size"; in[$setup]=$TPS; fi
+      done
+      up_none+=("${up[none]}"); up_recipe+=("${up[recipe]}"); up_usersync+=("${up[usersync]}")
+      in_none+=("${in[none]}"); in_usersync+=("${in[usersync]}")
+      vs_none+=("$(ratio "${up[usersync]}" "${up[none]}")")
+      vs_recipe+=("$(ratio "${up[usersync]}" "${up[recipe]}")")
+      in_vs_none+=("$(ratio "${in[usersync]}" "${in[none]}")")
+      echo "   round $round: usersync / none ${vs_none[-1]}x, / recipe ${vs_recipe[-1]}x; sign-in ${in_vs_none[-1]}x"
+      unset up in
     done
-    un=$(max "${up_none[@]}"); ur=$(max "${up_recipe[@]}"); uu=$(max "${up_usersync[@]}")
-    inn=$(max "${in_none[@]}"); inu=$(max "${in_usersync[@]}")
-    r_none=$(ratio "$uu" "$un"); r_recipe=$(ratio "$uu" "$ur"); r_in=$(ratio "$inu" "$inn")
-    ROWS+=("| $size | $clients | $un | $ur | $uu | ${r_none}x ($(verdict "$r_none" 0.85)) | ${r_recipe}x ($(verdict "$r_recipe" 0.90)) | $inn | $inu | ${r_in}x ($(verdict "$r_in" 0.95)) |")
+    un=$(median "${up_none[@]}"); ur=$(median "${up_recipe[@]}"); uu=$(median "${up_usersync[@]}")
+    inn=$(median "${in_none[@]}"); inu=$(median "${in_usersync[@]}")
+    r_none=$(median "${vs_none[@]}"); r_recipe=$(median "${vs_recipe[@]}"); r_in=$(median "${in_vs_none[@]}")
+    ROWS+=("| $size | $clients | $un | $ur | $uu | ${r_none}x ($(verdict "$r_none" 0.85)) | ${r_recipe}x ($(verdict "$r_recipe" 0.90)) | $inn | $inu | ${r_in}x ($(verdict "$r_in" 0.95)) | $(spread "${up_none[@]}") / $(spread "${up_usersync[@]}") |")
   done
 done
 
 echo
-echo "Sign-up ($SIGNUP_FLOW) and sign-in, GoTrue's transactions by pgbench -M prepared as supabase_auth_admin, ${DURATION}s each, best of $ROUNDS (tps):"
+echo "Sign-up ($SIGNUP_FLOW) and sign-in, GoTrue's transactions by pgbench -M prepared as supabase_auth_admin, ${DURATION}s each, $ROUNDS rounds:"
+echo "tps are the medians of the rounds; a ratio is the median of the rounds' ratios, each between setups measured minutes apart in one round;"
+echo "spread is (slowest - fastest) / median of one setup's sign-up rounds (none / usersync)."
 echo
-echo "| users | clients | sign-up none | sign-up recipe | sign-up usersync | usersync / none (>= 0.85) | usersync / recipe (>= 0.90) | sign-in none | sign-in usersync | usersync / none (>= 0.95) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| users | clients | sign-up none | sign-up recipe | sign-up usersync | usersync / none (>= 0.85) | usersync / recipe (>= 0.90) | sign-in none | sign-in usersync | usersync / none (>= 0.95) | spread |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
