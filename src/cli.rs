@@ -19,13 +19,13 @@ use crate::doctor::Risk;
 use crate::repo::email_index::{self, EmailIndex};
 use crate::repo::triggers::{self, Uninstalled};
 use crate::startup::{self, Application};
-use crate::sync::drift::DriftKind;
 use crate::sync::mapping::Mapping;
 use crate::sync::policy::Action;
 use crate::sync::reconcile::{Reconciler, StartError};
 use crate::sync::run::{Run, RunOptions, RunState};
 use crate::sync::target::{BindError, BoundMapping};
 use crate::sync::user_repair;
+use crate::vocabulary::DriftKind;
 use crate::{db, dev, doctor, openapi, sync, telemetry};
 
 #[derive(Debug, Parser)]
@@ -609,13 +609,10 @@ fn render_status(status: &sync::status::Status) -> String {
     let rows = [
         ("source users (auth.users)", c.source_total),
         ("target users", c.target_total),
-        ("missing", d.missing),
-        ("stale", d.stale),
-        ("mismatched", d.mismatched),
-        ("orphaned", d.orphaned),
-        ("deleted", d.deleted),
-        ("dead letters pending", c.dead_letters_pending),
-    ];
+    ]
+    .into_iter()
+    .chain(DriftKind::ALL.map(|kind| (kind.as_str(), d.of(kind))))
+    .chain([("dead letters pending", c.dead_letters_pending)]);
     let mut out = String::new();
     for (label, value) in rows {
         out.push_str(&format!("{label:<28}{value:>12}\n"));

@@ -37,5 +37,7 @@ pub mod sync;
 pub mod telemetry;
 /// A throwaway PostgreSQL (`usersync dev`, the tests) that leaves nothing behind.
 pub mod throwaway;
+/// The words the audit trail, the API and the SQL share: drift kinds, paths, actions.
+pub mod vocabulary;
 /// The healing loop: leader election, dead letters, periodic reconciliation.
 pub mod worker;

@@ -13,9 +13,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
 use crate::repo;
-use crate::sync::engine::SyncPath;
 use crate::sync::heal::HealAction;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::{DriftKind, SyncPath};
 use crate::worker::HealingRole;
 
 const HTTP_DURATION: &str = "usersync_http_request_duration_seconds";
@@ -223,18 +223,12 @@ async fn refresh_database_gauges(db: &PgPool, bound: &BoundMapping) -> sqlx::Res
         return Ok(());
     }
     let (counts, oldest_missing, last_success) = tokio::try_join!(
-        repo::status::counts(db, bound),
+        crate::sync::status::counts(db, bound),
         repo::status::oldest_missing(db, bound),
         repo::status::last_successful_run(db),
     )?;
-    for (kind, value) in [
-        ("missing", counts.missing),
-        ("stale", counts.stale),
-        ("mismatched", counts.mismatched),
-        ("orphaned", counts.orphaned),
-        ("deleted", counts.deleted),
-    ] {
-        gauge!("usersync_drift_users", "kind" => kind).set(value as f64);
+    for kind in DriftKind::ALL {
+        gauge!("usersync_drift_users", "kind" => kind.as_str()).set(counts.drift.of(kind) as f64);
     }
     gauge!("usersync_source_users").set(counts.source_total as f64);
     gauge!("usersync_target_users").set(counts.target_total as f64);

@@ -10,7 +10,8 @@ use super::extract::{page_limit, Json, Query};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-use crate::sync::drift::{self, DriftKind, DriftPage};
+use crate::sync::drift::{self, DriftPage};
+use crate::vocabulary::DriftKind;
 
 /// The largest page.
 const MAX_LIMIT: i64 = 1000;

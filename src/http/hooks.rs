@@ -23,10 +23,10 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::state::AppState;
-use crate::sync::engine::SyncPath;
 use crate::sync::heal::{self, HealAction};
 use crate::sync::mapping::TargetTable;
 use crate::sync::provision;
+use crate::vocabulary::SyncPath;
 
 /// The webhook route.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -12,8 +12,8 @@ use super::extract::{page_limit, Json, Path, Query};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-use crate::sync::drift::DriftKind;
 use crate::sync::run::{Run, RunOptions};
+use crate::vocabulary::DriftKind;
 
 const MAX_RECENT: i64 = 100;
 

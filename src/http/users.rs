@@ -13,8 +13,9 @@ use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::repo::events::{self, UserEvent};
 use crate::state::AppState;
-use crate::sync::engine::{self, SyncError, SyncOutcome, SyncPath, UserDrift};
+use crate::sync::engine::{self, SyncError, SyncOutcome, UserDrift};
 use crate::sync::inspect::{self, UserDetail, UserSides};
+use crate::vocabulary::SyncPath;
 
 /// The longest email searched for (RFC 5321's limit on a path is 256; a little room).
 const MAX_EMAIL_LENGTH: usize = 320;

@@ -3,8 +3,8 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::sync::drift::DriftKind;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::DriftKind;
 
 /// Which rows of one kind have drifted, a page at a time.
 #[derive(Debug, Clone, sqlx::FromRow)]

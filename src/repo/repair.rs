@@ -8,9 +8,8 @@
 use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::sync::drift::DriftKind;
-use crate::sync::engine::SyncPath;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// A row's place in its table: a page and an offset in it (Postgres's `tid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -465,7 +464,7 @@ pub async fn record_event(
     filed: impl Into<Filed<'_>>,
     user_id: Uuid,
     kind: DriftKind,
-    action: &str,
+    action: AuditAction,
     before: Option<&serde_json::Value>,
     after: Option<&serde_json::Value>,
 ) -> sqlx::Result<()> {
@@ -479,7 +478,7 @@ pub async fn record_event(
     .bind(filed.caller)
     .bind(filed.path.as_str())
     .bind(kind.as_str())
-    .bind(action)
+    .bind(action.as_str())
     .bind(before)
     .bind(after)
     .execute(db)

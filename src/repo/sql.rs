@@ -14,11 +14,11 @@
 use std::collections::BTreeMap;
 
 use crate::repo::catalog::TargetShape;
-use crate::sync::drift::DriftKind;
 use crate::sync::mapping::{
     AnonymousPolicy, ColumnMapping, InvalidValue, JsonPath, Mapping, ValueSource,
 };
 use crate::sync::policy::DeletedPolicy;
+use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// The statements a bound mapping runs.
 #[derive(Debug, Clone)]
@@ -137,10 +137,6 @@ pub struct Creates {
     pub guarded: String,
 }
 
-/// Audit actions that mean "usersync wrote this row from an `auth.users` row": a target row
-/// with such a history had an auth user once, so if that user is gone now it was deleted.
-pub const SOURCE_WRITES: &[&str] = &["created", "updated", "rekeyed", "provisioned"];
-
 /// The id Supabase Auth gives every user's `instance_id` (`uuid.Nil`), under which it looks
 /// users up by `lower(email)` through its own `(instance_id, lower(email))` index.
 const GOTRUE_INSTANCE: &str = "'00000000-0000-0000-0000-000000000000'::uuid";
@@ -195,6 +191,20 @@ fn recorded_by(id: &str, user_filter: &str, chunk_filter: &str) -> String {
     )
 }
 
+/// The audit trail knows `id` (a uuid expression) as an auth user's: usersync wrote a row from
+/// that user, or recorded the user's deletion.
+fn known_id(id: &str) -> String {
+    let actions: Vec<String> = AuditAction::SOURCE_WRITES.iter().map(|a| a.sql()).collect();
+    recorded(
+        id,
+        &format!(
+            "(e.action in ({}) or e.kind = {})",
+            actions.join(", "),
+            DriftKind::Deleted.sql()
+        ),
+    )
+}
+
 /// `recorded_by` with one filter for both kinds of row.
 fn recorded(id: &str, filter: &str) -> String {
     recorded_by(id, filter, filter)
@@ -207,7 +217,13 @@ fn recorded(id: &str, filter: &str) -> String {
 /// when nothing was repaired. A chunk is a range of the table's pages, so its ids are spread
 /// over the whole id space: bucketing keeps each row's id span (`first_id .. last_id`) to its
 /// 256th, and so "did a run repair this id" reads the few rows whose span holds it.
-fn chunk_audit(kind: DriftKind, action: &str, rows: &str, images: Images, names: &str) -> String {
+fn chunk_audit(
+    kind: DriftKind,
+    action: AuditAction,
+    rows: &str,
+    images: Images,
+    names: &str,
+) -> String {
     let image = |has: bool, column: &str| match has {
         true => format!("jsonb_agg({column})"),
         false => "null::jsonb".to_owned(),
@@ -217,11 +233,12 @@ fn chunk_audit(kind: DriftKind, action: &str, rows: &str, images: Images, names:
        (run_id, user_ids, first_id, last_id, caller, path, kind, action, image_columns, before,
         after)
 select $3, array_agg(id), (b || '000000-0000-0000-0000-000000000000')::uuid,
-       (b || 'ffffff-ffff-ffff-ffff-ffffffffffff')::uuid, $4, 'batch', {}, {}, {names}, {}, {}
+       (b || 'ffffff-ffff-ffff-ffff-ffffffffffff')::uuid, $4, {}, {}, {}, {names}, {}, {}
   from (select r.*, left(r.id::text, 2) as b from {rows} r) bucketed
  group by b",
-        literal(kind.as_str()),
-        literal(action),
+        SyncPath::Batch.sql(),
+        kind.sql(),
+        action.sql(),
         image(images.before, "before"),
         image(images.after, "after"),
     )
@@ -510,17 +527,10 @@ impl<'a> Renderer<'a> {
     }
 
     /// The audit trail knows target row `t`'s id as an auth user's: usersync wrote the row from
-    /// one (see `SOURCE_WRITES`), or recorded that user's deletion. If no auth user has the id
-    /// now, that user was deleted.
+    /// one (see `AuditAction::SOURCE_WRITES`), or recorded that user's deletion. If no auth
+    /// user has the id now, that user was deleted.
     fn known_user(&self, t: &str) -> String {
-        let actions: Vec<String> = SOURCE_WRITES.iter().map(|a| literal(a)).collect();
-        recorded(
-            &format!("{t}.{}", self.key),
-            &format!(
-                "(e.action in ({}) or e.kind = 'deleted')",
-                actions.join(", ")
-            ),
-        )
+        known_id(&format!("{t}.{}", self.key))
     }
 
     /// A stray target row some lonely source row claims by email. For the whole-table
@@ -849,8 +859,8 @@ impl<'a> Renderer<'a> {
 audit as (
     insert into usersync.events (user_id, caller, path, kind, action, before, after)
     select ins.id, {caller}, {path},
-           case when created then 'missing' else 'stale' end,
-           case when created then 'created' else 'updated' end,
+           case when created then {missing_kind} else {stale_kind} end,
+           case when created then {created_action} else {updated_action} end,
            (select {before} from {table} b where b.{key} = ins.id),
            after
       from ins
@@ -858,6 +868,10 @@ audit as (
             names = names.join(", "),
             returning = returning("t.xmax = 0"),
             before = self.mapped_json("b"),
+            missing_kind = DriftKind::Missing.sql(),
+            stale_kind = DriftKind::Stale.sql(),
+            created_action = AuditAction::Created.sql(),
+            updated_action = AuditAction::Updated.sql(),
         )
     }
 
@@ -965,22 +979,18 @@ select req.id,
         // Removing a row is news worth an event every time; a report is made once per deletion.
         let (action, news) = match policy {
             DeletedPolicy::Delete => (
-                "case when exists (select 1 from removed) then 'deleted' else 'reported' end",
+                format!(
+                    "case when exists (select 1 from removed) then {} else {} end",
+                    AuditAction::Deleted.sql(),
+                    AuditAction::Reported.sql()
+                ),
                 "exists (select 1 from removed)",
             ),
-            DeletedPolicy::Report => ("'reported'", "false"),
+            DeletedPolicy::Report => (AuditAction::Reported.sql(), "false"),
         };
+        let deleted = DriftKind::Deleted.sql();
         let gone_id = "gone.id";
-        let known = {
-            let actions: Vec<String> = SOURCE_WRITES.iter().map(|a| literal(a)).collect();
-            recorded(
-                &format!("({id})::uuid"),
-                &format!(
-                    "(e.action in ({}) or e.kind = 'deleted')",
-                    actions.join(", ")
-                ),
-            )
-        };
+        let known = known_id(&format!("({id})::uuid"));
         format!(
             "with gone as (
     select ({id})::uuid as id, sd.deleted_at
@@ -996,7 +1006,7 @@ removed as (
 ),
 audit as (
     insert into usersync.events (user_id, caller, path, kind, action, before, source_deleted_at)
-    select gone.id, {caller}, {path}, 'deleted', {action}, (select before from removed),
+    select gone.id, {caller}, {path}, {deleted}, {action}, (select before from removed),
            gone.deleted_at
       from gone
      where {news}
@@ -1013,9 +1023,11 @@ select exists (select 1 from gone) as gone,
             deletes = policy == DeletedPolicy::Delete,
             reported = recorded_by(
                 gone_id,
-                "e.kind = 'deleted' and (gone.deleted_at is null \
-                 or e.source_deleted_at = gone.deleted_at)",
-                "e.kind = 'deleted' and e.at >= coalesce(gone.deleted_at, '-infinity')"
+                &format!(
+                    "e.kind = {deleted} and (gone.deleted_at is null \
+                     or e.source_deleted_at = gone.deleted_at)"
+                ),
+                &format!("e.kind = {deleted} and e.at >= coalesce(gone.deleted_at, '-infinity')"),
             ),
         )
     }
@@ -1417,8 +1429,13 @@ select count(*) from ins",
                     no_row = self.no_target_row_per_row("s"),
                     refused = self.refused_column("s", false),
                     after = self.mapped_array("t"),
-                    audit =
-                        chunk_audit(DriftKind::Missing, "created", "ins", Images::AFTER, &names),
+                    audit = chunk_audit(
+                        DriftKind::Missing,
+                        AuditAction::Created,
+                        "ins",
+                        Images::AFTER,
+                        &names,
+                    ),
                 )
             };
             Creates {
@@ -1466,7 +1483,13 @@ select count(*) from upd",
             sets = sets.join(", "),
             before = self.mapped_array("b"),
             after = self.mapped_array("t"),
-            audit = chunk_audit(DriftKind::Stale, "updated", "upd", Images::BOTH, &names),
+            audit = chunk_audit(
+                DriftKind::Stale,
+                AuditAction::Updated,
+                "upd",
+                Images::BOTH,
+                &names,
+            ),
         );
         let delete = |kind: DriftKind, predicate: &dyn Fn(&str) -> String| {
             format!(
@@ -1485,7 +1508,7 @@ select count(*) from gone",
                 candidate = predicate("c"),
                 recheck = predicate("t"),
                 before = self.mapped_array("t"),
-                audit = chunk_audit(kind, "deleted", "gone", Images::BEFORE, &names),
+                audit = chunk_audit(kind, AuditAction::Deleted, "gone", Images::BEFORE, &names),
             )
         };
         let refused_users = {
@@ -1499,23 +1522,25 @@ select count(*) from gone",
             let mut parts = Vec::new();
             if insert != "null::text" {
                 parts.push(format!(
-                    "select s.id, 'missing' as kind, s.column_name
+                    "select s.id, {missing_kind} as kind, s.column_name
   from (select s.*, {insert} as column_name from auth.users s
          where {chunk} and {insert} is not null offset 0) s
  where {missing}",
                     chunk = in_chunk("s"),
                     missing = self.missing("s"),
+                    missing_kind = DriftKind::Missing.sql(),
                 ));
             }
             if update != "null::text" {
                 parts.push(format!(
-                    "select s.id, 'stale' as kind, s.column_name
+                    "select s.id, {stale_kind} as kind, s.column_name
   from (select s.*, {update} as column_name from auth.users s
          where {chunk} and {update} is not null offset 0) s
   join {table} t on t.{key} = s.id
  where {stale}",
                     chunk = in_chunk("s"),
                     stale = self.stale("s", "t"),
+                    stale_kind = DriftKind::Stale.sql(),
                 ));
             }
             (!parts.is_empty()).then(|| parts.join("\nunion all\n"))
@@ -1591,12 +1616,15 @@ moved as (
             rekey_audit: format!(
                 "audit as (
     insert into usersync.events (run_id, user_id, caller, path, kind, action, before, after)
-    select $3, id, $4, 'batch', 'mismatched', 'rekeyed',
+    select $3, id, $4, {batch}, {mismatched}, {rekeyed},
            (select before from old) || jsonb_build_object({key_name}, $2::uuid),
            after || jsonb_build_object({key_name}, $1::uuid)
       from moved
 )",
                 key_name = literal(self.mapping.target.key.as_str()),
+                batch = SyncPath::Batch.sql(),
+                mismatched = DriftKind::Mismatched.sql(),
+                rekeyed = AuditAction::Rekeyed.sql(),
             ),
         }
     }

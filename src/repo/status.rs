@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use crate::sync::drift::DriftKind;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::DriftKind;
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct CountsRow {

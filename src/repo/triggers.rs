@@ -28,6 +28,7 @@ use crate::repo::email_index;
 use crate::repo::sql::{Origin, Renderer};
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// The channel the trigger notifies after recording a dead letter; the payload is the dead
 /// letter's id (never user data).
@@ -72,20 +73,25 @@ fn update_trigger_name(clause: &str) -> String {
 
 /// How the trigger path names itself in the audit log: the role that wrote `auth.users`
 /// (`supabase_auth_admin` for Supabase Auth, `postgres` for the dashboard's SQL editor).
-const TRIGGER_ORIGIN: Origin<'static> = Origin {
-    user_id: "v_user_id",
-    caller: "'db:' || session_user",
-    path: "'trigger'",
-    witnessed_delete: "tg_op = 'DELETE'",
-};
+/// `path` is `SyncPath::Trigger` as a SQL literal.
+fn trigger_origin(path: &str) -> Origin<'_> {
+    Origin {
+        user_id: "v_user_id",
+        caller: "'db:' || session_user",
+        path,
+        witnessed_delete: "tg_op = 'DELETE'",
+    }
+}
 
 /// The SQL that installs the trigger path for `bound` under `policy`: one transaction,
 /// idempotent, shippable as a Supabase migration (what `usersync triggers show` prints).
 pub fn install_sql(bound: &BoundMapping, policy: DeletedPolicy) -> String {
     let renderer = Renderer::new(&bound.mapping, &bound.shape);
-    let create = renderer.create_one(TRIGGER_ORIGIN);
-    let sync = renderer.sync_statement(TRIGGER_ORIGIN);
-    let deleted = renderer.deleted_statement(TRIGGER_ORIGIN, policy);
+    let path = SyncPath::Trigger.sql();
+    let origin = trigger_origin(&path);
+    let create = renderer.create_one(origin);
+    let sync = renderer.sync_statement(origin);
+    let deleted = renderer.deleted_statement(origin, policy);
     let changed = renderer.changed_predicate("old", "new");
     let update_trigger = update_trigger_name(&changed);
     let tag = dollar_tag([
@@ -166,7 +172,7 @@ begin
             into v_after;
             if found then
                 insert into usersync.events (user_id, caller, path, kind, action, after)
-                values (v_user_id, {caller}, {path}, 'missing', 'created', v_after);
+                values (v_user_id, {caller}, {path}, {missing}, {created}, v_after);
                 return null;
             end if;
         end if;
@@ -304,8 +310,10 @@ commit;
         changed = indent(&changed, 18),
         create_triggers = create_triggers(),
         create = indent(&create, 12),
-        caller = TRIGGER_ORIGIN.caller,
-        path = TRIGGER_ORIGIN.path,
+        caller = origin.caller,
+        path = origin.path,
+        missing = DriftKind::Missing.sql(),
+        created = AuditAction::Created.sql(),
         sync = indent(&sync, 12),
         deleted = indent(&deleted, 8),
         view = renderer.drift_view(),

@@ -3,10 +3,9 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::sync::drift::DriftKind;
-use crate::sync::engine::SyncPath;
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// What the sync-one statement reports (see `repo::sql` for the statement itself).
 #[derive(Debug, sqlx::FromRow)]
@@ -110,7 +109,7 @@ pub struct DeletedRow {
     /// The target row was deleted (the `delete` policy).
     pub removed: bool,
     /// The action of the event recorded now, if one was.
-    pub action: Option<String>,
+    pub action: Option<AuditAction>,
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id, policy = policy.as_str()))]

@@ -27,8 +27,9 @@ use uuid::Uuid;
 use crate::db;
 use crate::meter;
 use crate::repo::users;
-use crate::sync::engine::{self, SyncError, SyncOutcome, SyncPath};
+use crate::sync::engine::{self, SyncError, SyncOutcome};
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::SyncPath;
 
 /// The path every coalesced sync records: they are the API's sync calls.
 const PATH: SyncPath = SyncPath::Call;

@@ -1,73 +1,14 @@
 //! The five ways the two tables disagree, and the listing of drifted rows. Their SQL
 //! definitions live in `repo::sql`.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::repo::drift;
 use crate::sync::source::{self, ReadError};
 use crate::sync::target::BoundMapping;
-
-/// A kind of drift between `auth.users` (source) and the target table.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-    clap::ValueEnum,
-    sqlx::Type,
-)]
-#[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
-pub enum DriftKind {
-    /// A live source row with no target row of its id (and not mismatched).
-    Missing,
-    /// Source and target share the id, and an `always` column differs.
-    Stale,
-    /// The same person under two ids: a target row holds a live user's email under an id that
-    /// no source row has.
-    Mismatched,
-    /// A target row whose id is in no source row (and that is not mismatched).
-    Orphaned,
-    /// A target row whose auth user was deleted: soft-deleted (`deleted_at` set), or gone from
-    /// `auth.users` after usersync had synced it (its audit trail says the user existed).
-    Deleted,
-}
-
-impl DriftKind {
-    pub const ALL: [DriftKind; 5] = [
-        DriftKind::Missing,
-        DriftKind::Stale,
-        DriftKind::Mismatched,
-        DriftKind::Orphaned,
-        DriftKind::Deleted,
-    ];
-
-    /// The name used on the wire, in the audit log and in SQL.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriftKind::Missing => "missing",
-            DriftKind::Stale => "stale",
-            DriftKind::Mismatched => "mismatched",
-            DriftKind::Orphaned => "orphaned",
-            DriftKind::Deleted => "deleted",
-        }
-    }
-}
-
-impl std::fmt::Display for DriftKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::vocabulary::DriftKind;
 
 /// One drifted row.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

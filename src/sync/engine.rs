@@ -7,8 +7,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::repo::users::{self, DriftRow, SyncRow};
-use crate::sync::drift::DriftKind;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::{DriftKind, SyncPath};
 
 /// What a sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -22,34 +22,6 @@ pub enum SyncAction {
     Unchanged,
     /// The user is anonymous and the mapping skips anonymous users.
     Skipped,
-}
-
-/// Which path wrote, as the audit log (`usersync.events.path`) records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncPath {
-    /// `POST /v1/users/{id}/sync`: the frontend or the OAuth callback.
-    Call,
-    /// A reconciliation run.
-    Batch,
-    /// The trigger on `auth.users`, inside the database.
-    Trigger,
-    /// The healing loop: a dead letter retried, or the periodic reconciliation.
-    Healing,
-    /// `POST /v1/hooks/database`: a Supabase Database Webhook.
-    Hook,
-}
-
-impl SyncPath {
-    /// The value of `usersync.events.path` (its check constraint lists them).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            SyncPath::Call => "call",
-            SyncPath::Batch => "batch",
-            SyncPath::Trigger => "trigger",
-            SyncPath::Healing => "healing",
-            SyncPath::Hook => "hook",
-        }
-    }
 }
 
 /// The result of a successful sync: the action and the target row as it now stands.

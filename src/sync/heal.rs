@@ -10,9 +10,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::repo::users;
-use crate::sync::engine::{self, SyncAction, SyncError, SyncPath};
+use crate::sync::engine::{self, SyncAction, SyncError};
 use crate::sync::policy::DeletedPolicy;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::SyncPath;
 
 /// What healing one user did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

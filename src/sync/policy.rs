@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sync::drift::DriftKind;
+use crate::vocabulary::DriftKind;
 
 /// What to do about a `missing` user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -8,13 +8,13 @@ use uuid::Uuid;
 
 use crate::repo::repair::{self, Filed, OrphanRow};
 use crate::supabase::{AdminApi, AdminApiError, NewAuthUser};
-use crate::sync::drift::DriftKind;
-use crate::sync::engine::{SyncError, SyncPath};
+use crate::sync::engine::SyncError;
 use crate::sync::heal::{self, HealAction};
 use crate::sync::mapping::{ColumnMapping, Mapping, ValueSource};
 use crate::sync::policy::{DeletedPolicy, OrphanedPolicy};
 use crate::sync::source::{self, Unreadable};
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// Why an orphaned profile did not get its auth user.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub async fn provision(
         filed,
         orphan.id,
         DriftKind::Orphaned,
-        "provisioned",
+        AuditAction::Provisioned,
         Some(&orphan.row),
         None,
     )

@@ -24,7 +24,6 @@ use crate::repo::status as status_repo;
 use crate::repo::users;
 use crate::supabase::AdminApi;
 use crate::sync::chunks;
-use crate::sync::drift::DriftKind;
 use crate::sync::policy::{Action, Policies};
 use crate::sync::provision;
 use crate::sync::run::{
@@ -33,6 +32,7 @@ use crate::sync::run::{
 use crate::sync::source::{self, Unreadable};
 use crate::sync::status;
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::DriftKind;
 
 /// How many re-keys a plan lists in full.
 const PLANNED_REKEYS: usize = 100;

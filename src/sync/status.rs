@@ -4,10 +4,10 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::repo::{runs, status};
-use crate::sync::drift::DriftKind;
 use crate::sync::run::Run;
 use crate::sync::source::{self, ReadError};
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::DriftKind;
 
 /// Drift counts per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -12,13 +12,13 @@ use uuid::Uuid;
 use crate::repo::rekey;
 use crate::repo::repair::{self, Side};
 use crate::repo::users::{self, DriftRow};
-use crate::sync::drift::DriftKind;
 use crate::sync::engine::SyncError;
 use crate::sync::policy::Action;
 use crate::sync::reconcile::{self, Reconciler, StartError};
 use crate::sync::run::{Run, RunOptions, RunState};
 use crate::sync::source::{self, Unreadable};
 use crate::sync::target::BoundMapping;
+use crate::vocabulary::DriftKind;
 
 /// What a repair of one user did, or would do.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -14,10 +14,10 @@ use sqlx::Executor;
 use crate::helpers::*;
 use usersync::repo::rekey;
 use usersync::repo::triggers;
-use usersync::sync::drift::DriftKind;
 use usersync::sync::mapping::Mapping;
 use usersync::sync::policy::DeletedPolicy;
 use usersync::sync::target::BoundMapping;
+use usersync::vocabulary::DriftKind;
 
 /// A mapping shape: the fixture that makes its table and the mapping file, as `shapes.rs`
 /// and `scale.rs` know them. `None` is the built-in `public.users` and mapping.
@@ -120,7 +120,10 @@ async fn families(db: &TestDb, bound: &BoundMapping) -> Vec<Family> {
         drift.statement(format!("count.{}", kind.as_str()), &sql.count[&kind]);
     }
     for kind in DriftKind::ALL {
-        drift.statement(format!("drift_page.{}", kind.as_str()), &sql.drift_page[&kind]);
+        drift.statement(
+            format!("drift_page.{}", kind.as_str()),
+            &sql.drift_page[&kind],
+        );
     }
 
     let repair = &sql.repair;
@@ -182,7 +185,10 @@ async fn every_rendered_statement_prepares_and_matches_its_snapshot() {
         for family in families(&db, &bound).await {
             for (name, sql) in &family.statements {
                 if let Err(e) = conn.prepare(sql.as_str()).await {
-                    panic!("{} / {}: {name} does not prepare: {e}\n{sql}", shape.name, family.name);
+                    panic!(
+                        "{} / {}: {name} does not prepare: {e}\n{sql}",
+                        shape.name, family.name
+                    );
                 }
             }
             insta::with_settings!({
