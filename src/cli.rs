@@ -11,6 +11,8 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
+use crate::compiler::bind::{BindError, BoundMapping};
+use crate::compiler::mapping::Mapping;
 use crate::config::{
     DatabaseConfig, DatabaseUrl, LogFormat, MappingConfig, PolicyConfig, ReconcileConfig,
     ServeConfig,
@@ -18,13 +20,11 @@ use crate::config::{
 use crate::doctor::Risk;
 use crate::repo::email_index::{self, EmailIndex};
 use crate::repo::triggers::{self, Uninstalled};
-use crate::startup::{self, Application};
-use crate::sync::mapping::Mapping;
-use crate::sync::policy::Action;
+use crate::startup::{self, Application, Unbound};
 use crate::sync::reconcile::{Reconciler, StartError};
-use crate::sync::run::{Run, RunOptions, RunState};
-use crate::sync::target::{BindError, BoundMapping};
 use crate::sync::user_repair;
+use crate::vocabulary::policy::Action;
+use crate::vocabulary::run::{Run, RunOptions, RunState};
 use crate::vocabulary::DriftKind;
 use crate::{db, dev, doctor, openapi, sync, telemetry};
 
@@ -236,12 +236,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             db::migrate(&pool).await?;
             println!("usersync schema is up to date");
             let mapping = Mapping::load(mapping.mapping.as_deref())?;
-            match BoundMapping::bind(&pool, mapping).await {
+            match startup::bind(&pool, mapping).await {
                 Ok(bound) => println!("{}", ensure_email_index(&pool, &bound).await?),
                 // The app may create its table after usersync's schema: the index waits for
                 // `triggers install` or the next `migrate`.
                 Err(
-                    e @ (BindError::Mapping(_) | BindError::Source(_) | BindError::Privilege(_)),
+                    e @ (Unbound::Source(_)
+                    | Unbound::Bind(BindError::Mapping(_) | BindError::Privilege(_))),
                 ) => {
                     println!("email index not built: {e}")
                 }
@@ -252,8 +253,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => return doctor(args).await,
         Command::Status { database, mapping } => {
             let pool = db::pool(&database);
-            let bound =
-                BoundMapping::bind(&pool, Mapping::load(mapping.mapping.as_deref())?).await?;
+            let bound = startup::bind(&pool, Mapping::load(mapping.mapping.as_deref())?).await?;
             let status = sync::status::status(&pool, &bound).await?;
             print!("{}", render_status(&status));
         }
@@ -282,7 +282,7 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
     let bind = |args: &TriggersArgs| {
         let pool = db::pool(&args.database);
         let mapping = Mapping::load(args.mapping.mapping.as_deref());
-        async move { anyhow::Ok((BoundMapping::bind(&pool, mapping?).await?, pool)) }
+        async move { anyhow::Ok((startup::bind(&pool, mapping?).await?, pool)) }
     };
     match action {
         TriggersAction::Install(args) => {
@@ -432,7 +432,7 @@ use std::error::Error as _;
 async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     args.reconcile.check().map_err(anyhow::Error::msg)?;
     let pool = db::pool(&args.database);
-    let bound = BoundMapping::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?;
+    let bound = startup::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?;
     let reconciler = Reconciler::new(
         pool,
         std::sync::Arc::new(bound),
@@ -494,7 +494,7 @@ async fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     args.reconcile.check().map_err(anyhow::Error::msg)?;
     let pool = db::pool(&args.database);
     let bound = std::sync::Arc::new(
-        BoundMapping::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?,
+        startup::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?,
     );
     let reconciler = Reconciler::new(
         pool.clone(),

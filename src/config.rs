@@ -16,10 +16,10 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::supabase::AdminApi;
 use crate::sync::coalesce::Coalescing;
-use crate::sync::policy::{
+use crate::sync::reconcile::Walking;
+use crate::vocabulary::policy::{
     DeletedPolicy, MismatchedPolicy, MissingPolicy, OrphanedPolicy, Policies, StalePolicy,
 };
-use crate::sync::reconcile::Walking;
 use crate::worker::retry::RetrySchedule;
 use crate::worker::HealingSettings;
 
@@ -660,7 +660,7 @@ pub struct HealingConfig {
     /// the letter heals. Each is jittered by ±20%; the next attempt is stored in Postgres.
     #[arg(long = "healing-retry-schedule", env = "USERSYNC_HEALING_RETRY_SCHEDULE",
           value_name = "USERSYNC_HEALING_RETRY_SCHEDULE", default_value = "5s,30s,2m,10m,30m,1h",
-          value_parser = RetrySchedule::parse)]
+          value_parser = parse_retry_schedule)]
     pub retry_schedule: RetrySchedule,
 
     /// How often the leader starts a reconciliation run (every kind, the configured policies):
@@ -773,6 +773,15 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         }
     };
     Ok(duration)
+}
+
+/// `5s,30s,2m`: comma-separated durations, each above zero.
+pub fn parse_retry_schedule(raw: &str) -> Result<RetrySchedule, String> {
+    let delays = raw
+        .split(',')
+        .map(|part| parse_duration(part.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RetrySchedule::new(delays)
 }
 
 /// A duration above zero.

@@ -17,16 +17,14 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
+use crate::compiler::mapping::Mapping;
 use crate::config::{
     AuthConfig, ConnectionConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig,
     HttpConfig, MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig, ServiceKeys, Switch,
 };
 use crate::repo::triggers;
 use crate::startup::{self, Application};
-use crate::sync::mapping::Mapping;
-use crate::sync::target::BoundMapping;
 use crate::throwaway::Throwaway;
-use crate::worker::retry::RetrySchedule;
 
 /// The SQL fixtures, shared with the integration tests.
 pub mod fixtures {
@@ -109,7 +107,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         healing: HealingConfig {
             healing: Switch::On,
             sweep_interval: Duration::from_secs(30),
-            retry_schedule: RetrySchedule::parse("5s,30s,2m").expect("a valid schedule"),
+            retry_schedule: crate::config::parse_retry_schedule("5s,30s,2m")
+                .expect("a valid schedule"),
             // Off, so that the demo users stay "missing" until you sync them.
             reconcile_interval: Duration::ZERO,
         },
@@ -120,7 +119,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let pool = crate::db::pool(&config.database);
     crate::db::migrate(&pool).await?;
     // The trigger path, as `usersync triggers install` would: new sign-ups sync at commit.
-    let bound = BoundMapping::bind(&pool, Mapping::default_mapping()).await?;
+    let bound = crate::startup::bind(&pool, Mapping::default_mapping()).await?;
     triggers::install(&pool, &bound, config.reconcile.deleted.deleted).await?;
     let app = Application::build(&config, pool).await?;
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -5,9 +5,9 @@ use std::fmt;
 
 use sqlx::PgConnection;
 
+use crate::compiler::mapping::Mapping;
 use crate::repo::doctor as catalog;
 use crate::repo::{access, email_index};
-use crate::sync::mapping::Mapping;
 
 /// One risk found, with what it breaks and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,8 @@
 pub mod auth;
 /// The subcommands: serve, migrate, triggers, status, reconcile, doctor, openapi, token, dev.
 pub mod cli;
+/// The mapping, its binding to the target table, and the SQL rendered from them.
+pub mod compiler;
 /// Typed, validated settings from the environment.
 pub mod config;
 /// The connection pool and the usersync migrations.
@@ -23,7 +25,7 @@ pub mod http;
 pub mod meter;
 /// The OpenAPI document.
 pub mod openapi;
-/// SQL: catalog reads, rendered statements and triggers, queries.
+/// Executes statements: the compiler's, and usersync's own queries on its schema.
 pub mod repo;
 /// Bind, serve, shut down gracefully.
 pub mod startup;
@@ -31,13 +33,14 @@ pub mod startup;
 pub mod state;
 /// The Supabase Auth admin API (the `provision` repair).
 pub mod supabase;
-/// The domain: mapping, drift kinds, sync decisions, reconciliation runs, healing, policies.
+/// The domain: sync decisions, drift listings, reconciliation runs, healing.
 pub mod sync;
 /// Logging set-up.
 pub mod telemetry;
 /// A throwaway PostgreSQL (`usersync dev`, the tests) that leaves nothing behind.
 pub mod throwaway;
-/// The words the audit trail, the API and the SQL share: drift kinds, paths, actions.
+/// The words the audit trail, the API and the SQL share: drift kinds, paths, actions,
+/// policies, a run's record.
 pub mod vocabulary;
 /// The healing loop: leader election, dead letters, periodic reconciliation.
 pub mod worker;

@@ -12,9 +12,9 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo;
 use crate::sync::heal::HealAction;
-use crate::sync::target::BoundMapping;
 use crate::vocabulary::{DriftKind, SyncPath};
 use crate::worker::HealingRole;
 

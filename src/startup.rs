@@ -12,20 +12,43 @@ use tokio::sync::watch;
 
 use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
+use crate::compiler::bind::{BindError, BoundMapping};
+use crate::compiler::mapping::Mapping;
 use crate::config::{ConnectionConfig, ServeConfig};
 use crate::http::{self, serve, RateLimiter};
 use crate::meter::Meter;
 use crate::repo::email_index;
 use crate::state::AppState;
 use crate::sync::coalesce::SyncQueue;
-use crate::sync::mapping::Mapping;
 use crate::sync::reconcile::Reconciler;
-use crate::sync::target::BoundMapping;
+use crate::sync::source::{self, Unreadable};
 use crate::worker::{Healer, HealingRole};
 
 /// How long a stopping application waits for the healing loop to step down (and release its
 /// lock, so that a standby takes over at once).
 const HEALER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a command could not start from its mapping.
+#[derive(Debug, thiserror::Error)]
+pub enum Unbound {
+    /// The role may not read what the mapping reads: a privilege, not a mapping, is wrong.
+    #[error("{0}")]
+    Source(#[from] Unreadable),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// The bound mapping every command starts from (`serve`, each CLI subcommand, `dev`), so that
+/// each checks the source, the mapping and the table the same way: first that the role may
+/// read `auth.users` (row level security does not stop the binding's probes; readiness and
+/// every run report it), then the mapping against the live table.
+pub async fn bind(db: &PgPool, mapping: Mapping) -> Result<BoundMapping, Unbound> {
+    match source::check_access(db).await.map_err(BindError::from)? {
+        Err(Unreadable::RowSecurity { .. }) | Ok(()) => {}
+        Err(other) => return Err(other.into()),
+    }
+    Ok(BoundMapping::bind(db, mapping).await?)
+}
 
 /// A bound, ready-to-serve application.
 pub struct Application {
@@ -48,7 +71,7 @@ impl Application {
             .check()
             .map_err(anyhow::Error::msg)?;
         let mapping = Mapping::load(config.mapping.mapping.as_deref())?;
-        let bound = Arc::new(BoundMapping::bind(&db, mapping).await?);
+        let bound = Arc::new(bind(&db, mapping).await?);
         for warning in &bound.warnings {
             tracing::warn!("mapping: {warning}");
         }

@@ -7,13 +7,13 @@ use tokio::sync::watch;
 
 use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
+use crate::compiler::bind::BoundMapping;
 use crate::config::MetricsAccess;
 use crate::http::RateLimiter;
 use crate::meter::Meter;
 use crate::sync::coalesce::SyncQueue;
-use crate::sync::policy::DeletedPolicy;
 use crate::sync::reconcile::Reconciler;
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::policy::DeletedPolicy;
 use crate::worker::retry::RetrySchedule;
 use crate::worker::HealingRole;
 

@@ -11,9 +11,9 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 
+use usersync::compiler::bind::BoundMapping;
+use usersync::compiler::mapping::Mapping;
 use usersync::dev::fixtures;
-use usersync::sync::mapping::Mapping;
-use usersync::sync::target::BoundMapping;
 
 pub const SECRET: &str = "bench-jwt-secret-with-at-least-32-characters";
 pub const SERVICE_KEY: &str = "sb_secret_bench_0123456789abcdef";

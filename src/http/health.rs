@@ -8,12 +8,13 @@ use utoipa_axum::routes;
 
 use super::extract::Json;
 use crate::auth::KeysHealth;
+use crate::compiler::bind::BoundMapping;
+use crate::compiler::catalog;
 use crate::db::MIGRATOR;
 use crate::error::{ApiError, Problem};
 use crate::repo::health;
 use crate::state::AppState;
 use crate::sync::source;
-use crate::sync::target::BoundMapping;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -55,6 +56,22 @@ impl Check {
     }
 }
 
+/// The statements the service holds still fit the target: the catalog describes it as it did
+/// when they were rendered (one catalog read per probe, nothing rendered), or, when someone
+/// altered the table since, binding the mapping again succeeds (or names what no longer fits).
+async fn mapping_fits(state: &AppState) -> Result<(), String> {
+    let bound = &state.mapping;
+    if let Ok(Some(shape)) = catalog::target_shape(&state.db, &bound.mapping.target).await {
+        if shape == bound.shape {
+            return Ok(());
+        }
+    }
+    BoundMapping::bind(&state.db, bound.mapping.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Readiness: the database answers, the usersync schema is migrated, the mapping still fits
 /// the real target table, and (with a JWKS configured) the signing keys are at hand.
 ///
@@ -90,10 +107,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
     };
     let mapping = match &database {
         Err(_) => Err("database unreachable".to_owned()),
-        Ok(()) => BoundMapping::bind(&state.db, state.mapping.mapping.clone())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        Ok(()) => mapping_fits(&state).await,
     };
     // A replica that cannot see every auth user cannot sync any: not ready.
     let source = match &database {

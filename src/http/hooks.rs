@@ -20,11 +20,11 @@ use uuid::Uuid;
 use super::extract::Json;
 use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
 use crate::auth::Caller;
+use crate::compiler::mapping::TargetTable;
 use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::state::AppState;
 use crate::sync::heal::{self, HealAction};
-use crate::sync::mapping::TargetTable;
 use crate::sync::provision;
 use crate::vocabulary::SyncPath;
 
@@ -329,7 +329,7 @@ mod tests {
             br#"{"type": "INSERT", "table": "users", "schema": "auth", "record": {"id": "secrethash"}}"#,
             br#"{"type": "INSERT", "record": {"encrypted_password": "$2a$10$secrethash"#,
         ];
-        let target = crate::sync::mapping::Mapping::default_mapping().target;
+        let target = crate::compiler::mapping::Mapping::default_mapping().target;
         for body in bodies {
             let err = signal_of(body, &target).unwrap_err().to_string();
             assert!(!err.contains("secrethash"), "{err}");

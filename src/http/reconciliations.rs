@@ -12,7 +12,7 @@ use super::extract::{page_limit, Json, Path, Query};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-use crate::sync::run::{Run, RunOptions};
+use crate::vocabulary::run::{Run, RunOptions};
 use crate::vocabulary::DriftKind;
 
 const MAX_RECENT: i64 = 100;

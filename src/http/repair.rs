@@ -10,8 +10,8 @@ use super::extract::{Json, Path};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-use crate::sync::policy::Action;
 use crate::sync::user_repair::{self, RepairOutcome};
+use crate::vocabulary::policy::Action;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(repair_user))

@@ -3,7 +3,7 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::sync::target::BoundMapping;
+use crate::compiler::bind::BoundMapping;
 use crate::vocabulary::DriftKind;
 
 /// Which rows of one kind have drifted, a page at a time.

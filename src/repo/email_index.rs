@@ -11,7 +11,7 @@
 
 use sqlx::{PgExecutor, PgPool};
 
-use crate::sync::mapping::Mapping;
+use crate::compiler::mapping::Mapping;
 
 /// What became of the email index.
 #[derive(Debug, Clone, PartialEq, Eq)]

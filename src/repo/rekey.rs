@@ -11,8 +11,8 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::repair::RunContext;
-use crate::sync::target::BoundMapping;
 
 /// A single-column foreign key that references the target's key.
 #[derive(Debug, Clone, PartialEq, Eq)]

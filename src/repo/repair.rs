@@ -1,4 +1,4 @@
-//! The set-based statements of a reconciliation run (rendered in `repo::sql::RepairSql`).
+//! The set-based statements of a reconciliation run (rendered in `compiler::render::RepairSql`).
 //!
 //! Each write covers one chunk of a table's pages in one statement, with its audit events
 //! written by the same statement: no round trip per user. Chunk statements are never kept as
@@ -8,7 +8,7 @@
 use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::sync::target::BoundMapping;
+use crate::compiler::bind::BoundMapping;
 use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// A row's place in its table: a page and an offset in it (Postgres's `tid`).

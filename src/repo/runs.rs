@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::sync::run::{Plan, Progress, Run, RunOptions, RunState};
+use crate::vocabulary::run::{Plan, Progress, Run, RunOptions, RunState};
 
 /// The session-level advisory lock a run holds for its whole life ("usersync" in ASCII). Any
 /// replica that holds it is the one running; when its process dies, Postgres ends the session

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use crate::sync::target::BoundMapping;
+use crate::compiler::bind::BoundMapping;
 use crate::vocabulary::DriftKind;
 
 #[derive(Debug, sqlx::FromRow)]

@@ -24,10 +24,10 @@
 
 use sqlx::PgPool;
 
+use crate::compiler::bind::BoundMapping;
+use crate::compiler::render::{Origin, Renderer};
 use crate::repo::email_index;
-use crate::repo::sql::{Origin, Renderer};
-use crate::sync::policy::DeletedPolicy;
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::policy::DeletedPolicy;
 use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// The channel the trigger notifies after recording a dead letter; the payload is the dead

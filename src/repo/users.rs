@@ -3,11 +3,11 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::sync::policy::DeletedPolicy;
-use crate::sync::target::BoundMapping;
+use crate::compiler::bind::BoundMapping;
+use crate::vocabulary::policy::DeletedPolicy;
 use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
-/// What the sync-one statement reports (see `repo::sql` for the statement itself).
+/// What the sync-one statement reports (see `compiler::render` for the statement itself).
 #[derive(Debug, sqlx::FromRow)]
 pub struct SyncRow {
     /// The user the row is about (a batch answers for many).

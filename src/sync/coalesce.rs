@@ -24,11 +24,11 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::db;
 use crate::meter;
 use crate::repo::users;
 use crate::sync::engine::{self, SyncError, SyncOutcome};
-use crate::sync::target::BoundMapping;
 use crate::vocabulary::SyncPath;
 
 /// The path every coalesced sync records: they are the API's sync calls.

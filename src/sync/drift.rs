@@ -1,13 +1,13 @@
 //! The five ways the two tables disagree, and the listing of drifted rows. Their SQL
-//! definitions live in `repo::sql`.
+//! definitions live in `compiler::render`.
 
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::drift;
 use crate::sync::source::{self, ReadError};
-use crate::sync::target::BoundMapping;
 use crate::vocabulary::DriftKind;
 
 /// One drifted row.

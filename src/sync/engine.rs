@@ -6,8 +6,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::users::{self, DriftRow, SyncRow};
-use crate::sync::target::BoundMapping;
 use crate::vocabulary::{DriftKind, SyncPath};
 
 /// What a sync did.

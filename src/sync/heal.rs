@@ -9,10 +9,10 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::users;
 use crate::sync::engine::{self, SyncAction, SyncError};
-use crate::sync::policy::DeletedPolicy;
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::policy::DeletedPolicy;
 use crate::vocabulary::SyncPath;
 
 /// What healing one user did.

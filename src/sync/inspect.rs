@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::dead_letters::{self, DeadLetter};
 use crate::repo::events::{self, UserEvent};
 use crate::repo::users;
 use crate::sync::engine::{self, SyncError};
-use crate::sync::target::BoundMapping;
 use crate::vocabulary::DriftKind;
 
 /// The latest repairs shown with a user; the rest are a page of `GET /v1/users/{id}/events`.

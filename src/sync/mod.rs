@@ -1,4 +1,6 @@
-//! The domain: mapping, drift and the sync decisions. Nothing here knows about HTTP.
+//! The domain: which statement to run for a user, a signal or a run, and what its result
+//! means. It runs SQL only through `repo` and the statements `compiler` rendered, and writes
+//! none itself; nothing here knows about HTTP.
 
 pub mod chunks;
 pub mod coalesce;
@@ -6,12 +8,8 @@ pub mod drift;
 pub mod engine;
 pub mod heal;
 pub mod inspect;
-pub mod mapping;
-pub mod policy;
 pub mod provision;
 pub mod reconcile;
-pub mod run;
 pub mod source;
 pub mod status;
-pub mod target;
 pub mod user_repair;

@@ -6,14 +6,14 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
+use crate::compiler::mapping::{ColumnMapping, Mapping, ValueSource};
 use crate::repo::repair::{self, Filed, OrphanRow};
 use crate::supabase::{AdminApi, AdminApiError, NewAuthUser};
 use crate::sync::engine::SyncError;
 use crate::sync::heal::{self, HealAction};
-use crate::sync::mapping::{ColumnMapping, Mapping, ValueSource};
-use crate::sync::policy::{DeletedPolicy, OrphanedPolicy};
 use crate::sync::source::{self, Unreadable};
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::policy::{DeletedPolicy, OrphanedPolicy};
 use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// Why an orphaned profile did not get its auth user.

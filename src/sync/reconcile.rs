@@ -16,6 +16,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::access;
 use crate::repo::rekey::{self, Reference};
 use crate::repo::repair::{self, Pages, PairRow, RunContext, SetRepair, Side};
@@ -24,14 +25,13 @@ use crate::repo::status as status_repo;
 use crate::repo::users;
 use crate::supabase::AdminApi;
 use crate::sync::chunks;
-use crate::sync::policy::{Action, Policies};
 use crate::sync::provision;
-use crate::sync::run::{
-    MovedReference, Plan, PlannedKind, Progress, RekeyPlan, Run, RunOptions, RunState,
-};
 use crate::sync::source::{self, Unreadable};
 use crate::sync::status;
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::policy::{Action, Policies};
+use crate::vocabulary::run::{
+    MovedReference, Plan, PlannedKind, Progress, RekeyPlan, Run, RunOptions, RunState,
+};
 use crate::vocabulary::DriftKind;
 
 /// How many re-keys a plan lists in full.

@@ -3,10 +3,10 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::{runs, status};
-use crate::sync::run::Run;
 use crate::sync::source::{self, ReadError};
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::run::Run;
 use crate::vocabulary::DriftKind;
 
 /// Drift counts per kind.
@@ -31,7 +31,7 @@ impl DriftCounts {
     }
 }
 
-/// Totals, drift counts and pending dead letters, from one statement (see `repo::sql`).
+/// Totals, drift counts and pending dead letters, from one statement (see `compiler::render`).
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     /// Rows in `auth.users`.

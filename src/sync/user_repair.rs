@@ -9,15 +9,15 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::compiler::bind::BoundMapping;
 use crate::repo::rekey;
 use crate::repo::repair::{self, Side};
 use crate::repo::users::{self, DriftRow};
 use crate::sync::engine::SyncError;
-use crate::sync::policy::Action;
 use crate::sync::reconcile::{self, Reconciler, StartError};
-use crate::sync::run::{Run, RunOptions, RunState};
 use crate::sync::source::{self, Unreadable};
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::policy::Action;
+use crate::vocabulary::run::{Run, RunOptions, RunState};
 use crate::vocabulary::DriftKind;
 
 /// What a repair of one user did, or would do.

@@ -28,15 +28,15 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::compiler::bind::BoundMapping;
 use crate::meter;
 use crate::repo::dead_letters::{self, ClaimedLetter};
 use crate::repo::triggers::DEAD_LETTER_CHANNEL;
 use crate::sync::engine::SyncError;
 use crate::sync::heal::{self, HealAction};
-use crate::sync::policy::DeletedPolicy;
 use crate::sync::reconcile::{Reconciler, StartError};
-use crate::sync::run::RunOptions;
-use crate::sync::target::BoundMapping;
+use crate::vocabulary::policy::DeletedPolicy;
+use crate::vocabulary::run::RunOptions;
 use crate::vocabulary::SyncPath;
 use leader::LockConnection;
 use retry::RetrySchedule;

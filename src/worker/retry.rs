@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use crate::config::parse_duration;
-
 /// Delays between a dead letter's attempts: after the n-th failed attempt the next one waits
 /// the n-th delay; the last delay repeats for as long as the letter stays unresolved (a dead
 /// letter is a user without a profile: it is never given up on). The stored next attempt is
@@ -12,12 +10,11 @@ use crate::config::parse_duration;
 pub struct RetrySchedule(Vec<Duration>);
 
 impl RetrySchedule {
-    /// Parses `5s,30s,2m`: comma-separated durations, each above zero.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let delays = raw
-            .split(',')
-            .map(|part| parse_duration(part.trim()))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// At least one delay, each above zero (`config` parses them from `5s,30s,2m`).
+    pub fn new(delays: Vec<Duration>) -> Result<Self, String> {
+        if delays.is_empty() {
+            return Err("at least one delay is needed".into());
+        }
         if delays.iter().any(Duration::is_zero) {
             return Err("every delay must be above zero".into());
         }
@@ -37,15 +34,14 @@ mod tests {
 
     #[test]
     fn the_last_delay_repeats() {
-        let schedule = RetrySchedule::parse("5s, 30s,2m").unwrap();
+        let schedule = RetrySchedule::new([5, 30, 120].map(Duration::from_secs).to_vec()).unwrap();
         let delays: Vec<u64> = (1..=5).map(|n| schedule.delay_after(n).as_secs()).collect();
         assert_eq!(delays, [5, 30, 120, 120, 120]);
     }
 
     #[test]
     fn empty_or_zero_delays_are_refused() {
-        assert!(RetrySchedule::parse("").is_err());
-        assert!(RetrySchedule::parse("5s,,1m").is_err());
-        assert!(RetrySchedule::parse("0s").is_err());
+        assert!(RetrySchedule::new(Vec::new()).is_err());
+        assert!(RetrySchedule::new(vec![Duration::from_secs(5), Duration::ZERO]).is_err());
     }
 }

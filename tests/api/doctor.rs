@@ -1,7 +1,7 @@
 //! `usersync doctor` against a database seeded with every risk it names, and a healthy one.
 
 use crate::helpers::*;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 /// What projects really ship: the documented trigger recipe without an exception handler or a
 /// fixed search_path, a helper function used by RLS policies, foreign keys that block deletes,

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::helpers::*;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 const KINDS: [&str; 5] = ["missing", "stale", "mismatched", "orphaned", "deleted"];
 

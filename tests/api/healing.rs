@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::gotrue::{self, SignUp};
 use crate::helpers::*;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 /// A dead letter as the tests look at it.
 #[derive(Debug, sqlx::FromRow)]

@@ -19,6 +19,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use usersync::compiler::bind::BoundMapping;
+use usersync::compiler::mapping::Mapping;
 use usersync::config::{
     AuthConfig, ConnectionConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HealingConfig,
     HooksConfig, HttpConfig, MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig,
@@ -27,11 +29,8 @@ use usersync::config::{
 use usersync::dev::fixtures;
 use usersync::repo::triggers;
 use usersync::startup::Application;
-use usersync::sync::mapping::Mapping;
-use usersync::sync::policy::DeletedPolicy;
-use usersync::sync::target::BoundMapping;
 use usersync::throwaway::Throwaway;
-use usersync::worker::retry::RetrySchedule;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-with-at-least-32-characters!!";
 pub const SERVICE_KEY: &str = "sb_secret_test_0123456789abcdef";
@@ -417,8 +416,10 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
                 Switch::Off
             },
             sweep_interval: options.sweep_interval.unwrap_or(Duration::from_secs(5)),
-            retry_schedule: RetrySchedule::parse(options.retry_schedule.unwrap_or("200ms,500ms"))
-                .unwrap(),
+            retry_schedule: usersync::config::parse_retry_schedule(
+                options.retry_schedule.unwrap_or("200ms,500ms"),
+            )
+            .unwrap(),
             reconcile_interval: options.reconcile_interval.unwrap_or_default(),
         },
         hooks: HooksConfig {

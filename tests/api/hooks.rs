@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::*;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 const WEBHOOK_SECRET: &str = "whsec-test-0123456789abcdef0123456789";
 const PASSWORD_HASH: &str = "$2a$10$PAYLOADHASHpayloadhashPAYLOADHASHpayloadhash012";

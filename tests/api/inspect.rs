@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 use crate::gotrue::{self, SignUp};
 use crate::helpers::*;

@@ -1,8 +1,8 @@
 //! The mapping is checked against the real table at start-up: each way it can fail to fit is
 //! one clear error naming the column.
 
+use usersync::compiler::mapping::DEFAULT_MAPPING_TOML;
 use usersync::startup::Application;
-use usersync::sync::mapping::DEFAULT_MAPPING_TOML;
 
 use crate::helpers::*;
 

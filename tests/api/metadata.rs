@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::*;
-use usersync::sync::mapping::DEFAULT_MAPPING_TOML;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::compiler::mapping::DEFAULT_MAPPING_TOML;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 const BAD: &str = "12; drop table x";
 

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use usersync::config::ReconcileConfig;
-use usersync::sync::policy::OrphanedPolicy;
+use usersync::vocabulary::policy::OrphanedPolicy;
 
 use crate::helpers::*;
 

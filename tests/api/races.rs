@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 use crate::gotrue;
 use crate::helpers::*;

@@ -5,7 +5,7 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 use usersync::config::ReconcileConfig;
-use usersync::sync::policy::{DeletedPolicy, MissingPolicy, OrphanedPolicy, StalePolicy};
+use usersync::vocabulary::policy::{DeletedPolicy, MissingPolicy, OrphanedPolicy, StalePolicy};
 
 use crate::drift::seed;
 use crate::helpers::*;

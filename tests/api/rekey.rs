@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use usersync::config::ReconcileConfig;
-use usersync::sync::policy::MismatchedPolicy;
+use usersync::vocabulary::policy::MismatchedPolicy;
 
 use crate::helpers::*;
 

@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use sqlx::Executor;
 
 use crate::helpers::*;
+use usersync::compiler::bind::BoundMapping;
+use usersync::compiler::mapping::Mapping;
 use usersync::repo::rekey;
 use usersync::repo::triggers;
-use usersync::sync::mapping::Mapping;
-use usersync::sync::policy::DeletedPolicy;
-use usersync::sync::target::BoundMapping;
+use usersync::vocabulary::policy::DeletedPolicy;
 use usersync::vocabulary::DriftKind;
 
 /// A mapping shape: the fixture that makes its table and the mapping file, as `shapes.rs`

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::gotrue::{self, OAuthIdentity, SignUp};
 use crate::helpers::*;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 /// A fresh database with the triggers installed under `policy`.
 async fn installed(policy: DeletedPolicy) -> TestDb {

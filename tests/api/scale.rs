@@ -13,13 +13,13 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::*;
+use usersync::compiler::bind::BoundMapping;
+use usersync::compiler::mapping::Mapping;
 use usersync::repo::email_index;
 use usersync::repo::events;
 use usersync::repo::rekey;
 use usersync::repo::triggers;
-use usersync::sync::mapping::Mapping;
-use usersync::sync::policy::DeletedPolicy;
-use usersync::sync::target::BoundMapping;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 /// Users with profiles; as many again have none.
 const USERS: i64 = 100_000;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::gotrue::{self, SignUp};
 use crate::helpers::*;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 /// A target table and what the behaviour should look like in it.
 struct Shape {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::gotrue::{self, SignUp};
 use crate::helpers::*;
-use usersync::sync::policy::DeletedPolicy;
+use usersync::vocabulary::policy::DeletedPolicy;
 
 /// Everything usersync's trigger path consists of in the catalog, the drift view included,
 /// identities included (a re-created object would get a new oid).
@@ -491,7 +491,7 @@ fn a_mapping_that_changes_what_updates_compare_replaces_the_update_trigger_throu
         let before = trigger_catalog(&db.pool).await;
 
         // The app now keeps names in step with auth: full_name follows the source.
-        let mapping = mapping_file(&usersync::sync::mapping::DEFAULT_MAPPING_TOML.replace(
+        let mapping = mapping_file(&usersync::compiler::mapping::DEFAULT_MAPPING_TOML.replace(
             "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"on_create\"",
             "user_metadata = [\"full_name\", \"name\", \"user_name\", \"username\"]\nsync = \"always\"",
         ));

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use usersync::config::ReconcileConfig;
-use usersync::sync::policy::{DeletedPolicy, OrphanedPolicy};
+use usersync::vocabulary::policy::{DeletedPolicy, OrphanedPolicy};
 
 use crate::helpers::*;
 

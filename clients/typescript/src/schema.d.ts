@@ -389,7 +389,7 @@ export interface components {
             /** @description The app metadata's `role`, if the project sets one. */
             role?: string | null;
         };
-        /** @description Totals, drift counts and pending dead letters, from one statement (see `repo::sql`). */
+        /** @description Totals, drift counts and pending dead letters, from one statement (see `compiler::render`). */
         Counts: {
             /**
              * Format: int64

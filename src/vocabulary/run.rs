@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::sync::policy::Action;
+use crate::vocabulary::policy::Action;
 use crate::vocabulary::DriftKind;
 
 /// Where a run is in its life.

@@ -1,10 +1,15 @@
 //! The words the audit trail, the API, the metrics and the rendered SQL share: the kinds of
-//! drift, the paths a write comes by, and the actions `usersync.events` records. Each is spelled
-//! once, here; SQL gets them through `sql()`, so a statement and the code that reads its rows
-//! cannot spell an action differently. It imports nothing of the crate, so every layer may use
-//! it.
+//! drift, the paths a write comes by, the actions `usersync.events` records, and the policies
+//! that say what each kind of drift gets. Each is spelled once, here; SQL gets them through
+//! `sql()`, so a statement and the code that reads its rows cannot spell an action differently.
+//! It imports nothing else of the crate, so every layer may use it.
 
 use serde::{Deserialize, Serialize};
+
+/// What a run or a signal does about each kind of drift.
+pub mod policy;
+/// A reconciliation run's record: its options, plan, progress and state.
+pub mod run;
 
 /// A kind of drift between `auth.users` (source) and the target table.
 #[derive(

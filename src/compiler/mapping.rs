@@ -2,7 +2,7 @@
 //!
 //! One mapping drives every path (call, batch, trigger, healing), so it is parsed and checked
 //! once, here, into types that cannot hold an unsafe identifier or a secret source column. SQL
-//! is rendered from it in `repo::sql`; nothing else interprets the TOML.
+//! is rendered from it in `compiler::render`; nothing else interprets the TOML.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -200,7 +200,7 @@ impl TargetTable {
 }
 
 /// A parsed, self-consistent mapping (not yet checked against the real table; see
-/// `repo::catalog`).
+/// `compiler::catalog`).
 #[derive(Debug, Clone)]
 pub struct Mapping {
     pub target: TargetTable,

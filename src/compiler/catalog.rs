@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use sqlx::PgExecutor;
 
-use crate::sync::mapping::TargetTable;
+use crate::compiler::mapping::TargetTable;
 
 /// One column of the target table as the catalog describes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
     /// The type as SQL (`text`, `timestamp with time zone`, `character varying(255)`).
     pub sql_type: String,
@@ -21,7 +21,9 @@ pub struct ColumnInfo {
 }
 
 /// The target table's columns and the unique indexes that cover its email column.
-#[derive(Debug, Clone, Default)]
+/// Equal shapes render equal statements: `/readyz` compares the live one with the one the
+/// service rendered from instead of rendering again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetShape {
     pub columns: HashMap<String, ColumnInfo>,
     /// Unique indexes (and constraints) on the target other than its primary key, so that a
@@ -31,7 +33,7 @@ pub struct TargetShape {
     pub lower_indexed: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UniqueIndex {
     pub name: String,
     pub columns: Vec<String>,
@@ -89,7 +91,8 @@ pub async fn target_shape(
            join pg_class ic on ic.oid = i.indexrelid
            join pg_class c on c.oid = i.indrelid
            join pg_namespace n on n.oid = c.relnamespace
-          where n.nspname = $1 and c.relname = $2 and i.indisunique and not i.indisprimary",
+          where n.nspname = $1 and c.relname = $2 and i.indisunique and not i.indisprimary
+          order by 1",
     )
     .bind(target.schema.as_str())
     .bind(target.table.as_str())
@@ -105,7 +108,8 @@ pub async fn target_shape(
             and i.indisvalid
             and pg_get_expr(i.indexprs, i.indrelid) in (
                 'lower(' || quote_ident(a.attname) || ')',
-                'lower((' || quote_ident(a.attname) || ')::text)')",
+                'lower((' || quote_ident(a.attname) || ')::text)')
+          order by 1",
     )
     .bind(target.schema.as_str())
     .bind(target.table.as_str())

@@ -5,10 +5,9 @@
 
 use sqlx::{Executor, PgPool};
 
-use crate::repo::catalog::{self, TargetShape};
-use crate::repo::sql::{RenderedSql, Renderer};
-use crate::sync::mapping::{Mapping, MappingError};
-use crate::sync::source::{self, Unreadable};
+use crate::compiler::catalog::{self, TargetShape};
+use crate::compiler::mapping::{Mapping, MappingError};
+use crate::compiler::render::{RenderedSql, Renderer};
 
 /// A mapping that fits its table, with the statements every path runs.
 #[derive(Debug, Clone)]
@@ -27,24 +26,17 @@ pub enum BindError {
     Mapping(#[from] MappingError),
     #[error("cannot inspect the target table: {}", crate::db::describe(.0))]
     Database(#[from] sqlx::Error),
-    /// The role may not read what the mapping reads: a privilege, not a mapping, is wrong.
-    #[error("{0}")]
-    Source(#[from] Unreadable),
     /// The role lacks a privilege on the target or a type the mapping uses.
     #[error("{0}; run `usersync doctor` for every privilege usersync needs")]
     Privilege(String),
 }
 
 impl BoundMapping {
-    /// Checks `mapping` against the live table and renders its SQL.
+    /// Checks `mapping` against the live table and renders its SQL. Its probes read
+    /// `auth.users`: `startup::bind` first makes sure the role may, so that a missing right is
+    /// reported as that, not as a column that cannot be stored.
     pub async fn bind(db: &PgPool, mapping: Mapping) -> Result<Self, BindError> {
         let target = mapping.target.qualified();
-        // The probes below read auth.users: without the right to, say that, not that a column
-        // cannot be stored. (Row level security does not stop a probe; readiness reports it.)
-        match source::check_access(db).await? {
-            Err(Unreadable::RowSecurity { .. }) | Ok(()) => {}
-            Err(other) => return Err(other.into()),
-        }
         let shape = catalog::target_shape(db, &mapping.target)
             .await?
             .ok_or_else(|| {
