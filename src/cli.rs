@@ -26,7 +26,7 @@ use crate::sync::user_repair;
 use crate::vocabulary::policy::Action;
 use crate::vocabulary::run::{Run, RunOptions, RunState};
 use crate::vocabulary::DriftKind;
-use crate::{db, dev, doctor, openapi, sync, telemetry};
+use crate::{db, dev, doctor, sync, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -260,7 +260,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => return reconcile(*args).await,
         Command::Repair(args) => return repair(*args).await,
         Command::Openapi => {
-            println!("{}", openapi::document().to_pretty_json()?);
+            println!("{}", crate::http::openapi_document().to_pretty_json()?);
         }
         Command::Token(args) => {
             let secret = args.jwt_secret.expect("clap requires it");
@@ -306,7 +306,10 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
         }
         TriggersAction::Show(args) => {
             let (bound, _) = bind(&args).await?;
-            print!("{}", triggers::install_sql(&bound, args.policy.deleted));
+            print!(
+                "{}",
+                crate::compiler::render::triggers::install_sql(&bound, args.policy.deleted)
+            );
         }
     }
     Ok(())
@@ -325,7 +328,8 @@ async fn ensure_email_index(db: &sqlx::PgPool, bound: &BoundMapping) -> anyhow::
             "email index: not built ({}); until the table's owner runs `{};`, every first \
              sync reads the whole of {target}",
             e.message(),
-            email_index::create_sql(&bound.mapping, true).unwrap_or_default()
+            crate::compiler::render::email_index::create_sql(&bound.mapping, true)
+                .unwrap_or_default()
         ),
         Err(e) => return Err(e.into()),
     })

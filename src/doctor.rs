@@ -200,7 +200,7 @@ pub async fn inspect(db: &mut PgConnection, mapping: &Mapping) -> sqlx::Result<V
     }
     let has_target = catalog::target_rls(&mut *db, &target_name).await?.is_some();
     if has_target && email_index::find(&mut *db, mapping).await?.is_none() {
-        if let Some(create) = email_index::create_sql(mapping, true) {
+        if let Some(create) = crate::compiler::render::email_index::create_sql(mapping, true) {
             risks.push(Risk::EmailIndex {
                 target: target_name.clone(),
                 create,

@@ -327,18 +327,18 @@ impl From<sqlx::Error> for ApiError {
 /// A database error shared by the requests of one coalesced sync (see `sync::coalesce`).
 impl From<Arc<sqlx::Error>> for ApiError {
     fn from(error: Arc<sqlx::Error>) -> Self {
-        if crate::db::is_unavailable(&error) {
+        if crate::sqlstate::is_unavailable(&error) {
             ApiError::Unavailable(error)
-        } else if crate::db::is_refused_by_data(&error) {
+        } else if crate::sqlstate::is_refused_by_data(&error) {
             // The target's own constraint or type refused one user's row: that user's problem,
             // as a run and the trigger treat it, not the service's.
             ApiError::RefusedByTable {
-                detail: crate::db::describe(&error),
+                detail: crate::sqlstate::describe(&error),
             }
         } else {
             ApiError::Internal(anyhow::anyhow!(
                 "database error: {}",
-                crate::db::describe(&error)
+                crate::sqlstate::describe(&error)
             ))
         }
     }

@@ -27,6 +27,8 @@ pub mod meter;
 pub mod openapi;
 /// Executes statements: the compiler's, and usersync's own queries on its schema.
 pub mod repo;
+/// What a database error means (unavailable, refused by a row's data), and its safe wording.
+pub mod sqlstate;
 /// Bind, serve, shut down gracefully.
 pub mod startup;
 /// What handlers share.

@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
+use std::future::Future;
 
-use crate::compiler::bind::BoundMapping;
-use crate::repo;
-use crate::sync::heal::HealAction;
-use crate::vocabulary::{DriftKind, SyncPath};
-use crate::worker::HealingRole;
+use chrono::DateTime;
+
+use crate::vocabulary::{DriftKind, HealAction, SyncPath};
 
 const HTTP_DURATION: &str = "usersync_http_request_duration_seconds";
 
@@ -176,21 +174,16 @@ impl Meter {
         }
     }
 
-    /// The exposition text, after refreshing the database gauges if they are due. `healing` is
-    /// this replica's part in the healing loop now.
-    pub async fn render(
-        &self,
-        db: &PgPool,
-        bound: &BoundMapping,
-        healing: HealingRole,
-    ) -> sqlx::Result<String> {
+    /// The exposition text, after `refresh` (which reads the database and sets its gauges,
+    /// `sync::status::refresh_gauges`) if they are due. `leads_healing`: this replica leads
+    /// the healing loop now.
+    pub async fn render<F>(&self, leads_healing: bool, refresh: F) -> sqlx::Result<String>
+    where
+        F: Future<Output = sqlx::Result<()>>,
+    {
         // Set at every scrape, from this replica's own state: the gauges are process-wide, and
         // the role changes whenever leadership moves.
-        gauge!("usersync_healing_leader").set(if healing == HealingRole::Leader {
-            1.0
-        } else {
-            0.0
-        });
+        gauge!("usersync_healing_leader").set(if leads_healing { 1.0 } else { 0.0 });
         gauge!("usersync_reconcile_interval_seconds")
             .set(self.reconcile_interval.map_or(0.0, |i| i.as_secs_f64()));
         process().collect();
@@ -203,7 +196,7 @@ impl Meter {
             due
         };
         if due {
-            if let Err(e) = refresh_database_gauges(db, bound).await {
+            if let Err(e) = refresh.await {
                 // Let the next scrape try again rather than serve stale numbers for a full period.
                 *self.last_refresh.lock().expect("not poisoned") = None;
                 return Err(e);
@@ -213,35 +206,36 @@ impl Meter {
     }
 }
 
-async fn refresh_database_gauges(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<()> {
-    // A source usersync cannot see whole would count every profile as drift: say so instead,
-    // and leave the drift gauges out.
-    let readable = crate::sync::source::check_access(db).await?;
-    gauge!("usersync_source_readable").set(if readable.is_ok() { 1.0 } else { 0.0 });
-    if let Err(why) = readable {
-        tracing::warn!(%why, "metrics: auth.users cannot be read reliably; no drift gauges");
-        return Ok(());
-    }
-    let (counts, oldest_missing, last_success) = tokio::try_join!(
-        crate::sync::status::counts(db, bound),
-        repo::status::oldest_missing(db, bound),
-        repo::status::last_successful_run(db),
-    )?;
+/// Whether usersync sees `auth.users` whole. When it does not, the drift gauges are left out:
+/// every profile would count as drift.
+pub fn record_source_readable(readable: bool) {
+    gauge!("usersync_source_readable").set(if readable { 1.0 } else { 0.0 });
+}
+
+/// The status counts: totals, drift per kind (`drift(kind)`), pending dead letters.
+pub fn record_status(
+    source_total: i64,
+    target_total: i64,
+    drift: impl Fn(DriftKind) -> i64,
+    dead_letters_pending: i64,
+) {
     for kind in DriftKind::ALL {
-        gauge!("usersync_drift_users", "kind" => kind.as_str()).set(counts.drift.of(kind) as f64);
+        gauge!("usersync_drift_users", "kind" => kind.as_str()).set(drift(kind) as f64);
     }
-    gauge!("usersync_source_users").set(counts.source_total as f64);
-    gauge!("usersync_target_users").set(counts.target_total as f64);
-    gauge!("usersync_dead_letters_pending").set(counts.dead_letters_pending as f64);
+    gauge!("usersync_source_users").set(source_total as f64);
+    gauge!("usersync_target_users").set(target_total as f64);
+    gauge!("usersync_dead_letters_pending").set(dead_letters_pending as f64);
+}
+
+/// How long the longest-waiting unsynced user has waited, and since the last successful run.
+pub fn record_ages(oldest_missing: Option<DateTime<Utc>>, last_success: Option<DateTime<Utc>>) {
     let now = Utc::now();
-    let age = |at: Option<chrono::DateTime<Utc>>| {
-        at.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
-    };
+    let age =
+        |at: Option<DateTime<Utc>>| at.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
     // No unsynced user: the age is zero, which is what an alert on it wants to see.
     gauge!("usersync_oldest_unsynced_user_age_seconds").set(age(oldest_missing).unwrap_or(0.0));
     // Never a successful run: the gauge is absent rather than a misleading number.
     if let Some(seconds) = age(last_success) {
         gauge!("usersync_last_successful_run_age_seconds").set(seconds);
     }
-    Ok(())
 }

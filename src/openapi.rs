@@ -52,11 +52,6 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The whole document, as served and committed.
-pub fn document() -> utoipa::openapi::OpenApi {
-    crate::http::router_and_openapi().1
-}
-
 /// Documents, on every operation, the answers the edge can give before a handler runs: 413
 /// (body limit) and 431 (header limit) anywhere, and 503 (overloaded, timed out, database
 /// unavailable) on the API routes. Handlers document what only they can say.

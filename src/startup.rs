@@ -190,7 +190,7 @@ pub async fn shutdown_signal() {
 async fn warn_without_email_index(db: &PgPool, bound: &BoundMapping) {
     if let (Ok(None), Some(create)) = (
         email_index::find(db, &bound.mapping).await,
-        email_index::create_sql(&bound.mapping, true),
+        crate::compiler::render::email_index::create_sql(&bound.mapping, true),
     ) {
         tracing::warn!(
             "{} has no index on lower(email): every first sync reads the whole table; run \

@@ -1,11 +1,7 @@
-//! The authenticated caller, as an axum extractor that runs before any path or body extractor.
+//! The authenticated caller. `http::extract` makes it an axum extractor (it runs before any
+//! path or body extractor) and gives it `require_service`, whose refusal is an HTTP answer.
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use uuid::Uuid;
-
-use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,31 +21,11 @@ impl Caller {
         }
     }
 
-    /// Service-only endpoints: anyone else is 403 `service_only`, before any query runs.
-    pub fn require_service(&self) -> Result<(), ApiError> {
-        match self {
-            Caller::Service => Ok(()),
-            Caller::User(_) => Err(ApiError::ServiceOnly),
-        }
-    }
-
     /// How the audit log names this caller.
     pub fn audit_name(&self) -> String {
         match self {
             Caller::User(id) => format!("user:{id}"),
             Caller::Service => "service".to_owned(),
         }
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = state.verifier.authenticate(&parts.headers).await?;
-        if let Caller::User(id) = caller {
-            tracing::Span::current().record("user_id", tracing::field::display(id));
-        }
-        Ok(caller)
     }
 }

@@ -24,7 +24,7 @@ pub struct BoundMapping {
 pub enum BindError {
     #[error(transparent)]
     Mapping(#[from] MappingError),
-    #[error("cannot inspect the target table: {}", crate::db::describe(.0))]
+    #[error("cannot inspect the target table: {}", crate::sqlstate::describe(.0))]
     Database(#[from] sqlx::Error),
     /// The role lacks a privilege on the target or a type the mapping uses.
     #[error("{0}; run `usersync doctor` for every privilege usersync needs")]

@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::repo::dead_letters::{self, ClaimedLetter, DeadLetter};
 use crate::state::AppState;
-use crate::sync::heal::HealAction;
+use crate::vocabulary::HealAction;
 use crate::worker::{self, Attempt};
 
 /// At most this many are listed: a dashboard, not an export.

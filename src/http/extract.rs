@@ -6,7 +6,34 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 
+use axum::http::request::Parts;
+
+use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated caller, from the request's credentials.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = state.verifier.authenticate(&parts.headers).await?;
+        if let Caller::User(id) = caller {
+            tracing::Span::current().record("user_id", tracing::field::display(id));
+        }
+        Ok(caller)
+    }
+}
+
+impl Caller {
+    /// Service-only endpoints: anyone else is 403 `service_only`, before any query runs.
+    pub fn require_service(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Service => Ok(()),
+            Caller::User(_) => Err(ApiError::ServiceOnly),
+        }
+    }
+}
 
 /// A path parameter; a malformed one is a 400 `invalid_path`.
 #[derive(FromRequestParts)]

@@ -115,7 +115,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
         Ok(()) => match source::check_access(&state.db).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(why.to_string()),
-            Err(e) => Err(crate::db::describe(&e)),
+            Err(e) => Err(crate::sqlstate::describe(&e)),
         },
     };
     let mut results = vec![

@@ -24,8 +24,9 @@ use crate::compiler::mapping::TargetTable;
 use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::state::AppState;
-use crate::sync::heal::{self, HealAction};
+use crate::sync::heal;
 use crate::sync::provision;
+use crate::vocabulary::HealAction;
 use crate::vocabulary::SyncPath;
 
 /// The webhook route.

@@ -13,6 +13,8 @@ use crate::config::MetricsAccess;
 use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::state::AppState;
+use crate::sync::status;
+use crate::worker::HealingRole;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(metrics))
@@ -39,10 +41,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             .await?
             .require_service()?;
     }
-    let healing = *state.healing.borrow();
+    let leads_healing = *state.healing.borrow() == HealingRole::Leader;
     let text = state
         .meter
-        .render(&state.db, &state.mapping, healing)
+        .render(
+            leads_healing,
+            status::refresh_gauges(&state.db, &state.mapping),
+        )
         .await?;
     Ok((
         [(

@@ -62,6 +62,11 @@ fn compose(api: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::openapi::
     (router, openapi)
 }
 
+/// The whole OpenAPI document, as served and committed (`usersync openapi`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    router_and_openapi().1
+}
+
 /// The routes and the OpenAPI document they describe.
 pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     compose(api())

@@ -12,6 +12,7 @@
 use sqlx::{PgExecutor, PgPool};
 
 use crate::compiler::mapping::Mapping;
+use crate::compiler::render::email_index::{create_sql, index_name};
 
 /// What became of the email index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,24 +23,6 @@ pub enum EmailIndex {
     Present(String),
     /// usersync built it now.
     Built(String),
-}
-
-/// The name of usersync's index on the target (at most 63 bytes, Postgres's limit).
-pub fn index_name(mapping: &Mapping) -> String {
-    let table: String = mapping.target.table.as_str().chars().take(38).collect();
-    format!("usersync_{table}_email_lower_idx")
-}
-
-/// The statement that builds usersync's index, `concurrently` or not.
-pub fn create_sql(mapping: &Mapping, concurrently: bool) -> Option<String> {
-    let email = mapping.email_column()?;
-    Some(format!(
-        "create index {}if not exists {} on {} (lower({}))",
-        if concurrently { "concurrently " } else { "" },
-        index_name(mapping),
-        mapping.target.qualified(),
-        email.quoted()
-    ))
 }
 
 /// Whether the target has a valid index on `lower(email)`, and its name.

@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 use crate::compiler::bind::BoundMapping;
-use crate::db;
 use crate::meter;
 use crate::repo::users;
 use crate::sync::engine::{self, SyncError, SyncOutcome};
@@ -172,7 +171,7 @@ async fn sync_together(conn: &mut PgConnection, bound: &BoundMapping, jobs: Vec<
                     }
                 }
             }
-            Err(error) if db::is_unavailable(&error) => answer_all(jobs, error),
+            Err(error) if crate::sqlstate::is_unavailable(&error) => answer_all(jobs, error),
             Err(error) => {
                 tracing::debug!(
                     users = jobs.len(),

@@ -5,7 +5,6 @@
 //! *which* user to look at, never what the user looks like, so a late or replayed signal can
 //! never roll a row back.
 
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -13,58 +12,7 @@ use crate::compiler::bind::BoundMapping;
 use crate::repo::users;
 use crate::sync::engine::{self, SyncAction, SyncError};
 use crate::vocabulary::policy::DeletedPolicy;
-use crate::vocabulary::SyncPath;
-
-/// What healing one user did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum HealAction {
-    /// The target row was missing and was inserted.
-    Created,
-    /// An `always` column differed and was written.
-    Updated,
-    /// Nothing differed; nothing was written.
-    Unchanged,
-    /// The user is anonymous and the mapping skips anonymous users.
-    Skipped,
-    /// The user is deleted and the `delete` policy removed the target row.
-    Deleted,
-    /// The user is deleted and the deletion is recorded (the `report` policy, or no target row
-    /// was left to delete).
-    Reported,
-    /// The profile had no auth user, and got one through the admin API (the `provision`
-    /// policy for orphaned profiles).
-    Provisioned,
-    /// The profile has no auth user, and the orphaned policy only reports it.
-    OrphanReported,
-}
-
-impl HealAction {
-    /// The action's name, as the API and the metrics spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealAction::Created => "created",
-            HealAction::Updated => "updated",
-            HealAction::Unchanged => "unchanged",
-            HealAction::Skipped => "skipped",
-            HealAction::Deleted => "deleted",
-            HealAction::Reported => "reported",
-            HealAction::Provisioned => "provisioned",
-            HealAction::OrphanReported => "orphan_reported",
-        }
-    }
-
-    /// The drift kind the action repaired, as metrics label it.
-    pub fn drift_kind(self) -> &'static str {
-        match self {
-            HealAction::Created => "missing",
-            HealAction::Updated => "stale",
-            HealAction::Deleted | HealAction::Reported => "deleted",
-            HealAction::Provisioned | HealAction::OrphanReported => "orphaned",
-            HealAction::Unchanged | HealAction::Skipped => "none",
-        }
-    }
-}
+use crate::vocabulary::{HealAction, SyncPath};
 
 impl From<SyncAction> for HealAction {
     fn from(action: SyncAction) -> Self {

@@ -11,9 +11,10 @@ use crate::compiler::mapping::{ColumnMapping, Mapping, ValueSource};
 use crate::repo::repair::{self, Filed, OrphanRow};
 use crate::supabase::{AdminApi, AdminApiError, NewAuthUser};
 use crate::sync::engine::SyncError;
-use crate::sync::heal::{self, HealAction};
+use crate::sync::heal;
 use crate::sync::source::{self, Unreadable};
 use crate::vocabulary::policy::{DeletedPolicy, OrphanedPolicy};
+use crate::vocabulary::HealAction;
 use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// Why an orphaned profile did not get its auth user.

@@ -63,7 +63,7 @@ pub enum StartError {
 /// Why a run stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("database error: {}", crate::db::describe(.0))]
+    #[error("database error: {}", crate::sqlstate::describe(.0))]
     Database(#[from] sqlx::Error),
     #[error("lost the database session that holds the run lock; stopped so that no other run overlaps this one")]
     LostLock,
@@ -696,9 +696,9 @@ impl Walk<'_> {
                     savepoint.commit().await?;
                     return Ok(repaired);
                 }
-                Err(e) if crate::db::is_refused_by_data(&e) && depth < MAX_SPLITS => {
+                Err(e) if crate::sqlstate::is_refused_by_data(&e) && depth < MAX_SPLITS => {
                     savepoint.rollback().await?;
-                    crate::db::describe(&e)
+                    crate::sqlstate::describe(&e)
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -787,7 +787,7 @@ impl Walk<'_> {
                         format!(
                             "re-keying {} failed: {}",
                             pair.target_id,
-                            crate::db::describe(&sqlx::Error::Database(e))
+                            crate::sqlstate::describe(&sqlx::Error::Database(e))
                         ),
                     );
                 }

@@ -4,6 +4,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::compiler::bind::BoundMapping;
+use crate::meter;
 use crate::repo::{runs, status};
 use crate::sync::source::{self, ReadError};
 use crate::vocabulary::run::Run;
@@ -73,6 +74,31 @@ pub async fn counts(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<Counts> {
         },
         dead_letters_pending: c.dead_letters_pending,
     })
+}
+
+/// Reads what the metrics' database gauges show and records it (`meter::Meter::render` calls
+/// this when they are due). A source usersync cannot see whole would count every profile as
+/// drift: then only that is recorded, and the drift gauges are left out.
+pub async fn refresh_gauges(db: &PgPool, bound: &BoundMapping) -> sqlx::Result<()> {
+    let readable = source::check_access(db).await?;
+    meter::record_source_readable(readable.is_ok());
+    if let Err(why) = readable {
+        tracing::warn!(%why, "metrics: auth.users cannot be read reliably; no drift gauges");
+        return Ok(());
+    }
+    let (c, oldest_missing, last_success) = tokio::try_join!(
+        counts(db, bound),
+        status::oldest_missing(db, bound),
+        status::last_successful_run(db),
+    )?;
+    meter::record_status(
+        c.source_total,
+        c.target_total,
+        |kind| c.drift.of(kind),
+        c.dead_letters_pending,
+    );
+    meter::record_ages(oldest_missing, last_success);
+    Ok(())
 }
 
 /// The status, unless the source cannot be seen whole (then every profile would count as

@@ -29,14 +29,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::compiler::bind::BoundMapping;
+use crate::compiler::render::triggers::DEAD_LETTER_CHANNEL;
 use crate::meter;
 use crate::repo::dead_letters::{self, ClaimedLetter};
-use crate::repo::triggers::DEAD_LETTER_CHANNEL;
 use crate::sync::engine::SyncError;
-use crate::sync::heal::{self, HealAction};
+use crate::sync::heal;
 use crate::sync::reconcile::{Reconciler, StartError};
 use crate::vocabulary::policy::DeletedPolicy;
 use crate::vocabulary::run::RunOptions;
+use crate::vocabulary::HealAction;
 use crate::vocabulary::SyncPath;
 use leader::LockConnection;
 use retry::RetrySchedule;
@@ -357,12 +358,13 @@ async fn subscribe(db: &PgPool) -> sqlx::Result<PgListener> {
 
 /// The message and SQLSTATE of a failed heal, as the dead letter keeps them: the database's own
 /// message (never its DETAIL, which can quote row values, nor a data exception's message, which
-/// quotes the value; see `db::describe`).
+/// quotes the value; see `crate::sqlstate::describe`).
 fn cause(error: &SyncError) -> (String, Option<String>) {
     match error {
-        SyncError::Database(e @ sqlx::Error::Database(db)) => {
-            (crate::db::describe(e), db.code().map(|c| c.into_owned()))
-        }
+        SyncError::Database(e @ sqlx::Error::Database(db)) => (
+            crate::sqlstate::describe(e),
+            db.code().map(|c| c.into_owned()),
+        ),
         other => (other.to_string(), None),
     }
 }

@@ -14,8 +14,8 @@ use sqlx::Executor;
 use crate::helpers::*;
 use usersync::compiler::bind::BoundMapping;
 use usersync::compiler::mapping::Mapping;
+use usersync::compiler::render::triggers;
 use usersync::repo::rekey;
-use usersync::repo::triggers;
 use usersync::vocabulary::policy::DeletedPolicy;
 use usersync::vocabulary::DriftKind;
 

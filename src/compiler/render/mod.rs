@@ -15,9 +15,13 @@ use std::collections::BTreeMap;
 
 mod audit;
 mod drift;
+/// usersync's index on the target's `lower(email)`.
+pub mod email_index;
 mod predicates;
 mod repairs;
 mod sync;
+/// The trigger path: the functions and triggers on `auth.users`, and their removal.
+pub mod triggers;
 mod values;
 
 use audit::*;
