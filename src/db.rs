@@ -1,4 +1,5 @@
-//! The connection pool and the usersync migrations.
+//! The connection pool and the usersync migrations. What an error of theirs means is
+//! `sqlstate`'s.
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;

@@ -2,7 +2,9 @@
 //!
 //! Request and sync counters are recorded as things happen. Drift counts and ages come from the
 //! database, so they are refreshed at scrape time, at most once per `refresh_every`: a scrape
-//! every few seconds must not turn into a full-table anti-join every few seconds.
+//! every few seconds must not turn into a full-table anti-join every few seconds. The reads are
+//! `sync::status::refresh_gauges`'s: the meter imports only `vocabulary`, so that every layer
+//! may record into it.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
-//! Who is calling: token and key verification, and the `Caller` extractor.
+//! Who is calling: token and key verification. It imports only `config`; `http::extract` makes
+//! `Caller` an extractor and its refusals HTTP answers.
 //!
 //! The token only says *who*; what a caller may touch is decided in the handlers, and the data
 //! always comes from `auth.users`.

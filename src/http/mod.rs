@@ -1,4 +1,5 @@
-//! The HTTP edge: one module per resource, composed here with the middleware stack.
+//! The HTTP edge: one module per resource, composed here with the middleware stack, and the
+//! OpenAPI document they describe. Only `state` imports it back (the rate limiter it holds).
 
 mod admin;
 mod dead_letters;

@@ -11,6 +11,9 @@
 //!
 //! Every heal re-reads `auth.users` and writes through the same statement as sync-one, whose
 //! audit event is written in the same statement as the row: a user healed twice shows one event.
+//!
+//! It decides nothing of its own about a user (that is `sync`'s) and never imports `config` or
+//! the HTTP edge: its settings arrive parsed.
 
 /// Leadership among replicas: the advisory lock and its connection.
 pub mod leader;

@@ -18,6 +18,7 @@ mod hooks;
 mod inspect;
 mod jwks;
 mod keys;
+mod layout;
 mod limits;
 mod mapping;
 mod metadata;
