@@ -9,7 +9,7 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// A dead letter as admins see it: who, what failed and why, and when it is retried.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub user_id: Uuid,
@@ -25,14 +25,15 @@ pub struct DeadLetter {
 
 /// The oldest `limit` unresolved dead letters.
 pub async fn pending(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<DeadLetter>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        DeadLetter,
         "select id, user_id, op, error, sqlstate, attempts, next_attempt_at, created_at
            from usersync.dead_letters
           where resolved_at is null
           order by created_at, id
           limit $1",
+        limit,
     )
-    .bind(limit)
     .fetch_all(db)
     .await
 }
@@ -42,18 +43,19 @@ pub async fn pending_of(
     db: impl PgExecutor<'_>,
     user_id: Uuid,
 ) -> sqlx::Result<Option<DeadLetter>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        DeadLetter,
         "select id, user_id, op, error, sqlstate, attempts, next_attempt_at, created_at
            from usersync.dead_letters
           where user_id = $1 and resolved_at is null",
+        user_id,
     )
-    .bind(user_id)
     .fetch_optional(db)
     .await
 }
 
 /// A dead letter claimed for one attempt.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct ClaimedLetter {
     pub id: i64,
     pub user_id: Uuid,
@@ -69,7 +71,8 @@ pub async fn claim_due(
     limit: i64,
     lease: Duration,
 ) -> sqlx::Result<Vec<ClaimedLetter>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ClaimedLetter,
         "update usersync.dead_letters d
             set next_attempt_at = now() + make_interval(secs => $2), claimed_at = now()
           where d.id in (select id from usersync.dead_letters
@@ -78,9 +81,9 @@ pub async fn claim_due(
                           limit $1
                           for update skip locked)
       returning d.id, d.user_id, d.attempts",
+        limit,
+        lease.as_secs_f64(),
     )
-    .bind(limit)
-    .bind(lease.as_secs_f64())
     .fetch_all(db)
     .await
 }
@@ -91,7 +94,7 @@ pub async fn claim_due(
 /// lease. (A leader that lost its lock a moment ago may still finish one: a second attempt
 /// re-reads the user, as every attempt does, and changes nothing.)
 pub async fn release_claims(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
-    sqlx::query(
+    sqlx::query!(
         "update usersync.dead_letters
             set next_attempt_at = now(), claimed_at = null
           where claimed_at is not null and resolved_at is null",
@@ -103,13 +106,13 @@ pub async fn release_claims(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
 
 /// The letter's user is in step again.
 pub async fn resolve(db: impl PgExecutor<'_>, id: i64) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update usersync.dead_letters
             set resolved_at = now(), attempts = attempts + 1, last_attempt_at = now(),
                 claimed_at = null
           where id = $1 and resolved_at is null",
+        id,
     )
-    .bind(id)
     .execute(db)
     .await
     .map(|_| ())
@@ -124,17 +127,17 @@ pub async fn reschedule(
     sqlstate: Option<&str>,
     delay: Duration,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update usersync.dead_letters
             set attempts = attempts + 1, last_attempt_at = now(), error = $2, sqlstate = $3,
                 next_attempt_at = now() + make_interval(secs => $4 * (0.8 + random() * 0.4)),
                 claimed_at = null
           where id = $1 and resolved_at is null",
+        id,
+        error,
+        sqlstate,
+        delay.as_secs_f64(),
     )
-    .bind(id)
-    .bind(error)
-    .bind(sqlstate)
-    .bind(delay.as_secs_f64())
     .execute(db)
     .await
     .map(|_| ())
@@ -145,7 +148,7 @@ pub async fn reschedule(
 pub async fn next_due_in(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Duration>> {
     // Not `greatest(..., 0)` in SQL: `greatest` skips nulls, so "none pending" would read as
     // "one due now", and the healing leader would poll this in a tight loop.
-    let seconds: Option<f64> = sqlx::query_scalar(
+    let seconds: Option<f64> = sqlx::query_scalar!(
         "select extract(epoch from min(next_attempt_at) - now())::float8
            from usersync.dead_letters where resolved_at is null",
     )

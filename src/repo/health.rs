@@ -10,14 +10,15 @@ pub async fn ping(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
 /// Versions of the usersync migrations applied successfully (empty before the first
 /// `usersync migrate`).
 pub async fn applied_migrations(db: &PgPool) -> sqlx::Result<Vec<i64>> {
-    let exists: bool =
-        sqlx::query_scalar("select to_regclass('usersync._sqlx_migrations') is not null")
-            .fetch_one(db)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        r#"select to_regclass('usersync._sqlx_migrations') is not null as "exists!""#
+    )
+    .fetch_one(db)
+    .await?;
     if !exists {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar("select version from usersync._sqlx_migrations where success order by 1")
+    sqlx::query_scalar!("select version from usersync._sqlx_migrations where success order by 1")
         .fetch_all(db)
         .await
 }

@@ -469,18 +469,18 @@ pub async fn record_event(
     after: Option<&serde_json::Value>,
 ) -> sqlx::Result<()> {
     let filed = filed.into();
-    sqlx::query(
+    sqlx::query!(
         "insert into usersync.events (run_id, user_id, caller, path, kind, action, before, after)
          values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        filed.run_id,
+        user_id,
+        filed.caller,
+        filed.path.as_str(),
+        kind.as_str(),
+        action.as_str(),
+        before,
+        after,
     )
-    .bind(filed.run_id)
-    .bind(user_id)
-    .bind(filed.caller)
-    .bind(filed.path.as_str())
-    .bind(kind.as_str())
-    .bind(action.as_str())
-    .bind(before)
-    .bind(after)
     .execute(db)
     .await
     .map(|_| ())

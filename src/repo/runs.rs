@@ -14,23 +14,21 @@ pub const RUN_LOCK: i64 = 0x7573_6572_7379_6e63;
 
 /// Takes the run lock on `conn` if no other session holds it.
 pub async fn try_lock(conn: &mut PgConnection) -> sqlx::Result<bool> {
-    sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(RUN_LOCK)
+    sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "locked!""#, RUN_LOCK)
         .fetch_one(conn)
         .await
 }
 
 pub async fn unlock(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("select pg_advisory_unlock($1)")
-        .bind(RUN_LOCK)
-        .execute(conn)
+    sqlx::query_scalar!("select pg_advisory_unlock($1)", RUN_LOCK)
+        .fetch_one(conn)
         .await
         .map(|_| ())
 }
 
 /// The run that is planning or running, as far as the table says.
 pub async fn active(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "select id from usersync.runs where state in ('planning', 'running')
           order by started_at desc limit 1",
     )
@@ -42,7 +40,7 @@ pub async fn active(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Uuid>> {
 /// among them (the work a new run takes over). Only called while holding the run lock, so no
 /// process is running any of them.
 pub async fn abandon_active(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "with gone as (
              update usersync.runs
                 set state = 'abandoned', finished_at = now(), updated_at = now(),
@@ -50,7 +48,7 @@ pub async fn abandon_active(db: impl PgExecutor<'_>) -> sqlx::Result<Option<Uuid
               where state in ('planning', 'running')
              returning id, dry_run, started_at
          )
-         select id from gone where not dry_run order by started_at desc limit 1",
+         select id as \"id!\" from gone where not dry_run order by started_at desc limit 1",
     )
     .fetch_optional(db)
     .await
@@ -63,16 +61,19 @@ pub async fn insert(
     options: &RunOptions,
     resumed_from: Option<Uuid>,
 ) -> sqlx::Result<Run> {
-    let row: RunRow = sqlx::query_as(&format!(
-        "insert into usersync.runs (id, caller, dry_run, options, state, resumed_from)
-         values ($1, $2, $3, $4, 'planning', $5)
-         returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(caller)
-    .bind(options.dry_run)
-    .bind(Json(options))
-    .bind(resumed_from)
+    let row = sqlx::query_as!(
+        RunRow,
+        r#"insert into usersync.runs (id, caller, dry_run, options, state, resumed_from)
+           values ($1, $2, $3, $4, 'planning', $5)
+           returning id, caller, state, options as "options: Json<RunOptions>",
+                     plan as "plan: Json<Plan>", counts as "counts: Json<serde_json::Value>", error,
+                     resumed_from, started_at, updated_at, finished_at"#,
+        id,
+        caller,
+        options.dry_run,
+        Json(options) as _,
+        resumed_from,
+    )
     .fetch_one(db)
     .await?;
     row.try_into()
@@ -85,22 +86,26 @@ pub async fn set_plan(
     plan: &Plan,
     state: RunState,
 ) -> sqlx::Result<()> {
-    sqlx::query("update usersync.runs set plan = $2, state = $3, updated_at = now() where id = $1")
-        .bind(id)
-        .bind(Json(plan))
-        .bind(state.as_str())
-        .execute(db)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "update usersync.runs set plan = $2, state = $3, updated_at = now() where id = $1",
+        id,
+        Json(plan) as _,
+        state.as_str(),
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
 }
 
 /// Locks the run's row until the caller's transaction ends.
 pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("select 1 from usersync.runs where id = $1 for update")
-        .bind(id)
-        .execute(db)
-        .await
-        .map(|_| ())
+    sqlx::query_scalar!(
+        "select 1 as one from usersync.runs where id = $1 for update",
+        id
+    )
+    .fetch_optional(db)
+    .await
+    .map(|_| ())
 }
 
 /// Records progress; called inside each chunk's transaction, so that the counts move exactly
@@ -110,12 +115,14 @@ pub async fn set_progress(
     id: Uuid,
     progress: &Progress,
 ) -> sqlx::Result<()> {
-    sqlx::query("update usersync.runs set counts = $2, updated_at = now() where id = $1")
-        .bind(id)
-        .bind(Json(progress))
-        .execute(db)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "update usersync.runs set counts = $2, updated_at = now() where id = $1",
+        id,
+        Json(progress) as _,
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
 }
 
 pub async fn finish(
@@ -125,27 +132,34 @@ pub async fn finish(
     progress: &Progress,
     error: Option<&str>,
 ) -> sqlx::Result<Run> {
-    let row: RunRow = sqlx::query_as(&format!(
-        "update usersync.runs
-            set state = $2, counts = $3, error = $4,
-                updated_at = now(), finished_at = now()
-          where id = $1
-         returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(state.as_str())
-    .bind(Json(progress))
-    .bind(error)
+    let row = sqlx::query_as!(
+        RunRow,
+        r#"update usersync.runs
+              set state = $2, counts = $3, error = $4,
+                  updated_at = now(), finished_at = now()
+            where id = $1
+           returning id, caller, state, options as "options: Json<RunOptions>",
+                     plan as "plan: Json<Plan>", counts as "counts: Json<serde_json::Value>", error,
+                     resumed_from, started_at, updated_at, finished_at"#,
+        id,
+        state.as_str(),
+        Json(progress) as _,
+        error,
+    )
     .fetch_one(db)
     .await?;
     row.try_into()
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Run>> {
-    let row: Option<RunRow> = sqlx::query_as(&format!(
-        "select {COLUMNS} from usersync.runs where id = $1"
-    ))
-    .bind(id)
+    let row = sqlx::query_as!(
+        RunRow,
+        r#"select id, caller, state, options as "options: Json<RunOptions>",
+                   plan as "plan: Json<Plan>", counts as "counts: Json<serde_json::Value>", error,
+                   resumed_from, started_at, updated_at, finished_at
+             from usersync.runs where id = $1"#,
+        id,
+    )
     .fetch_optional(db)
     .await?;
     row.map(Run::try_from).transpose()
@@ -153,19 +167,21 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Run>>
 
 /// The most recent runs, newest first.
 pub async fn recent(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Run>> {
-    let rows: Vec<RunRow> = sqlx::query_as(&format!(
-        "select {COLUMNS} from usersync.runs order by started_at desc, id limit $1"
-    ))
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        RunRow,
+        r#"select id, caller, state, options as "options: Json<RunOptions>",
+                   plan as "plan: Json<Plan>", counts as "counts: Json<serde_json::Value>", error,
+                   resumed_from, started_at, updated_at, finished_at
+             from usersync.runs order by started_at desc, id limit $1"#,
+        limit,
+    )
     .fetch_all(db)
     .await?;
     rows.into_iter().map(Run::try_from).collect()
 }
 
-const COLUMNS: &str = "id, caller, state, options, plan, counts, error, resumed_from, \
-                       started_at, updated_at, finished_at";
-
-#[derive(sqlx::FromRow)]
+/// A row of `usersync.runs` as every query here returns it (the same columns, named in each:
+/// the compile-time checked macros take only literals).
 struct RunRow {
     id: Uuid,
     caller: String,

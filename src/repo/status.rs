@@ -46,7 +46,7 @@ pub async fn count(
 
 /// When the last successful (applied or dry) run finished.
 pub async fn last_successful_run(db: impl PgExecutor<'_>) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("select max(finished_at) from usersync.runs where state = 'succeeded'")
+    sqlx::query_scalar!("select max(finished_at) from usersync.runs where state = 'succeeded'")
         .fetch_one(db)
         .await
 }

@@ -33,8 +33,7 @@ impl LockConnection {
 
     /// Takes the lock if nobody holds it; never waits.
     pub async fn try_lead(&mut self) -> sqlx::Result<bool> {
-        sqlx::query_scalar("select pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
+        sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "locked!""#, LOCK_KEY)
             .fetch_one(&mut self.conn)
             .await
     }
@@ -47,9 +46,8 @@ impl LockConnection {
     /// Releases the lock at once, so that a standby need not wait for the connection to time
     /// out (a graceful shutdown).
     pub async fn release(mut self) {
-        let _ = sqlx::query("select pg_advisory_unlock($1)")
-            .bind(LOCK_KEY)
-            .execute(&mut self.conn)
+        let _ = sqlx::query_scalar!("select pg_advisory_unlock($1)", LOCK_KEY)
+            .fetch_one(&mut self.conn)
             .await;
         let _ = self.conn.close().await;
     }
