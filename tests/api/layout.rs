@@ -6,43 +6,35 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// What `sync` may import; `worker` may import `sync` and the same.
+const BELOW_SYNC: &[&str] = &[
+    "compiler",
+    "repo",
+    "vocabulary",
+    "sqlstate",
+    "meter",
+    "supabase",
+];
+
 /// What each lower module may import of the crate. The composition roots (`cli`, `startup`,
 /// `dev`, `doctor`, `telemetry`), the HTTP edge (`http`, `state`, `error`, `openapi`) and
 /// `config`, which parses into the types of the modules that use them, are held only by the
 /// cycle check.
-const MAY_IMPORT: &[(&str, &[&str])] = &[
-    ("vocabulary", &[]),
-    ("sqlstate", &[]),
-    ("supabase", &[]),
-    ("throwaway", &[]),
-    ("compiler", &["vocabulary", "sqlstate"]),
-    ("repo", &["compiler", "vocabulary", "sqlstate"]),
-    ("meter", &["vocabulary"]),
-    (
-        "sync",
-        &[
-            "compiler",
-            "repo",
-            "vocabulary",
-            "sqlstate",
-            "meter",
-            "supabase",
-        ],
-    ),
-    (
-        "worker",
-        &[
-            "sync",
-            "compiler",
-            "repo",
-            "vocabulary",
-            "sqlstate",
-            "meter",
-        ],
-    ),
-    ("auth", &["config"]),
-    ("db", &["config"]),
-];
+fn may_import() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("vocabulary", vec![]),
+        ("sqlstate", vec![]),
+        ("supabase", vec![]),
+        ("throwaway", vec![]),
+        ("compiler", vec!["vocabulary", "sqlstate"]),
+        ("repo", vec!["compiler", "vocabulary", "sqlstate"]),
+        ("meter", vec!["vocabulary"]),
+        ("sync", BELOW_SYNC.to_vec()),
+        ("worker", [&["sync"], BELOW_SYNC].concat()),
+        ("auth", vec!["config"]),
+        ("db", vec!["config"]),
+    ]
+}
 
 /// The one pair of top-level modules allowed to import each other.
 const MUTUAL: (&str, &str) = ("http", "state");
@@ -138,8 +130,8 @@ fn crate_paths(text: &str) -> Vec<String> {
 fn each_lower_module_imports_only_the_modules_below_it() {
     let graph = imports();
     let mut wrong = Vec::new();
-    for (module, allowed) in MAY_IMPORT {
-        for name in &graph[*module] {
+    for (module, allowed) in may_import() {
+        for name in &graph[module] {
             if !allowed.contains(&name.as_str()) {
                 wrong.push(format!("{module} imports {name}"));
             }
