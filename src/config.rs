@@ -797,6 +797,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_retry_schedule_is_comma_separated_durations_each_above_zero() {
+        let schedule = parse_retry_schedule("5s, 30s,2m").unwrap();
+        assert_eq!(schedule.delay_after(3), Duration::from_secs(120));
+        for bad in ["", "5s,,1m", "0s", "5s,soon"] {
+            assert!(parse_retry_schedule(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn the_transaction_pooler_is_refused() {
         let err = DatabaseUrl::parse(
             "postgres://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres",

@@ -6,15 +6,13 @@
 //! `sync::status::refresh_gauges`'s: the meter imports only `vocabulary`, so that every layer
 //! may record into it.
 
+use std::future::Future;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::future::Future;
-
-use chrono::DateTime;
 
 use crate::vocabulary::{DriftKind, HealAction, SyncPath};
 

@@ -1,12 +1,12 @@
-//! Our own `Path` and `Json` extractors: axum's, with every rejection turned into `ApiError`,
-//! so that a bad UUID or bad JSON looks like every other failure on the wire.
+//! Our own extractors: the authenticated `Caller` (it runs before any path or body extractor),
+//! and `Path` and `Json`, axum's with every rejection turned into `ApiError`, so that a bad
+//! UUID or bad JSON looks like every other failure on the wire.
 
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::StatusCode;
-
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
