@@ -4,8 +4,8 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 
-# If sqlx's compile-time checked queries (query!) are used, build from the committed .sqlx/
-# metadata instead of a live database. Harmless otherwise.
+# usersync's own queries are sqlx's compile-time checked macros: build from the committed .sqlx/
+# data instead of a live database (as .cargo/config.toml does everywhere).
 ENV SQLX_OFFLINE=true
 
 COPY . .
