@@ -323,18 +323,18 @@ for size in $SIZES; do
       order=(none recipe usersync)
       turn=$(( (round - 1) % 3 ))
       order=("${order[@]:$turn}" "${order[@]:0:$turn}")
-      declare -A up=() in=()
+      declare -A up=() signin=()
       for setup in "${order[@]}"; do
         measure "$setup" signup "$clients" "$size"; up[$setup]=$TPS
-        if [ "$setup" != recipe ]; then measure "$setup" signin "$clients" "$size"; in[$setup]=$TPS; fi
+        if [ "$setup" != recipe ]; then measure "$setup" signin "$clients" "$size"; signin[$setup]=$TPS; fi
       done
       up_none+=("${up[none]}"); up_recipe+=("${up[recipe]}"); up_usersync+=("${up[usersync]}")
-      in_none+=("${in[none]}"); in_usersync+=("${in[usersync]}")
+      in_none+=("${signin[none]}"); in_usersync+=("${signin[usersync]}")
       vs_none+=("$(ratio "${up[usersync]}" "${up[none]}")")
       vs_recipe+=("$(ratio "${up[usersync]}" "${up[recipe]}")")
-      in_vs_none+=("$(ratio "${in[usersync]}" "${in[none]}")")
+      in_vs_none+=("$(ratio "${signin[usersync]}" "${signin[none]}")")
       echo "   round $round: usersync / none ${vs_none[-1]}x, / recipe ${vs_recipe[-1]}x; sign-in ${in_vs_none[-1]}x"
-      unset up in
+      unset up signin
     done
     un=$(median "${up_none[@]}"); ur=$(median "${up_recipe[@]}"); uu=$(median "${up_usersync[@]}")
     inn=$(median "${in_none[@]}"); inu=$(median "${in_usersync[@]}")
