@@ -37,6 +37,39 @@ select s.id, s.email,
  where s.deleted_at is null
 on conflict do nothing"
 
+# The database server's own CPU time, for a figure that scheduling noise moves far less than
+# throughput: on a shared machine a measurement's tps swings with what else runs, while the CPU
+# the server spends per transaction stays close to what the work costs. Needs the server on this
+# machine and its processes readable (the postmaster's pid from its data directory); otherwise
+# SERVER_CPU stays empty and the figures are left out.
+find_postmaster() {
+  local dir pid
+  dir=$(psql_admin -At -c "show data_directory" 2>/dev/null) || return 0
+  pid=$(head -1 "$dir/postmaster.pid" 2>/dev/null) || return 0
+  [ -r "/proc/$pid/stat" ] && POSTMASTER_PID=$pid
+  return 0
+}
+# Clock ticks the server has used so far: its exited backends (the postmaster's reaped children)
+# and every process still running. Waits first for the backends of ROLE (a pgbench that just
+# ended) to exit, so that their time is counted.
+server_cpu_ticks() {
+  local role="$1" ticks pid tries=0
+  [ -n "${POSTMASTER_PID:-}" ] || return 0
+  while pgrep -P "$POSTMASTER_PID" -f "^postgres: $role " >/dev/null && [ $tries -lt 100 ]; do
+    sleep 0.05; tries=$((tries + 1))
+  done
+  ticks=$(awk '{ print $16 + $17 + $14 + $15 }' "/proc/$POSTMASTER_PID/stat")
+  for pid in $(pgrep -P "$POSTMASTER_PID"); do
+    ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$ticks"
+}
+# Microseconds of server CPU per transaction, from two server_cpu_ticks readings.
+cpu_per_txn() {
+  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%d", (b - a) * 1000000 / hz / n }'
+}
+
 # The release binary: BIN when given, else built here.
 ensure_binary() {
   if [ -z "${BIN:-}" ]; then
@@ -272,4 +305,39 @@ INSERT INTO "one_time_tokens" ("created_at", "id", "relates_to", "token_hash", "
 END;
 SQL
   fi
+}
+
+# The three setups a sign-up is measured with (signup.sh, trigger-cost.sh): none, the Supabase
+# docs' recipe (https://supabase.com/docs/guides/auth/managing-user-data, on this table) and
+# usersync's triggers (BIN's `triggers install`). Installed on BENCH_URL's database.
+RECIPE_INSTALL="create function public.handle_new_user()
+returns trigger
+language plpgsql
+security definer set search_path = ''
+as \$\$
+begin
+  insert into public.users (id, email, full_name)
+  values (new.id, new.email, new.raw_user_meta_data ->> 'full_name');
+  return new;
+end;
+\$\$;
+create trigger on_auth_user_created
+  after insert on auth.users
+  for each row execute procedure public.handle_new_user();"
+RECIPE_UNINSTALL="drop trigger if exists on_auth_user_created on auth.users;
+drop function if exists public.handle_new_user();"
+
+install_setup() {
+  case "$1" in
+    none) ;;
+    recipe) psql_bench -c "$RECIPE_INSTALL" ;;
+    usersync) DATABASE_URL="$BENCH_URL" "$BIN" triggers install >/dev/null ;;
+  esac
+}
+uninstall_setup() {
+  case "$1" in
+    none) ;;
+    recipe) psql_bench -c "$RECIPE_UNINSTALL" ;;
+    usersync) DATABASE_URL="$BENCH_URL" "$BIN" triggers uninstall >/dev/null ;;
+  esac
 }

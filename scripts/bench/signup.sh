@@ -107,6 +107,7 @@ trap 'exit 130' INT TERM
 # ------------------------------------------------------------------------------------------------
 # The database: the fixtures, usersync's schema, and GoTrue's other tables the flows write.
 # ------------------------------------------------------------------------------------------------
+find_postmaster
 echo "== creating $DB"
 psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
 psql_bench -f tests/fixtures/supabase_auth.sql -f tests/fixtures/public_users.sql >/dev/null
@@ -194,39 +195,6 @@ SQL
 # ------------------------------------------------------------------------------------------------
 # The setups and the measurement.
 # ------------------------------------------------------------------------------------------------
-# (b) The recipe of https://supabase.com/docs/guides/auth/managing-user-data, on this table.
-RECIPE_INSTALL="create function public.handle_new_user()
-returns trigger
-language plpgsql
-security definer set search_path = ''
-as \$\$
-begin
-  insert into public.users (id, email, full_name)
-  values (new.id, new.email, new.raw_user_meta_data ->> 'full_name');
-  return new;
-end;
-\$\$;
-create trigger on_auth_user_created
-  after insert on auth.users
-  for each row execute procedure public.handle_new_user();"
-RECIPE_UNINSTALL="drop trigger if exists on_auth_user_created on auth.users;
-drop function if exists public.handle_new_user();"
-
-install() {
-  case "$1" in
-    none) ;;
-    recipe) psql_bench -c "$RECIPE_INSTALL" ;;
-    usersync) DATABASE_URL="$BENCH_URL" "$BIN" triggers install >/dev/null ;;
-  esac
-}
-uninstall() {
-  case "$1" in
-    none) ;;
-    recipe) psql_bench -c "$RECIPE_UNINSTALL" ;;
-    usersync) DATABASE_URL="$BENCH_URL" "$BIN" triggers uninstall >/dev/null ;;
-  esac
-}
-
 # Back to the seeded state (no trigger is installed when it runs, so deleting the new users fires
 # nothing): the users created since seeding, with their identities and one-time tokens (cascade),
 # their profiles, every session and audit row, usersync's events and dead letters.
@@ -254,10 +222,12 @@ SQL
   done
 }
 
-# One pgbench run; sets TPS. Any failed transaction or aborted client is an error.
+# One pgbench run; sets TPS, and CPU (the server's CPU microseconds per transaction) when the
+# server's processes can be read. Any failed transaction or aborted client is an error.
 pgbench_tps() {
-  local script="$1" clients="$2" seconds="$3" size="$4" out threads
+  local script="$1" clients="$2" seconds="$3" size="$4" out threads ticks_before ticks_after txns
   threads=$(( clients < $(nproc) ? clients : $(nproc) ))
+  ticks_before=$(server_cpu_ticks supabase_auth_admin)
   pgbench -n -M prepared -c "$clients" -j "$threads" -T "$seconds" -D size="$size" \
     -f "$script" "$AUTH_URL" >"$WORK/pgbench.out" 2>&1 &
   PGBENCH_PID=$!
@@ -275,15 +245,21 @@ pgbench_tps() {
     exit 1
   fi
   TPS=$(awk '/^tps = / { printf "%d", $3 }' <<<"$out")
+  CPU=""
+  if [ -n "$ticks_before" ]; then
+    ticks_after=$(server_cpu_ticks supabase_auth_admin)
+    txns=$(awk '/number of transactions actually processed/ { split($NF, n, "/"); print n[1] }' <<<"$out")
+    CPU=$(cpu_per_txn "$ticks_before" "$ticks_after" "$txns")
+  fi
 }
 
 # measure SETUP WORKLOAD CLIENTS SIZE: from the seeded state, with SETUP installed; sets TPS.
 measure() {
   local setup="$1" workload="$2" clients="$3" size="$4" added profiles
-  install "$setup"
+  install_setup "$setup"
   [ "$SETTLE" -gt 0 ] && pgbench_tps "$WORK/$workload.sql" "$clients" "$SETTLE" "$size"
   pgbench_tps "$WORK/$workload.sql" "$clients" "$DURATION" "$size"
-  uninstall "$setup"
+  uninstall_setup "$setup"
   read -r added profiles <<<"$(psql_bench -At -F ' ' -c "select
       (select count(*) from auth.users where created_at > '$SEED_END'),
       (select count(*) from public.users where created_at > '$SEED_END')")"
@@ -292,7 +268,7 @@ measure() {
     echo "$setup made $profiles profiles for $added sign-ups" >&2
     exit 1
   fi
-  echo "   $size users, $clients clients, $workload, $setup: $TPS tps (+$added users)"
+  echo "   $size users, $clients clients, $workload, $setup: $TPS tps${CPU:+, $CPU µs server CPU each} (+$added users)"
   reset_state "$size"
 }
 
@@ -300,7 +276,7 @@ measure() {
 # The run.
 # ------------------------------------------------------------------------------------------------
 echo "== flow: sign-up $SIGNUP_FLOW; ${DURATION}s per measurement; clients: $CLIENTS; rounds: $ROUNDS"
-ROWS=()
+ROWS=(); CPU_ROWS=()
 seeded=0
 for size in $SIZES; do
   [ "$size" -gt "$seeded" ] || { echo "SIZES must increase: $SIZES" >&2; exit 2; }
@@ -317,28 +293,50 @@ for size in $SIZES; do
   for clients in $CLIENTS; do
     up_none=(); up_recipe=(); up_usersync=(); in_none=(); in_usersync=()
     vs_none=(); vs_recipe=(); in_vs_none=()
+    cpu_up_none=(); cpu_up_recipe=(); cpu_up_usersync=(); cpu_in_none=(); cpu_in_usersync=()
+    cpu_vs_none=(); cpu_vs_recipe=(); cpu_in_vs_none=()
     for round in $(seq 1 "$ROUNDS"); do
       # Each round measures every setup once, in an order that turns by one each round, so that
       # no setup always runs first (or right after the same other one) at a size.
       order=(none recipe usersync)
       turn=$(( (round - 1) % 3 ))
       order=("${order[@]:$turn}" "${order[@]:0:$turn}")
-      declare -A up=() signin=()
+      declare -A up=() signin=() cpu_up=() cpu_in=()
       for setup in "${order[@]}"; do
-        measure "$setup" signup "$clients" "$size"; up[$setup]=$TPS
-        if [ "$setup" != recipe ]; then measure "$setup" signin "$clients" "$size"; signin[$setup]=$TPS; fi
+        measure "$setup" signup "$clients" "$size"; up[$setup]=$TPS; cpu_up[$setup]=$CPU
+        if [ "$setup" != recipe ]; then
+          measure "$setup" signin "$clients" "$size"; signin[$setup]=$TPS; cpu_in[$setup]=$CPU
+        fi
       done
+      if [ -n "${cpu_up[none]}" ]; then
+        # By CPU, a ratio is the inverse of the CPU per transaction: what the throughput ratio
+        # is where the server's CPU decides it (16 clients on 2 cores), without the scheduling
+        # noise of a shared machine.
+        cpu_up_none+=("${cpu_up[none]}"); cpu_up_recipe+=("${cpu_up[recipe]}")
+        cpu_up_usersync+=("${cpu_up[usersync]}")
+        cpu_in_none+=("${cpu_in[none]}"); cpu_in_usersync+=("${cpu_in[usersync]}")
+        cpu_vs_none+=("$(ratio "${cpu_up[none]}" "${cpu_up[usersync]}")")
+        cpu_vs_recipe+=("$(ratio "${cpu_up[recipe]}" "${cpu_up[usersync]}")")
+        cpu_in_vs_none+=("$(ratio "${cpu_in[none]}" "${cpu_in[usersync]}")")
+      fi
       up_none+=("${up[none]}"); up_recipe+=("${up[recipe]}"); up_usersync+=("${up[usersync]}")
       in_none+=("${signin[none]}"); in_usersync+=("${signin[usersync]}")
       vs_none+=("$(ratio "${up[usersync]}" "${up[none]}")")
       vs_recipe+=("$(ratio "${up[usersync]}" "${up[recipe]}")")
       in_vs_none+=("$(ratio "${signin[usersync]}" "${signin[none]}")")
-      echo "   round $round: usersync / none ${vs_none[-1]}x, / recipe ${vs_recipe[-1]}x; sign-in ${in_vs_none[-1]}x"
-      unset up signin
+      by_cpu=""
+      [ "${#cpu_vs_none[@]}" -gt 0 ] && by_cpu=" (by CPU ${cpu_vs_none[-1]}x, ${cpu_vs_recipe[-1]}x; ${cpu_in_vs_none[-1]}x)"
+      echo "   round $round: usersync / none ${vs_none[-1]}x, / recipe ${vs_recipe[-1]}x; sign-in ${in_vs_none[-1]}x$by_cpu"
+      unset up signin cpu_up cpu_in
     done
     un=$(median "${up_none[@]}"); ur=$(median "${up_recipe[@]}"); uu=$(median "${up_usersync[@]}")
     inn=$(median "${in_none[@]}"); inu=$(median "${in_usersync[@]}")
     r_none=$(median "${vs_none[@]}"); r_recipe=$(median "${vs_recipe[@]}"); r_in=$(median "${in_vs_none[@]}")
+    if [ "${#cpu_vs_none[@]}" -gt 0 ]; then
+      c_none=$(median "${cpu_vs_none[@]}"); c_recipe=$(median "${cpu_vs_recipe[@]}")
+      c_in=$(median "${cpu_in_vs_none[@]}")
+      CPU_ROWS+=("| $size | $clients | $(median "${cpu_up_none[@]}") | $(median "${cpu_up_recipe[@]}") | $(median "${cpu_up_usersync[@]}") | ${c_none}x ($(verdict "$c_none" 0.85)) | ${c_recipe}x ($(verdict "$c_recipe" 0.90)) | $(median "${cpu_in_none[@]}") | $(median "${cpu_in_usersync[@]}") | ${c_in}x ($(verdict "$c_in" 0.95)) | $(spread "${cpu_up_none[@]}") / $(spread "${cpu_up_usersync[@]}") |")
+    fi
     ROWS+=("| $size | $clients | $un | $ur | $uu | ${r_none}x ($(verdict "$r_none" 0.85)) | ${r_recipe}x ($(verdict "$r_recipe" 0.90)) | $inn | $inu | ${r_in}x ($(verdict "$r_in" 0.95)) | $(spread "${up_none[@]}") / $(spread "${up_usersync[@]}") |")
   done
 done
@@ -351,3 +349,13 @@ echo
 echo "| users | clients | sign-up none | sign-up recipe | sign-up usersync | usersync / none (>= 0.85) | usersync / recipe (>= 0.90) | sign-in none | sign-in usersync | usersync / none (>= 0.95) | spread |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
+if [ "${#CPU_ROWS[@]}" -gt 0 ]; then
+  echo
+  echo "The same measurements by the server's CPU: microseconds of CPU per transaction (every server process,"
+  echo "exited backends included; pgbench's own not), medians of the rounds; a ratio is the median of the rounds'"
+  echo "none (or recipe) CPU / usersync CPU, which is the throughput ratio wherever CPU decides throughput."
+  echo
+  echo "| users | clients | sign-up CPU µs none | recipe | usersync | usersync / none by CPU (>= 0.85) | usersync / recipe by CPU (>= 0.90) | sign-in CPU µs none | usersync | usersync / none by CPU (>= 0.95) | spread |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${CPU_ROWS[@]}"
+fi
