@@ -66,9 +66,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== creating $DB"
-psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
-psql_bench -f tests/fixtures/supabase_auth.sql -f tests/fixtures/public_users.sql >/dev/null
-DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
+create_bench_db
 
 # Users (from+1 .. to] with profiles; ids md5('user' || g), as in signup.sh.
 seed() {

@@ -70,6 +70,15 @@ cpu_per_txn() {
     'BEGIN { printf "%d", (b - a) * 1000000 / hz / n }'
 }
 
+# The bench database DB, new: Supabase Auth's tables as the fixture has them, the default
+# mapping's profile table, and usersync's schema (`migrate`, which also builds usersync's index on
+# the target's lower(email)).
+create_bench_db() {
+  psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
+  psql_bench -f tests/fixtures/supabase_auth.sql -f tests/fixtures/public_users.sql >/dev/null
+  DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
+}
+
 # The release binary: BIN when given, else built here.
 ensure_binary() {
   if [ -z "${BIN:-}" ]; then
@@ -327,17 +336,14 @@ create trigger on_auth_user_created
 RECIPE_UNINSTALL="drop trigger if exists on_auth_user_created on auth.users;
 drop function if exists public.handle_new_user();"
 
-install_setup() {
-  case "$1" in
+# setup_trigger install|uninstall SETUP
+setup_trigger() {
+  local verb="$1" setup="$2" recipe_sql
+  case "$setup" in
     none) ;;
-    recipe) psql_bench -c "$RECIPE_INSTALL" ;;
-    usersync) DATABASE_URL="$BENCH_URL" "$BIN" triggers install >/dev/null ;;
-  esac
-}
-uninstall_setup() {
-  case "$1" in
-    none) ;;
-    recipe) psql_bench -c "$RECIPE_UNINSTALL" ;;
-    usersync) DATABASE_URL="$BENCH_URL" "$BIN" triggers uninstall >/dev/null ;;
+    recipe)
+      if [ "$verb" = install ]; then recipe_sql=$RECIPE_INSTALL; else recipe_sql=$RECIPE_UNINSTALL; fi
+      psql_bench -c "$recipe_sql" ;;
+    usersync) DATABASE_URL="$BENCH_URL" "$BIN" triggers "$verb" >/dev/null ;;
   esac
 }

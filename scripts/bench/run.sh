@@ -42,9 +42,7 @@ PORT="${BENCH_PORT:-18080}"
 ensure_binary
 
 echo "== creating $DB"
-psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
-psql_bench -f tests/fixtures/supabase_auth.sql -f tests/fixtures/public_users.sql >/dev/null
-DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
+create_bench_db
 
 # N auth users, as Supabase Auth writes them. `vacuumed`: then vacuumed and analysed, as
 # autovacuum leaves a table some time after a load; `unvacuumed`: as the load leaves it.

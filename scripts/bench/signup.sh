@@ -109,9 +109,7 @@ trap 'exit 130' INT TERM
 # ------------------------------------------------------------------------------------------------
 find_postmaster
 echo "== creating $DB"
-psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
-psql_bench -f tests/fixtures/supabase_auth.sql -f tests/fixtures/public_users.sql >/dev/null
-DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
+create_bench_db
 gotrue_tables_sql | psql_bench
 psql "$AUTH_URL" -X -q -At -c "select 1 from users limit 0" >/dev/null \
   || { echo "cannot run SQL as supabase_auth_admin at $AUTH_URL" >&2; exit 1; }
@@ -256,10 +254,10 @@ pgbench_tps() {
 # measure SETUP WORKLOAD CLIENTS SIZE: from the seeded state, with SETUP installed; sets TPS.
 measure() {
   local setup="$1" workload="$2" clients="$3" size="$4" added profiles
-  install_setup "$setup"
+  setup_trigger install "$setup"
   [ "$SETTLE" -gt 0 ] && pgbench_tps "$WORK/$workload.sql" "$clients" "$SETTLE" "$size"
   pgbench_tps "$WORK/$workload.sql" "$clients" "$DURATION" "$size"
-  uninstall_setup "$setup"
+  setup_trigger uninstall "$setup"
   read -r added profiles <<<"$(psql_bench -At -F ' ' -c "select
       (select count(*) from auth.users where created_at > '$SEED_END'),
       (select count(*) from public.users where created_at > '$SEED_END')")"

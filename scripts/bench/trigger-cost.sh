@@ -45,11 +45,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== creating $DB with $SIZE users and their profiles"
-psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
-psql_bench -f tests/fixtures/supabase_auth.sql -f tests/fixtures/public_users.sql >/dev/null
-# `migrate` also builds usersync's index on the target's lower(email), which every first sync
-# probes.
-DATABASE_URL="$BENCH_URL" "$BIN" migrate >/dev/null
+create_bench_db
 auth_users_sql "md5('user' || g)::uuid" 0 "$SIZE" | psql_bench
 psql_bench -c "$BARE_INSERT" -c "vacuum analyze auth.users" -c "vacuum analyze public.users"
 
@@ -99,9 +95,9 @@ for round in $(seq 1 "$ROUNDS"); do
   order=("${SETUPS[@]:$turn}" "${SETUPS[@]:0:$turn}")
   line="   round $round:"
   for setup in "${order[@]}"; do
-    install_setup "$setup"
+    setup_trigger install "$setup"
     us=$(loop_sql | psql "$AUTH_URL" -X -q -v ON_ERROR_STOP=1 2>&1 | awk '/per_commit_us/ { print $NF }')
-    uninstall_setup "$setup"
+    setup_trigger uninstall "$setup"
     [ -n "$us" ] || { echo "the loop printed no time ($setup)" >&2; exit 1; }
     read -r added profiles <<<"$(psql_bench -At -F ' ' -c "select
         (select count(*) from auth.users where email like 'loop-%'),
