@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -14,8 +13,8 @@ use crate::auth::mint::{self, Subject};
 use crate::compiler::bind::{BindError, BoundMapping};
 use crate::compiler::mapping::Mapping;
 use crate::config::{
-    DatabaseConfig, DatabaseUrl, LogFormat, MappingConfig, PolicyConfig, ReconcileConfig,
-    ServeConfig,
+    DatabaseConfig, InspectedDatabaseConfig, LogConfig, MappingConfig, PolicyConfig,
+    ReconcileConfig, ServeConfig, SigningConfig,
 };
 use crate::doctor::Risk;
 use crate::repo::email_index::{self, EmailIndex};
@@ -35,14 +34,8 @@ use crate::{db, dev, doctor, sync, telemetry};
     about = "Keeps Supabase's auth.users and your users table in step"
 )]
 pub struct Cli {
-    /// Log format; `json` by default when stderr is not a terminal, else `pretty`.
-    #[arg(
-        long,
-        env = "USERSYNC_LOG_FORMAT",
-        value_name = "USERSYNC_LOG_FORMAT",
-        global = true
-    )]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    log: LogConfig,
 
     #[command(subcommand)]
     command: Command,
@@ -113,11 +106,8 @@ struct TriggersArgs {
 
 #[derive(Debug, Args)]
 struct DoctorArgs {
-    /// The Postgres to inspect. Unlike the other commands, doctor accepts Supabase's
-    /// transaction-mode pooler (port 6543), to report it as a risk.
-    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL",
-          value_parser = DatabaseUrl::parse_any_port, hide_env_values = true)]
-    url: DatabaseUrl,
+    #[command(flatten)]
+    database: InspectedDatabaseConfig,
     #[command(flatten)]
     mapping: MappingConfig,
 }
@@ -179,24 +169,8 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
-    /// The project's JWT secret: at least 32 characters, checked as `serve` checks it (a
-    /// token signed with a shorter one would be refused by the service it was minted for).
-    #[arg(
-        long = "jwt-secret",
-        env = "USERSYNC_JWT_SECRET",
-        value_name = "USERSYNC_JWT_SECRET",
-        value_parser = crate::config::parse_secret,
-        hide_env_values = true,
-        required = true
-    )]
-    jwt_secret: Option<SecretString>,
-    /// Issuer claim for user tokens.
-    #[arg(
-        long = "jwt-issuer",
-        env = "USERSYNC_JWT_ISSUER",
-        value_name = "USERSYNC_JWT_ISSUER"
-    )]
-    jwt_issuer: Option<String>,
+    #[command(flatten)]
+    signing: SigningConfig,
 }
 
 /// Parses the command line (and `.env`) and runs the command; any failure is one line on
@@ -207,14 +181,7 @@ pub async fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return report_parse_error(e),
     };
-    let format = cli
-        .log_format
-        .unwrap_or(if std::io::stderr().is_terminal() {
-            LogFormat::Pretty
-        } else {
-            LogFormat::Json
-        });
-    telemetry::init(format);
+    telemetry::init(cli.log.format(std::io::stderr().is_terminal()));
     match execute(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -227,12 +194,12 @@ pub async fn run() -> ExitCode {
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(config) => {
-            let pool = db::pool(&config.database);
+            let pool = db::pool(&config.database.pool_settings());
             let app = Application::build(&config, pool).await?;
             app.run_until_stopped(startup::shutdown_signal()).await?;
         }
         Command::Migrate { database, mapping } => {
-            let pool = db::pool(&database);
+            let pool = db::pool(&database.pool_settings());
             db::migrate(&pool).await?;
             println!("usersync schema is up to date");
             let mapping = Mapping::load(mapping.mapping.as_deref())?;
@@ -252,7 +219,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Triggers { action } => run_triggers(action).await?,
         Command::Doctor(args) => return doctor(args).await,
         Command::Status { database, mapping } => {
-            let pool = db::pool(&database);
+            let pool = db::pool(&database.pool_settings());
             let bound = startup::bind(&pool, Mapping::load(mapping.mapping.as_deref())?).await?;
             let status = sync::status::status(&pool, &bound).await?;
             print!("{}", render_status(&status));
@@ -263,14 +230,19 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", crate::http::openapi_document().to_pretty_json()?);
         }
         Command::Token(args) => {
-            let secret = args.jwt_secret.expect("clap requires it");
+            let secret = args.signing.jwt_secret.expect("clap requires it");
             let subject = match args.sub {
                 Some(id) => Subject::User(id),
                 None => Subject::Service,
             };
             println!(
                 "{}",
-                mint::mint(&secret, subject, args.jwt_issuer.as_deref(), args.ttl)?
+                mint::mint(
+                    &secret,
+                    subject,
+                    args.signing.jwt_issuer.as_deref(),
+                    args.ttl
+                )?
             );
         }
         Command::Dev(args) => dev::run(args).await?,
@@ -280,7 +252,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
     let bind = |args: &TriggersArgs| {
-        let pool = db::pool(&args.database);
+        let pool = db::pool(&args.database.pool_settings());
         let mapping = Mapping::load(args.mapping.mapping.as_deref());
         async move { anyhow::Ok((startup::bind(&pool, mapping?).await?, pool)) }
     };
@@ -296,7 +268,7 @@ async fn run_triggers(action: TriggersAction) -> anyhow::Result<()> {
             );
         }
         TriggersAction::Uninstall(database) => {
-            match triggers::uninstall(&db::pool(&database)).await? {
+            match triggers::uninstall(&db::pool(&database.pool_settings())).await? {
                 Uninstalled::Removed => println!("usersync triggers removed"),
                 Uninstalled::Neutralised { owner, drop } => println!(
                 "usersync triggers neutralised: they stay on auth.users and do nothing, because \
@@ -338,12 +310,13 @@ async fn ensure_email_index(db: &sqlx::PgPool, bound: &BoundMapping) -> anyhow::
 /// Prints one line per risk (or "no risks found"); fails when it found any.
 async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let mut risks = Vec::new();
-    if args.url.through_transaction_pooler() {
+    let url = &args.database.url;
+    if url.through_transaction_pooler() {
         risks.push(Risk::TransactionPooler);
     }
     let mapping = Mapping::load(args.mapping.mapping.as_deref())?;
     // One connection, made once: a database that cannot be reached is reported at once.
-    let inspected = match PgConnection::connect_with(&args.url.options).await {
+    let inspected = match PgConnection::connect_with(&url.options).await {
         Ok(mut conn) => doctor::inspect(&mut conn, &mapping).await,
         Err(e) => Err(e),
     };
@@ -435,7 +408,7 @@ use std::error::Error as _;
 /// on a terminal and a summary table at the end.
 async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     args.reconcile.check().map_err(anyhow::Error::msg)?;
-    let pool = db::pool(&args.database);
+    let pool = db::pool(&args.database.pool_settings());
     let bound = startup::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?;
     let reconciler = Reconciler::new(
         pool,
@@ -496,7 +469,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
 
 async fn repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
     args.reconcile.check().map_err(anyhow::Error::msg)?;
-    let pool = db::pool(&args.database);
+    let pool = db::pool(&args.database.pool_settings());
     let bound = std::sync::Arc::new(
         startup::bind(&pool, Mapping::load(args.mapping.mapping.as_deref())?).await?,
     );

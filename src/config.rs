@@ -1,8 +1,17 @@
-//! Configuration: typed settings read from the environment (and `.env`), each validated as it
-//! is parsed, so that a bad one stops the process at start-up with one line naming it.
+//! Configuration: every setting's flag and environment variable (the clap argument structs
+//! below, flattened into the subcommands that take them), and the functions that parse them,
+//! each validated as it is parsed, so that a bad one stops the process at start-up with one line
+//! naming it. A setting is declared once, here, so every command that takes it checks it alike.
 //!
-//! Every setting is also a flag of the subcommands that need it; the environment variable is the
-//! documented way to set it (see the README's configuration table).
+//! Only parsing lives here: what a setting becomes is a type of the module that uses it
+//! (`db::DatabaseUrl` and `db::PoolSettings`, `auth::Credentials` and `auth::ServiceKeys`,
+//! `http::EdgeLimits`, `http::CorsOrigins`, `http::MetricsAccess`,
+//! `http::serve::ConnectionLimits`, `telemetry::LogFormat`, the reconcile defaults and
+//! `Walking` of `sync::reconcile`, `worker::HealingSettings`, the policies of
+//! `vocabulary::policy`), and the structs' methods turn flags into those types.
+//!
+//! The environment variable is the documented way to set each (see the README's configuration
+//! table).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,21 +20,22 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use reqwest::Url;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
+use crate::auth::{Credentials, JwksSource, ServiceKeys};
+use crate::db::{DatabaseUrl, PoolSettings, TRANSACTION_POOLER_PORT};
+use crate::http::serve::ConnectionLimits;
+use crate::http::{CorsOrigins, EdgeLimits, MetricsAccess};
 use crate::supabase::AdminApi;
 use crate::sync::coalesce::Coalescing;
-use crate::sync::reconcile::Walking;
+use crate::sync::reconcile::{Walking, DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS};
+use crate::telemetry::LogFormat;
 use crate::vocabulary::policy::{
     DeletedPolicy, MismatchedPolicy, MissingPolicy, OrphanedPolicy, Policies, StalePolicy,
 };
 use crate::worker::retry::RetrySchedule;
 use crate::worker::HealingSettings;
-
-/// The port of Supabase's transaction-mode pooler (Supavisor), which does not support the
-/// prepared statements sqlx relies on.
-const TRANSACTION_POOLER_PORT: u16 = 6543;
 
 /// The connection to the Postgres that holds both `auth.users` and the target table.
 #[derive(Debug, Clone, Args)]
@@ -33,7 +43,7 @@ pub struct DatabaseConfig {
     /// Postgres connection URL: a direct connection or Supabase's session-mode pooler (port
     /// 5432). The transaction-mode pooler (port 6543) is refused.
     #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL",
-          value_parser = DatabaseUrl::parse, hide_env_values = true)]
+          value_parser = parse_database_url, hide_env_values = true)]
     pub url: DatabaseUrl,
 
     /// Most connections the service holds open.
@@ -49,57 +59,49 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
 }
 
-/// A parsed Postgres URL. The original string is kept secret: it usually holds a password.
-#[derive(Clone)]
-pub struct DatabaseUrl {
-    pub options: PgConnectOptions,
-    raw: SecretString,
-}
-
-impl DatabaseUrl {
-    pub fn expose(&self) -> &str {
-        self.raw.expose_secret()
-    }
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DatabaseUrl([redacted])")
-    }
-}
-
-impl DatabaseUrl {
-    /// Parses and checks a Postgres URL; the error never repeats the URL (it may hold a
-    /// password).
-    pub fn parse(raw: &str) -> Result<DatabaseUrl, String> {
-        let url = Self::parse_any_port(raw)?;
-        if url.through_transaction_pooler() {
-            return Err(format!(
-                "points at port {TRANSACTION_POOLER_PORT}, Supabase's transaction-mode pooler, \
-                 which does not support prepared statements: use the direct connection or the \
-                 session-mode pooler (port 5432)"
-            ));
+impl DatabaseConfig {
+    /// The pool these settings describe.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            url: self.url.clone(),
+            size: self.pool_size,
+            acquire_timeout: self.acquire_timeout,
         }
-        Ok(url)
     }
+}
 
-    /// Parses without refusing the transaction-mode pooler: `usersync doctor` reports it as a
-    /// risk rather than stopping at it.
-    pub fn parse_any_port(raw: &str) -> Result<DatabaseUrl, String> {
-        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-            return Err("must be a postgres:// or postgresql:// URL".into());
-        }
-        let options = PgConnectOptions::from_str(raw).map_err(|_| "is not a valid Postgres URL")?;
-        Ok(DatabaseUrl {
-            options,
-            raw: SecretString::from(raw.to_owned()),
-        })
+/// Parses and checks a Postgres URL; the error never repeats the URL (it may hold a password).
+pub fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
+    let url = parse_database_url_any_port(raw)?;
+    if url.through_transaction_pooler() {
+        return Err(format!(
+            "points at port {TRANSACTION_POOLER_PORT}, Supabase's transaction-mode pooler, \
+             which does not support prepared statements: use the direct connection or the \
+             session-mode pooler (port 5432)"
+        ));
     }
+    Ok(url)
+}
 
-    /// Whether the URL names Supabase's transaction-mode pooler port.
-    pub fn through_transaction_pooler(&self) -> bool {
-        self.options.get_port() == TRANSACTION_POOLER_PORT
+/// Parses without refusing the transaction-mode pooler: `usersync doctor` reports it as a risk
+/// rather than stopping at it.
+pub fn parse_database_url_any_port(raw: &str) -> Result<DatabaseUrl, String> {
+    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+        return Err("must be a postgres:// or postgresql:// URL".into());
     }
+    let options = PgConnectOptions::from_str(raw).map_err(|_| "is not a valid Postgres URL")?;
+    Ok(DatabaseUrl::new(raw, options))
+}
+
+/// The Postgres `usersync doctor` inspects. Unlike the other commands, doctor accepts
+/// Supabase's transaction-mode pooler, to report it as a risk.
+#[derive(Debug, Clone, Args)]
+pub struct InspectedDatabaseConfig {
+    /// The Postgres to inspect. Unlike the other commands, doctor accepts Supabase's
+    /// transaction-mode pooler (port 6543), to report it as a risk.
+    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL",
+          value_parser = parse_database_url_any_port, hide_env_values = true)]
+    pub url: DatabaseUrl,
 }
 
 /// How callers prove who they are.
@@ -172,6 +174,21 @@ impl AuthConfig {
         Ok(())
     }
 
+    /// What callers are verified against, once `check` passed.
+    pub fn credentials(&self) -> Result<Credentials, String> {
+        let jwks = self.resolved_jwks_url()?.map(|url| JwksSource {
+            url,
+            cache_ttl: self.jwks_cache_ttl,
+            refetch_interval: self.jwks_refetch_interval,
+        });
+        Ok(Credentials {
+            jwt_secret: self.jwt_secret.clone(),
+            jwt_issuer: self.jwt_issuer.clone(),
+            service_keys: self.service_keys.clone(),
+            jwks,
+        })
+    }
+
     fn uses_jwks(&self) -> bool {
         self.jwks_url.is_some() || self.jwks_from_issuer
     }
@@ -219,14 +236,29 @@ pub fn parse_secret(raw: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(raw.to_owned()))
 }
 
-/// The configured secret keys; their values never appear in `Debug`.
-#[derive(Clone)]
-pub struct ServiceKeys(pub Vec<SecretString>);
-
-impl std::fmt::Debug for ServiceKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceKeys([{} redacted])", self.0.len())
-    }
+/// The settings `usersync token` signs with: the same variables as `serve`'s, parsed alike (a
+/// token signed with a secret `serve` would refuse would be refused by the service it was
+/// minted for).
+#[derive(Debug, Clone, Args)]
+pub struct SigningConfig {
+    /// The project's JWT secret: at least 32 characters, checked as `serve` checks it (a
+    /// token signed with a shorter one would be refused by the service it was minted for).
+    #[arg(
+        long = "jwt-secret",
+        env = "USERSYNC_JWT_SECRET",
+        value_name = "USERSYNC_JWT_SECRET",
+        value_parser = parse_secret,
+        hide_env_values = true,
+        required = true
+    )]
+    pub jwt_secret: Option<SecretString>,
+    /// Issuer claim for user tokens.
+    #[arg(
+        long = "jwt-issuer",
+        env = "USERSYNC_JWT_ISSUER",
+        value_name = "USERSYNC_JWT_ISSUER"
+    )]
+    pub jwt_issuer: Option<String>,
 }
 
 fn parse_service_keys(raw: &str) -> Result<ServiceKeys, String> {
@@ -329,7 +361,7 @@ pub struct HttpConfig {
     /// Comma-separated browser origins allowed to call the API (`https://app.example.com`), or
     /// `*` for any. Unset: no CORS headers, so browsers allow only same-origin calls.
     #[arg(long = "cors-origins", env = "USERSYNC_CORS_ORIGINS",
-          value_name = "USERSYNC_CORS_ORIGINS", value_parser = CorsOrigins::parse)]
+          value_name = "USERSYNC_CORS_ORIGINS", value_parser = parse_cors_origins)]
     pub cors_origins: Option<CorsOrigins>,
 
     /// Who may read `/metrics`: `public` or `service`.
@@ -350,6 +382,19 @@ pub struct HttpConfig {
 
     #[command(flatten)]
     pub connections: ConnectionConfig,
+}
+
+impl HttpConfig {
+    /// The middleware stack's limits and CORS.
+    pub fn edge_limits(&self) -> EdgeLimits {
+        EdgeLimits {
+            request_timeout: self.request_timeout,
+            body_limit: self.body_limit,
+            header_limit: self.header_limit,
+            concurrency_limit: self.concurrency_limit,
+            cors_origins: self.cors_origins.clone(),
+        }
+    }
 }
 
 /// How long and how many client connections the service keeps: what an idle or hostile client
@@ -406,56 +451,40 @@ impl ConnectionConfig {
         }
         Ok(())
     }
-}
 
-/// The origins CORS allows: any, or a list of exact `scheme://host[:port]` origins.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CorsOrigins {
-    Any,
-    List(Vec<String>),
-}
-
-impl CorsOrigins {
-    /// Parses `*` or a comma-separated list of origins, each normalised the way browsers send
-    /// the `Origin` header (lower-case host, no default port, no trailing slash).
-    pub fn parse(raw: &str) -> Result<CorsOrigins, String> {
-        if raw.trim() == "*" {
-            return Ok(CorsOrigins::Any);
+    /// The accept loop's limits.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
+            max_connections: self.max_connections,
         }
-        raw.split(',')
-            .map(|origin| {
-                let origin = origin.trim();
-                let url = Url::parse(origin)
-                    .map_err(|_| format!("`{origin}` is not an origin such as https://app.example.com"))?;
-                let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
-                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
-                    return Err(format!(
-                        "`{origin}` is not an origin such as https://app.example.com (scheme and host, no path)"
-                    ));
-                }
-                Ok(url.origin().ascii_serialization())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(CorsOrigins::List)
     }
 }
 
-/// Who may read `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum MetricsAccess {
-    /// Anyone who can reach the port (the usual set-up behind a private network).
-    Public,
-    /// Only the service (a `service_role` token or a secret key).
-    Service,
+/// Parses `*` or a comma-separated list of origins, each normalised the way browsers send the
+/// `Origin` header (lower-case host, no default port, no trailing slash).
+pub fn parse_cors_origins(raw: &str) -> Result<CorsOrigins, String> {
+    if raw.trim() == "*" {
+        return Ok(CorsOrigins::Any);
+    }
+    raw.split(',')
+        .map(|origin| {
+            let origin = origin.trim();
+            let url = Url::parse(origin).map_err(|_| {
+                format!("`{origin}` is not an origin such as https://app.example.com")
+            })?;
+            let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+                return Err(format!(
+                    "`{origin}` is not an origin such as https://app.example.com (scheme and host, no path)"
+                ));
+            }
+            Ok(url.origin().ascii_serialization())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(CorsOrigins::List)
 }
-
-/// Source rows per reconciliation chunk: large enough that per-statement costs vanish, small
-/// enough that one chunk's transaction stays short.
-pub const DEFAULT_CHUNK_SIZE: u32 = 100_000;
-
-/// Chunks in flight at once: the apply path is Postgres work, and two statements use two of the
-/// server's cores while leaving the rest to the application.
-pub const DEFAULT_WORKERS: u16 = 2;
 
 /// How reconciliation runs repair each kind of drift, and how they walk the tables.
 #[derive(Debug, Clone, Args)]
@@ -714,13 +743,42 @@ pub struct HooksConfig {
     pub webhook_secret: Option<SecretString>,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line: for production log collectors.
-    Json,
-    /// Human-readable lines: for a terminal.
-    Pretty,
+/// How every command logs.
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// Log format; `json` by default when stderr is not a terminal, else `pretty`.
+    #[arg(
+        long,
+        env = "USERSYNC_LOG_FORMAT",
+        value_name = "USERSYNC_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LogConfig {
+    /// The configured format, or the default for where stderr goes.
+    pub fn format(&self, stderr_is_terminal: bool) -> LogFormat {
+        self.log_format.unwrap_or(if stderr_is_terminal {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        })
+    }
+}
+
+/// Where `usersync dev` listens: `USERSYNC_LISTEN`, as `serve` reads it, but on the loopback
+/// interface by default.
+#[derive(Debug, Clone, Args)]
+pub struct DevConfig {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "USERSYNC_LISTEN",
+        value_name = "USERSYNC_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
 }
 
 /// Everything `usersync serve` needs.
@@ -807,21 +865,19 @@ mod tests {
 
     #[test]
     fn the_transaction_pooler_is_refused() {
-        let err = DatabaseUrl::parse(
+        let err = parse_database_url(
             "postgres://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres",
         )
         .unwrap_err();
         assert!(err.contains("6543"), "{err}");
-        assert!(DatabaseUrl::parse(
+        assert!(parse_database_url(
             "postgres://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:5432/postgres"
         )
         .is_ok());
-    }
-
-    #[test]
-    fn database_urls_never_show_their_password() {
-        let url = DatabaseUrl::parse("postgres://u:hunter2-secret@localhost/db").unwrap();
-        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(parse_database_url_any_port(
+            "postgres://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"
+        )
+        .is_ok_and(|url| url.through_transaction_pooler()));
     }
 
     #[test]
@@ -928,9 +984,9 @@ mod tests {
 
     #[test]
     fn cors_origins_are_normalised_the_way_browsers_send_them() {
-        assert_eq!(CorsOrigins::parse(" * ").unwrap(), CorsOrigins::Any);
+        assert_eq!(parse_cors_origins(" * ").unwrap(), CorsOrigins::Any);
         assert_eq!(
-            CorsOrigins::parse(
+            parse_cors_origins(
                 "https://App.Example.com, http://localhost:3000/, https://x.dev:443"
             )
             .unwrap(),
@@ -946,7 +1002,7 @@ mod tests {
             "https://a.com,",
             "*,https://a.com",
         ] {
-            assert!(CorsOrigins::parse(bad).is_err(), "{bad}");
+            assert!(parse_cors_origins(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,20 +1,67 @@
-//! The connection pool and the usersync migrations. What an error of theirs means is
-//! `sqlstate`'s.
+//! The connection pool and the usersync migrations, and what the pool is made from: the
+//! database URL and the pool's settings (`config` parses them). What an error of theirs means
+//! is `sqlstate`'s.
 
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
-
-use crate::config::DatabaseConfig;
 
 /// The usersync schema's migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// The port of Supabase's transaction-mode pooler (Supavisor), which does not support the
+/// prepared statements sqlx relies on.
+pub const TRANSACTION_POOLER_PORT: u16 = 6543;
+
+/// A parsed Postgres URL. The original string is kept secret: it usually holds a password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    pub options: PgConnectOptions,
+    raw: SecretString,
+}
+
+impl DatabaseUrl {
+    /// The URL `raw`, already parsed into `options` (`config` parses and checks it).
+    pub fn new(raw: &str, options: PgConnectOptions) -> DatabaseUrl {
+        DatabaseUrl {
+            options,
+            raw: SecretString::from(raw.to_owned()),
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        self.raw.expose_secret()
+    }
+
+    /// Whether the URL names Supabase's transaction-mode pooler port.
+    pub fn through_transaction_pooler(&self) -> bool {
+        self.options.get_port() == TRANSACTION_POOLER_PORT
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl([redacted])")
+    }
+}
+
+/// The pool: where it connects, how many connections it holds, and how long a request waits
+/// for one.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub url: DatabaseUrl,
+    pub size: u32,
+    pub acquire_timeout: Duration,
+}
+
 /// Opens the pool. Connections are made lazily, so that the service starts (and answers
 /// `/healthz`, and `/readyz` with 503) while the database is still coming up.
-pub fn pool(config: &DatabaseConfig) -> PgPool {
+pub fn pool(config: &PoolSettings) -> PgPool {
     PgPoolOptions::new()
-        .max_connections(config.pool_size)
+        .max_connections(config.size)
         .acquire_timeout(config.acquire_timeout)
         // No ping before every checkout: it doubles the round trips of a sync-one. A pooled
         // connection that died (a database restart) fails one request with a 503 and is
@@ -45,4 +92,16 @@ pub async fn check_reachable(db: &PgPool) -> anyhow::Result<()> {
     let mut conn = db.acquire().await?;
     conn.ping().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_never_show_their_password() {
+        let raw = "postgres://u:hunter2-secret@localhost/db";
+        let url = DatabaseUrl::new(raw, raw.parse().unwrap());
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
 }

@@ -6,7 +6,6 @@
 //! production: `auth.*` is Supabase Auth's.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,11 +16,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::mint::{self, Subject};
+use crate::auth::ServiceKeys;
 use crate::compiler::mapping::Mapping;
 use crate::config::{
-    AuthConfig, ConnectionConfig, DatabaseConfig, DatabaseUrl, HealingConfig, HooksConfig,
-    HttpConfig, MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig, ServiceKeys, Switch,
+    parse_database_url, AuthConfig, ConnectionConfig, DatabaseConfig, DevConfig, HealingConfig,
+    HooksConfig, HttpConfig, MappingConfig, ReconcileConfig, ServeConfig, Switch,
 };
+use crate::http::MetricsAccess;
 use crate::repo::triggers;
 use crate::startup::{self, Application};
 use crate::throwaway::Throwaway;
@@ -45,14 +46,8 @@ const DEV_SERVICE_KEY: &str = "sb_secret_dev_only_do_not_use_in_production";
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Address to listen on.
-    #[arg(
-        long,
-        env = "USERSYNC_LISTEN",
-        value_name = "USERSYNC_LISTEN",
-        default_value = "127.0.0.1:8080"
-    )]
-    listen: SocketAddr,
+    #[command(flatten)]
+    http: DevConfig,
 }
 
 /// Boots the throwaway database, seeds it, and serves until Ctrl-C; the database goes with it.
@@ -72,7 +67,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let secret = SecretString::from(DEV_JWT_SECRET.to_owned());
     let config = ServeConfig {
         database: DatabaseConfig {
-            url: DatabaseUrl::parse(&url).map_err(anyhow::Error::msg)?,
+            url: parse_database_url(&url).map_err(anyhow::Error::msg)?,
             pool_size: 16,
             acquire_timeout: Duration::from_secs(3),
         },
@@ -89,7 +84,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         },
         mapping: MappingConfig { mapping: None },
         http: HttpConfig {
-            listen: args.listen,
+            listen: args.http.listen,
             request_timeout: Duration::from_secs(10),
             body_limit: 64 * 1024,
             header_limit: 16 * 1024,
@@ -116,7 +111,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             webhook_secret: None,
         },
     };
-    let pool = crate::db::pool(&config.database);
+    let pool = crate::db::pool(&config.database.pool_settings());
     crate::db::migrate(&pool).await?;
     // The trigger path, as `usersync triggers install` would: new sign-ups sync at commit.
     let bound = crate::startup::bind(&pool, Mapping::default_mapping()).await?;

@@ -9,9 +9,9 @@ pub mod auth;
 pub mod cli;
 /// The mapping, its binding to the target table, and the SQL rendered from them.
 pub mod compiler;
-/// Typed, validated settings from the environment.
+/// Every setting's flag and variable, parsed into the types of the modules that use them.
 pub mod config;
-/// The connection pool and the usersync migrations.
+/// The connection pool, its settings and the usersync migrations.
 pub mod db;
 /// `usersync dev`: a throwaway Postgres with a Supabase-like `auth` schema and demo users.
 pub mod dev;

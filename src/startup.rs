@@ -14,8 +14,9 @@ use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
 use crate::compiler::bind::{BindError, BoundMapping};
 use crate::compiler::mapping::Mapping;
-use crate::config::{ConnectionConfig, ServeConfig};
-use crate::http::{self, serve, RateLimiter};
+use crate::config::ServeConfig;
+use crate::http::serve::{self, ConnectionLimits};
+use crate::http::{self, RateLimiter};
 use crate::meter::Meter;
 use crate::repo::email_index;
 use crate::state::AppState;
@@ -56,7 +57,7 @@ pub struct Application {
     router: axum::Router,
     port: u16,
     healer: Option<Healer>,
-    connections: ConnectionConfig,
+    connections: ConnectionLimits,
 }
 
 impl Application {
@@ -80,9 +81,10 @@ impl Application {
             .await
             .with_context(|| format!("USERSYNC_LISTEN: cannot listen on {}", config.http.listen))?;
         let port = listener.local_addr()?.port();
-        serve::raise_open_file_limit(&config.http.connections);
+        let connections = config.http.connections.limits();
+        serve::raise_open_file_limit(&connections);
         let mapping = bound;
-        let verifier = Verifier::from_config(&config.auth)?;
+        let verifier = Verifier::new(&config.auth.credentials().map_err(anyhow::Error::msg)?)?;
         verifier.load_keys().await;
         let reconciler = Reconciler::new(
             db.clone(),
@@ -122,13 +124,13 @@ impl Application {
             reconciler,
             retry_schedule: config.healing.retry_schedule.clone(),
         };
-        let router = http::app(state, &config.http);
+        let router = http::app(state, &config.http.edge_limits());
         Ok(Self {
             listener,
             router,
             port,
             healer,
-            connections: config.http.connections.clone(),
+            connections,
         })
     }
 

@@ -1,10 +1,19 @@
-//! Logging: a tracing subscriber, JSON for log collectors or pretty for a terminal.
+//! Logging: a tracing subscriber, JSON for log collectors or pretty for a terminal (the
+//! `LogFormat` that `USERSYNC_LOG_FORMAT` names). It imports nothing of the crate.
 
+use clap::ValueEnum;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line: for production log collectors.
+    Json,
+    /// Human-readable lines: for a terminal.
+    Pretty,
+}
 
 /// Installs the global subscriber once; `RUST_LOG` overrides the default `info` level.
 /// Logs go to stderr so that commands which print (`openapi`, `token`) stay pipeable.

@@ -7,6 +7,7 @@
 //! "signed" with a public key, or any header that disagrees with its key fails by construction.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
@@ -19,12 +20,43 @@ use uuid::Uuid;
 
 use super::jwks::{Jwks, KeysHealth, VerifyingKey};
 use super::{AuthError, Caller};
-use crate::config::AuthConfig;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
 /// The audience of Supabase user access tokens.
 const USER_AUDIENCE: &str = "authenticated";
+
+/// The configured secret keys; their values never appear in `Debug`.
+#[derive(Clone)]
+pub struct ServiceKeys(pub Vec<SecretString>);
+
+impl std::fmt::Debug for ServiceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceKeys([{} redacted])", self.0.len())
+    }
+}
+
+/// Where the project's signing keys are fetched from, and how often.
+#[derive(Debug, Clone)]
+pub struct JwksSource {
+    pub url: reqwest::Url,
+    /// How long fetched keys are used before a background refresh.
+    pub cache_ttl: Duration,
+    /// Least time between fetches caused by tokens naming an unknown `kid`.
+    pub refetch_interval: Duration,
+}
+
+/// What callers are verified against (`config` builds it from the settings, having checked
+/// that someone can authenticate).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The project's JWT secret (HS256).
+    pub jwt_secret: Option<SecretString>,
+    /// The issuer user tokens must carry; unchecked when `None`.
+    pub jwt_issuer: Option<String>,
+    pub service_keys: Option<ServiceKeys>,
+    pub jwks: Option<JwksSource>,
+}
 
 /// Verifies credentials against the configured secret and keys.
 #[derive(Clone)]
@@ -74,11 +106,17 @@ struct Claims {
 
 impl Verifier {
     /// Builds the verifier; the JWKS, if any, is not fetched until [`Verifier::load_keys`].
-    pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &Credentials) -> anyhow::Result<Self> {
         let jwks = config
-            .resolved_jwks_url()
-            .map_err(anyhow::Error::msg)?
-            .map(|url| Jwks::new(url, config.jwks_cache_ttl, config.jwks_refetch_interval))
+            .jwks
+            .as_ref()
+            .map(|source| {
+                Jwks::new(
+                    source.url.clone(),
+                    source.cache_ttl,
+                    source.refetch_interval,
+                )
+            })
             .transpose()?
             .map(Arc::new);
         Ok(Self {

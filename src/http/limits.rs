@@ -19,7 +19,6 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::config::CorsOrigins;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -128,6 +127,14 @@ pub async fn limit_header_size(
         return ApiError::Status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).into_response();
     }
     next.run(request).await
+}
+
+/// The origins CORS allows: any, or a list of exact `scheme://host[:port]` origins, each as
+/// browsers send the `Origin` header (`config` parses and normalises them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
 }
 
 /// CORS for the configured origins: what a browser app needs to call the API with a bearer

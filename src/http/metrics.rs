@@ -9,12 +9,20 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::MetricsAccess;
 use crate::error::{ApiError, Problem};
 use crate::meter;
 use crate::state::AppState;
 use crate::sync::status;
 use crate::worker::HealingRole;
+
+/// Who may read `/metrics` (`USERSYNC_METRICS_ACCESS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsAccess {
+    /// Anyone who can reach the port (the usual set-up behind a private network).
+    Public,
+    /// Only the service (a `service_role` token or a secret key).
+    Service,
+}
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(metrics))

@@ -1,5 +1,7 @@
 //! The HTTP edge: one module per resource, composed here with the middleware stack, and the
-//! OpenAPI document they describe. Only `state` imports it back (the rate limiter it holds).
+//! OpenAPI document they describe. The edge's settings live here too (`EdgeLimits`,
+//! `CorsOrigins`, `MetricsAccess`, `serve::ConnectionLimits`); `config` parses them. Only `state`
+//! imports it back (the rate limiter and the metrics access it holds).
 
 mod admin;
 mod dead_letters;
@@ -16,6 +18,8 @@ pub mod serve;
 mod status;
 mod users;
 
+use std::time::Duration;
+
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderName, Request};
 use axum::{BoxError, Router};
@@ -30,13 +34,28 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-pub use limits::RateLimiter;
+pub use limits::{CorsOrigins, RateLimiter};
+pub use metrics::MetricsAccess;
 
 use crate::auth::webhook::WEBHOOK_SECRET_HEADER;
-use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
+
+/// The limits of the middleware stack and CORS (`config` parses them from the environment).
+#[derive(Debug, Clone)]
+pub struct EdgeLimits {
+    /// A slower request is answered 503 `request_timeout`.
+    pub request_timeout: Duration,
+    /// Largest request body in bytes; larger is 413.
+    pub body_limit: usize,
+    /// Largest header section (every name and value) in bytes; larger is 431.
+    pub header_limit: u32,
+    /// Most API requests in flight; beyond it 503 `overloaded` at once.
+    pub concurrency_limit: u32,
+    /// The browser origins allowed to call the API; `None`: no CORS headers.
+    pub cors_origins: Option<CorsOrigins>,
+}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -78,7 +97,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// problem+json for errors raised below the handlers, header-size limit, timeout, catch panic,
 /// body limit. The API routes (not the probes or `/metrics`) sit behind the concurrency limit,
 /// and sync behind the per-caller rate limit (the `RateLimited` extractor).
-pub fn app(state: AppState, config: &HttpConfig) -> Router {
+pub fn app(state: AppState, config: &EdgeLimits) -> Router {
     let overload_guard = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async {
             ApiError::Overloaded

@@ -22,7 +22,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::config::ConnectionConfig;
+/// How long and how many client connections the service keeps (`config` parses them from
+/// `USERSYNC_HEADER_READ_TIMEOUT`, `USERSYNC_KEEP_ALIVE_TIMEOUT`, `USERSYNC_MAX_CONNECTIONS`).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// A request's head must arrive whole within this long, or the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub keep_alive_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: u32,
+}
 
 /// How often an idle check looks again while a request is being answered.
 const IDLE_RECHECK: Duration = Duration::from_millis(250);
@@ -30,7 +40,7 @@ const IDLE_RECHECK: Duration = Duration::from_millis(250);
 /// Raises the soft open-file limit to the hard one, so the connection cap (not the kernel's
 /// default of 1,024 descriptors) decides how many clients fit; warns when even the hard limit
 /// leaves no room for the cap.
-pub fn raise_open_file_limit(config: &ConnectionConfig) {
+pub fn raise_open_file_limit(config: &ConnectionLimits) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             // The pool, the listener, logs and the healing connection need a few of their own.
@@ -52,7 +62,7 @@ pub fn raise_open_file_limit(config: &ConnectionConfig) {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    config: ConnectionConfig,
+    config: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let config = Arc::new(config);
@@ -106,7 +116,7 @@ async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     router: Router,
-    config: Arc<ConnectionConfig>,
+    config: Arc<ConnectionLimits>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());

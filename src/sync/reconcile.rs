@@ -97,7 +97,15 @@ pub struct Reconciler {
     admin: Option<AdminApi>,
 }
 
-/// How a run walks the source.
+/// Source rows per reconciliation chunk: large enough that per-statement costs vanish, small
+/// enough that one chunk's transaction stays short.
+pub const DEFAULT_CHUNK_SIZE: u32 = 100_000;
+
+/// Chunks in flight at once: the apply path is Postgres work, and two statements use two of the
+/// server's cores while leaving the rest to the application.
+pub const DEFAULT_WORKERS: u16 = 2;
+
+/// How a run walks the source (`USERSYNC_RECONCILE_CHUNK_SIZE`, `USERSYNC_RECONCILE_WORKERS`).
 #[derive(Debug, Clone, Copy)]
 pub struct Walking {
     /// Source rows per chunk (one transaction each).

@@ -19,14 +19,15 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use usersync::auth::ServiceKeys;
 use usersync::compiler::bind::BoundMapping;
 use usersync::compiler::mapping::Mapping;
 use usersync::config::{
-    AuthConfig, ConnectionConfig, CorsOrigins, DatabaseConfig, DatabaseUrl, HealingConfig,
-    HooksConfig, HttpConfig, MappingConfig, MetricsAccess, ReconcileConfig, ServeConfig,
-    ServiceKeys, Switch,
+    parse_cors_origins, parse_database_url, AuthConfig, ConnectionConfig, DatabaseConfig,
+    HealingConfig, HooksConfig, HttpConfig, MappingConfig, ReconcileConfig, ServeConfig, Switch,
 };
 use usersync::dev::fixtures;
+use usersync::http::MetricsAccess;
 use usersync::repo::triggers;
 use usersync::startup::Application;
 use usersync::throwaway::Throwaway;
@@ -360,7 +361,7 @@ impl Default for AppOptions {
 pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
     ServeConfig {
         database: DatabaseConfig {
-            url: DatabaseUrl::parse(db_url).unwrap(),
+            url: parse_database_url(db_url).unwrap(),
             pool_size: 60,
             acquire_timeout: Duration::from_secs(5),
         },
@@ -397,7 +398,7 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             sync_statements: options.sync_statements,
             rate_limit_per_minute: options.rate_limit_per_minute,
             rate_limit_burst: options.rate_limit_burst,
-            cors_origins: options.cors_origins.map(|o| CorsOrigins::parse(o).unwrap()),
+            cors_origins: options.cors_origins.map(|o| parse_cors_origins(o).unwrap()),
             metrics_access: options.metrics_access.unwrap_or(MetricsAccess::Public),
             metrics_refresh: Duration::from_secs(15),
             connections: ConnectionConfig::default(),
@@ -472,7 +473,7 @@ pub enum Auth {
 impl TestApp {
     /// Serves `config` in this test's runtime, over `db` (which the test keeps for assertions).
     pub async fn start(db: TestDb, config: ServeConfig) -> TestApp {
-        let pool = usersync::db::pool(&config.database);
+        let pool = usersync::db::pool(&config.database.pool_settings());
         let app = Application::build(&config, pool)
             .await
             .expect("the app builds");

@@ -23,7 +23,11 @@ async fn start_up_error(alter: &str, extra: &str) -> String {
         ..AppOptions::default()
     };
     let config = serve_config(&db.url(), &options);
-    let built = Application::build(&config, usersync::db::pool(&config.database)).await;
+    let built = Application::build(
+        &config,
+        usersync::db::pool(&config.database.pool_settings()),
+    )
+    .await;
     match built {
         Ok(_) => panic!("started with a mapping that does not fit: {extra}"),
         Err(e) => format!("{e:#}"),

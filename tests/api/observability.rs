@@ -79,7 +79,7 @@ async fn metrics_count_requests_sync_actions_and_drift() {
 async fn metrics_can_be_restricted_to_the_service() {
     let app = spawn_app_with(
         AppOptions {
-            metrics_access: Some(usersync::config::MetricsAccess::Service),
+            metrics_access: Some(usersync::http::MetricsAccess::Service),
             ..Default::default()
         },
         |_| async {},
