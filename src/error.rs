@@ -17,6 +17,7 @@ use crate::sync::provision::{ProfileError, ProvisionError};
 use crate::sync::reconcile::StartError;
 use crate::sync::source::{ReadError, Unreadable};
 use crate::sync::user_repair::RepairError;
+use crate::vocabulary::policy::Action;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
@@ -254,7 +255,7 @@ impl ApiError {
                     user_id: Some(id), ..
                 } => Some(serde_json::json!({
                     "path": format!("/v1/users/{id}/repair"),
-                    "body": {"action": "rekey"},
+                    "body": {"action": Action::Rekey},
                 })),
                 _ => None,
             },

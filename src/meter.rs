@@ -142,7 +142,7 @@ pub fn record_sync(path: SyncPath, action: HealAction) {
     counter!(
         "usersync_sync_actions_total",
         "path" => path.as_str(),
-        "kind" => action.drift_kind(),
+        "kind" => action.drift_kind().map_or("none", DriftKind::as_str),
         "action" => action.as_str()
     )
     .increment(1);

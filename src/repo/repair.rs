@@ -9,6 +9,7 @@ use sqlx::{Connection, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::compiler::bind::BoundMapping;
+use crate::vocabulary::policy::Action;
 use crate::vocabulary::{AuditAction, DriftKind, SyncPath};
 
 /// A row's place in its table: a page and an offset in it (Postgres's `tid`).
@@ -245,6 +246,15 @@ impl SetRepair {
             SetRepair::UpdateStale => DriftKind::Stale,
             SetRepair::DeleteDeleted => DriftKind::Deleted,
             SetRepair::DeleteOrphaned => DriftKind::Orphaned,
+        }
+    }
+
+    /// The policy's repair this statement applies to its kind.
+    pub fn action(self) -> Action {
+        match self {
+            SetRepair::CreateMissing => Action::Create,
+            SetRepair::UpdateStale => Action::Update,
+            SetRepair::DeleteDeleted | SetRepair::DeleteOrphaned => Action::Delete,
         }
     }
 }

@@ -8,21 +8,7 @@ use uuid::Uuid;
 
 use crate::compiler::bind::BoundMapping;
 use crate::repo::users::{self, DriftRow, SyncRow};
-use crate::vocabulary::{DriftKind, SyncPath};
-
-/// What a sync did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncAction {
-    /// The target row did not exist and was inserted.
-    Created,
-    /// An `always` column differed and was written.
-    Updated,
-    /// Nothing differed; nothing was written.
-    Unchanged,
-    /// The user is anonymous and the mapping skips anonymous users.
-    Skipped,
-}
+use crate::vocabulary::{DriftKind, SyncAction, SyncPath};
 
 /// The result of a successful sync: the action and the target row as it now stands.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -10,20 +10,9 @@ use uuid::Uuid;
 
 use crate::compiler::bind::BoundMapping;
 use crate::repo::users;
-use crate::sync::engine::{self, SyncAction, SyncError};
+use crate::sync::engine::{self, SyncError};
 use crate::vocabulary::policy::DeletedPolicy;
 use crate::vocabulary::{HealAction, SyncPath};
-
-impl From<SyncAction> for HealAction {
-    fn from(action: SyncAction) -> Self {
-        match action {
-            SyncAction::Created => HealAction::Created,
-            SyncAction::Updated => HealAction::Updated,
-            SyncAction::Unchanged => HealAction::Unchanged,
-            SyncAction::Skipped => HealAction::Skipped,
-        }
-    }
-}
 
 /// Syncs a live user; applies the deleted policy to a user who is gone or soft-deleted.
 pub async fn heal_user(
@@ -60,9 +49,5 @@ pub async fn apply_deleted(
     path: SyncPath,
 ) -> Result<HealAction, SyncError> {
     let row = users::apply_deleted(db, bound, policy, user_id, caller, path).await?;
-    Ok(match (row.gone, row.removed) {
-        (false, _) => HealAction::Unchanged,
-        (true, true) => HealAction::Deleted,
-        (true, false) => HealAction::Reported,
-    })
+    Ok(HealAction::of_deleted_policy(row.gone, row.removed))
 }

@@ -611,15 +611,10 @@ impl Walk<'_> {
             if kind_side(kind) != side {
                 continue;
             }
-            let expected = match repair {
-                SetRepair::CreateMissing => Action::Create,
-                SetRepair::UpdateStale => Action::Update,
-                SetRepair::DeleteDeleted | SetRepair::DeleteOrphaned => Action::Delete,
-            };
-            if !r.wants(&self.options, kind, expected) {
+            if !r.wants(&self.options, kind, repair.action()) {
                 continue;
             }
-            let deleting = expected == Action::Delete;
+            let deleting = repair.action() == Action::Delete;
             let limit = self.limit(deleting);
             if limit.is_some_and(|l| l <= 0) {
                 continue;
@@ -632,14 +627,13 @@ impl Walk<'_> {
         }
         // The users those inserts and updates left out because the target cannot store one of
         // their values: each fails alone, named by the column, never by the value.
-        let refusing = [
-            (DriftKind::Missing, Action::Create),
-            (DriftKind::Stale, Action::Update),
-        ]
-        .into_iter()
-        .filter(|(kind, action)| side == Side::Source && r.wants(&self.options, *kind, *action))
-        .map(|(kind, _)| kind)
-        .collect::<Vec<_>>();
+        let refusing = [SetRepair::CreateMissing, SetRepair::UpdateStale]
+            .into_iter()
+            .filter(|repair| {
+                side == Side::Source && r.wants(&self.options, repair.kind(), repair.action())
+            })
+            .map(SetRepair::kind)
+            .collect::<Vec<_>>();
         if !refusing.is_empty() {
             for refused in repair::refused_users(&mut *tx, &r.bound, pages).await? {
                 if refusing.contains(&refused.kind) {

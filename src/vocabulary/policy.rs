@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocabulary::DriftKind;
+use crate::vocabulary::{AuditAction, DriftKind};
 
 /// What to do about a `missing` user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -113,6 +113,18 @@ impl Action {
             Action::Delete => "delete",
             Action::Provision => "provision",
             Action::Report => "report",
+        }
+    }
+
+    /// The audit event the repair records for each row it repairs; a `report` records none.
+    pub fn audit(self) -> Option<AuditAction> {
+        match self {
+            Action::Create => Some(AuditAction::Created),
+            Action::Update => Some(AuditAction::Updated),
+            Action::Rekey => Some(AuditAction::Rekeyed),
+            Action::Delete => Some(AuditAction::Deleted),
+            Action::Provision => Some(AuditAction::Provisioned),
+            Action::Report => None,
         }
     }
 

@@ -52,8 +52,8 @@ const DRAIN_BATCH: i64 = 50;
 /// How long a claimed letter is left alone if its attempt never reports back while this leader
 /// leads (a new leader releases the claims at once).
 const CLAIM_LEASE: Duration = Duration::from_secs(60);
-/// How the audit log (and the runs it starts) name the healing loop.
-const CALLER: &str = "healing";
+/// How the audit log (and the runs it starts) name the healing loop: by its path's name.
+const CALLER: &str = SyncPath::Healing.as_str();
 
 /// This replica's part in the healing loop, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
