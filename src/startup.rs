@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
-use crate::compiler::bind::{BindError, BoundMapping};
+use crate::compiler::bind::{BindError, BoundMapping, FitWatch};
 use crate::compiler::mapping::Mapping;
 use crate::config::ServeConfig;
 use crate::http::serve::{self, ConnectionLimits};
@@ -58,6 +58,7 @@ pub struct Application {
     port: u16,
     healer: Option<Healer>,
     connections: ConnectionLimits,
+    fit: Arc<FitWatch>,
 }
 
 impl Application {
@@ -106,10 +107,12 @@ impl Application {
             None => (None, watch::channel(HealingRole::Off).1),
         };
         let syncs = SyncQueue::start(db.clone(), mapping.clone(), config.coalescing());
+        let fit = Arc::new(FitWatch::new(&mapping));
         let state = AppState {
             db,
             verifier: Arc::new(verifier),
             mapping,
+            fit: fit.clone(),
             syncs,
             policy: config.reconcile.deleted.deleted,
             webhook_secret: config.hooks.webhook_secret.clone().map(WebhookSecret::new),
@@ -131,11 +134,17 @@ impl Application {
             port,
             healer,
             connections,
+            fit,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// What `/readyz` keeps of the mapping's fit to the table (how many times it was bound).
+    pub fn fit(&self) -> Arc<FitWatch> {
+        self.fit.clone()
     }
 
     /// Serves (and heals, when on) until `shutdown` resolves, then lets in-flight requests

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::auth::webhook::WebhookSecret;
 use crate::auth::Verifier;
-use crate::compiler::bind::BoundMapping;
+use crate::compiler::bind::{BoundMapping, FitWatch};
 use crate::http::{MetricsAccess, RateLimiter};
 use crate::meter::Meter;
 use crate::sync::coalesce::SyncQueue;
@@ -22,6 +22,8 @@ pub struct AppState {
     pub db: PgPool,
     pub verifier: Arc<Verifier>,
     pub mapping: Arc<BoundMapping>,
+    /// Whether the mapping still fits the live table, for `/readyz`.
+    pub fit: Arc<FitWatch>,
     /// The API's sync requests, coalesced under load.
     pub syncs: SyncQueue,
     /// What happens to a deleted user's target row (the webhook applies it).

@@ -1,7 +1,11 @@
 //! A mapping bound to the real target table: checked against the catalog, its SQL rendered.
 //!
 //! Binding happens at start-up (a bad mapping stops the process with one clear line) and again
-//! on every `/readyz` (someone may have altered the table since).
+//! when `/readyz` finds that the table's shape changed since (someone may have altered it; see
+//! `FitWatch`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use sqlx::{Executor, PgPool};
 
@@ -82,6 +86,63 @@ impl BoundMapping {
             sql,
             warnings,
         })
+    }
+}
+
+/// What `/readyz` keeps of the bound mapping's fit to the live table: the shape it was last
+/// bound against, and how many times it was bound. A probe reads the target's shape (three
+/// catalog reads, nothing rendered) and binds the mapping again only when the shape differs;
+/// whatever the shape, the role must still hold the privileges every sync needs on the table.
+#[derive(Debug)]
+pub struct FitWatch {
+    fitted: Mutex<TargetShape>,
+    binds: AtomicU64,
+}
+
+impl FitWatch {
+    /// Watches `bound`, whose binding at start-up counts as the first.
+    pub fn new(bound: &BoundMapping) -> Self {
+        Self {
+            fitted: Mutex::new(bound.shape.clone()),
+            binds: AtomicU64::new(1),
+        }
+    }
+
+    /// How many times the mapping was bound: at start-up, then once per shape change a probe
+    /// found.
+    pub fn binds(&self) -> u64 {
+        self.binds.load(Ordering::Relaxed)
+    }
+
+    /// Whether `bound`'s mapping still fits the live table, and the role may still read and
+    /// write it (and delete from it, when `deletes`: a policy deletes profiles).
+    pub async fn check(
+        &self,
+        db: &PgPool,
+        bound: &BoundMapping,
+        deletes: bool,
+    ) -> Result<(), BindError> {
+        let target = &bound.mapping.target;
+        if let Ok(Some(shape)) = catalog::target_shape(db, target).await {
+            let missing = shape.privileges.missing(deletes);
+            if !missing.is_empty() {
+                let role = &shape.privileges.role;
+                let table = target.qualified();
+                return Err(BindError::Privilege(format!(
+                    "role {role} lacks {} on {table}: run `grant {} on table {table} to {role}` as its \
+                     owner",
+                    missing.join(", ").to_uppercase(),
+                    missing.join(", ")
+                )));
+            }
+            if shape == *self.fitted.lock().expect("not poisoned") {
+                return Ok(());
+            }
+        }
+        self.binds.fetch_add(1, Ordering::Relaxed);
+        let rebound = BoundMapping::bind(db, bound.mapping.clone()).await?;
+        *self.fitted.lock().expect("not poisoned") = rebound.shape;
+        Ok(())
     }
 }
 

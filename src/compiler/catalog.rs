@@ -1,4 +1,5 @@
-//! What the real target table looks like, read from the Postgres catalog.
+//! What the real target table looks like, and what the connecting role may do to it, read
+//! from the Postgres catalog.
 
 use std::collections::HashMap;
 
@@ -20,9 +21,10 @@ pub struct ColumnInfo {
     pub text_like: bool,
 }
 
-/// The target table's columns and the unique indexes that cover its email column.
-/// Equal shapes render equal statements: `/readyz` compares the live one with the one the
-/// service rendered from instead of rendering again.
+/// The target table's columns, the unique indexes that cover its email column, and the role's
+/// privileges on it. Equal shapes render equal statements and allow the same writes: `/readyz`
+/// compares the live one with the last one the mapping was bound against instead of binding
+/// again (see `bind::FitWatch`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetShape {
     pub columns: HashMap<String, ColumnInfo>,
@@ -31,6 +33,36 @@ pub struct TargetShape {
     pub unique_indexes: Vec<UniqueIndex>,
     /// Columns with an index on `lower(column)`: a case-insensitive email lookup can probe it.
     pub lower_indexed: Vec<String>,
+    /// What the connecting role may do to the table.
+    pub privileges: TargetPrivileges,
+}
+
+/// The connecting role's privileges on the target table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetPrivileges {
+    pub role: String,
+    pub select: bool,
+    pub insert: bool,
+    pub update: bool,
+    pub delete: bool,
+}
+
+impl TargetPrivileges {
+    /// The privileges the role lacks of those usersync needs, as GRANT spells them: every
+    /// sync reads, inserts and updates profiles; `deletes` (a policy deletes profiles) needs
+    /// `delete` too.
+    pub fn missing(&self, deletes: bool) -> Vec<&'static str> {
+        [
+            ("select", self.select),
+            ("insert", self.insert),
+            ("update", self.update),
+            ("delete", self.delete || !deletes),
+        ]
+        .into_iter()
+        .filter(|(_, held)| !held)
+        .map(|(privilege, _)| privilege)
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,18 +71,39 @@ pub struct UniqueIndex {
     pub columns: Vec<String>,
 }
 
+/// A column as the catalog query reads it, with the role's privileges on its table (the same on
+/// every row).
+type ColumnRow = (
+    String,
+    String,
+    bool,
+    bool,
+    bool,
+    bool,
+    String,
+    bool,
+    bool,
+    bool,
+    bool,
+);
+
 /// Reads the target's shape; `None` when the table does not exist.
 pub async fn target_shape(
     db: impl PgExecutor<'_> + Copy,
     target: &TargetTable,
 ) -> sqlx::Result<Option<TargetShape>> {
-    let rows: Vec<(String, String, bool, bool, bool, bool)> = sqlx::query_as(
+    let rows: Vec<ColumnRow> = sqlx::query_as(
         "select a.attname::text,
                 format_type(a.atttypid, a.atttypmod),
                 a.attnotnull,
                 a.atthasdef or a.attidentity <> '',
                 a.attgenerated = '' and a.attidentity <> 'a',
-                t.typcategory = 'S' and t.typtype <> 'd'
+                t.typcategory = 'S' and t.typtype <> 'd',
+                current_user::text,
+                has_table_privilege(c.oid, 'select'),
+                has_table_privilege(c.oid, 'insert'),
+                has_table_privilege(c.oid, 'update'),
+                has_table_privilege(c.oid, 'delete')
            from pg_attribute a
            join pg_type t on t.oid = a.atttypid
            join pg_class c on c.oid = a.attrelid
@@ -62,13 +115,20 @@ pub async fn target_shape(
     .bind(target.table.as_str())
     .fetch_all(db)
     .await?;
-    if rows.is_empty() {
+    let Some(first) = rows.first() else {
         return Ok(None);
-    }
+    };
+    let privileges = TargetPrivileges {
+        role: first.6.clone(),
+        select: first.7,
+        insert: first.8,
+        update: first.9,
+        delete: first.10,
+    };
     let columns = rows
         .into_iter()
         .map(
-            |(name, sql_type, not_null, has_default, writable, text_like)| {
+            |(name, sql_type, not_null, has_default, writable, text_like, ..)| {
                 (
                     name,
                     ColumnInfo {
@@ -122,5 +182,25 @@ pub async fn target_shape(
             .map(|(name, columns)| UniqueIndex { name, columns })
             .collect(),
         lower_indexed,
+        privileges,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_is_needed_only_when_a_policy_deletes() {
+        let held = |delete| TargetPrivileges {
+            role: "usersync".into(),
+            select: true,
+            insert: false,
+            update: true,
+            delete,
+        };
+        assert_eq!(held(false).missing(false), ["insert"]);
+        assert_eq!(held(false).missing(true), ["insert", "delete"]);
+        assert_eq!(held(true).missing(true), ["insert"]);
+    }
 }

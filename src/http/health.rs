@@ -8,8 +8,6 @@ use utoipa_axum::routes;
 
 use super::extract::Json;
 use crate::auth::KeysHealth;
-use crate::compiler::bind::BoundMapping;
-use crate::compiler::catalog;
 use crate::db::MIGRATOR;
 use crate::error::{ApiError, Problem};
 use crate::repo::health;
@@ -57,18 +55,15 @@ impl Check {
 }
 
 /// The statements the service holds still fit the target: the catalog describes it as it did
-/// when they were rendered (one catalog read per probe, nothing rendered), or, when someone
-/// altered the table since, binding the mapping again succeeds (or names what no longer fits).
+/// when the mapping was last bound (nothing rendered), or, when someone altered the table
+/// since, binding the mapping again succeeds (or names what no longer fits); and the role may
+/// still write it as the policies need (see `FitWatch`).
 async fn mapping_fits(state: &AppState) -> Result<(), String> {
-    let bound = &state.mapping;
-    if let Ok(Some(shape)) = catalog::target_shape(&state.db, &bound.mapping.target).await {
-        if shape == bound.shape {
-            return Ok(());
-        }
-    }
-    BoundMapping::bind(&state.db, bound.mapping.clone())
+    let deletes = state.reconciler.policies().deletes();
+    state
+        .fit
+        .check(&state.db, &state.mapping, deletes)
         .await
-        .map(|_| ())
         .map_err(|e| e.to_string())
 }
 

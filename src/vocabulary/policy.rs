@@ -187,6 +187,11 @@ impl Policies {
         }
     }
 
+    /// Whether any policy deletes profiles (so the role needs DELETE on the target).
+    pub fn deletes(&self) -> bool {
+        self.orphaned == OrphanedPolicy::Delete || self.deleted == DeletedPolicy::Delete
+    }
+
     /// The most rows a run may delete from a target of `target_total` rows without the
     /// override.
     pub fn max_deletes(&self, target_total: i64) -> i64 {

@@ -55,6 +55,61 @@ async fn readyz_stays_ready_when_the_table_changes_in_a_way_the_mapping_still_fi
 }
 
 #[tokio::test]
+async fn readyz_binds_the_mapping_again_only_once_the_tables_shape_changed() {
+    let app = spawn_app().await;
+    assert_eq!(app.fit.binds(), 1, "bound once, at start-up");
+    for _ in 0..5 {
+        assert_eq!(app.get("/readyz").await.status(), 200);
+    }
+    assert_eq!(app.fit.binds(), 1, "an unchanged table is not bound again");
+    app.exec("alter table public.users add column note text")
+        .await;
+    for _ in 0..5 {
+        assert_eq!(app.get("/readyz").await.status(), 200);
+    }
+    assert_eq!(app.fit.binds(), 2, "a changed table is bound again once");
+}
+
+#[tokio::test]
+async fn readyz_fails_while_a_privilege_every_sync_needs_on_the_target_is_revoked() {
+    // The service runs as a role of its own, which the table's owner grants to and revokes
+    // from.
+    let db = TestDb::new().await;
+    let role = DedicatedRole::create(&db).await;
+    let config = serve_config(&db.url_as(&role.name), &AppOptions::default());
+    let app = TestApp::start(db, config).await;
+    let name = &role.name;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    // No policy deletes: DELETE is not needed.
+    app.exec(&format!("revoke delete on public.users from {name}"))
+        .await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    app.exec(&format!(
+        "revoke insert, update on public.users from {name}"
+    ))
+    .await;
+    let response = app.get("/readyz").await;
+    assert!(response.headers().contains_key("retry-after"));
+    let body = assert_problem(response, 503, "not_ready").await;
+    let mapping = body["checks"]["mapping"].as_str().unwrap();
+    assert!(
+        mapping.contains(&format!(
+            r#"role {name} lacks INSERT, UPDATE on "public"."users""#
+        )) && mapping.contains(&format!(
+            r#"grant insert, update on table "public"."users" to {name}"#
+        )),
+        "{body}"
+    );
+    assert_eq!(body["checks"]["database"], "ok");
+
+    app.exec(&format!("grant insert, update on public.users to {name}"))
+        .await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
 async fn a_caller_supplied_request_id_is_propagated() {
     let app = spawn_app().await;
     let response = app

@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use usersync::auth::ServiceKeys;
-use usersync::compiler::bind::BoundMapping;
+use usersync::compiler::bind::{BoundMapping, FitWatch};
 use usersync::compiler::mapping::Mapping;
 use usersync::config::{
     parse_cors_origins, parse_database_url, AuthConfig, ConnectionConfig, DatabaseConfig,
@@ -265,22 +265,83 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any async context we can rely on: use a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect_with(&options_for("postgres")).await {
-                    let _ = sqlx::raw_sql(&format!("drop database if exists {name} with (force)"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
-        })
-        .join();
+        let drop = format!("drop database if exists {} with (force)", self.name);
+        clean_up(move || async move { as_superuser("postgres", &drop).await });
+    }
+}
+
+/// Runs the future `cleanup` makes to its end. `Drop` runs outside any async context we can
+/// rely on: it gets a thread with its own runtime.
+fn clean_up<F, Fut>(cleanup: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(cleanup())
+    })
+    .join();
+}
+
+/// Runs `sql` as the server's superuser in `database`, if it can connect; a clean-up's failure
+/// is no test's.
+async fn as_superuser(database: &str, sql: &str) {
+    if let Ok(mut conn) = PgConnection::connect_with(&options_for(database)).await {
+        let _ = sqlx::raw_sql(sql).execute(&mut conn).await;
+    }
+}
+
+/// A role of its own for the service, as a careful project sets one up: BYPASSRLS (hosted
+/// Supabase enables RLS on `auth.users`), SELECT on `auth.users`, the usersync schema, and
+/// every privilege on the target. Made by the superuser, because only a superuser may give a
+/// role BYPASSRLS and only the platform may grant on `auth.users`. Roles are cluster-global:
+/// it is dropped when the value is dropped.
+pub struct DedicatedRole {
+    pub name: String,
+    database: String,
+}
+
+impl DedicatedRole {
+    pub async fn create(db: &TestDb) -> Self {
+        let role = Self {
+            name: format!("usersync_role_{}", Uuid::new_v4().simple()),
+            database: db.name.clone(),
+        };
+        let name = &role.name;
+        sqlx::raw_sql(&format!(
+            "create role {name} login password '{ROLE_PASSWORD}' nosuperuser bypassrls;
+             grant usage on schema auth to {name};
+             grant select on auth.users to {name};"
+        ))
+        .execute(&db.superuser)
+        .await
+        .unwrap();
+        sqlx::raw_sql(&format!(
+            "grant usage on schema usersync to {name};
+             grant all on all tables in schema usersync to {name};
+             grant all on all sequences in schema usersync to {name};
+             grant execute on all functions in schema usersync to {name};
+             grant all on public.users to {name};"
+        ))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        role
+    }
+}
+
+impl Drop for DedicatedRole {
+    fn drop(&mut self) {
+        let (name, database) = (self.name.clone(), self.database.clone());
+        // Its grants in the test database (if that still exists), then the role.
+        clean_up(move || async move {
+            as_superuser(&database, &format!("drop owned by {name}")).await;
+            as_superuser("postgres", &format!("drop role if exists {name}")).await;
+        });
     }
 }
 
@@ -289,6 +350,8 @@ pub struct TestApp {
     pub address: String,
     pub db: TestDb,
     pub client: reqwest::Client,
+    /// What `/readyz` keeps of the mapping's fit to the table.
+    pub fit: Arc<FitWatch>,
 }
 
 /// Settings a test may change before the app starts.
@@ -478,11 +541,13 @@ impl TestApp {
             .await
             .expect("the app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let fit = app.fit();
         tokio::spawn(app.run_until_stopped(std::future::pending()));
         TestApp {
             address,
             db,
             client: reqwest::Client::new(),
+            fit,
         }
     }
 
