@@ -13,8 +13,8 @@ use crate::auth::mint::{self, Subject};
 use crate::compiler::bind::{BindError, BoundMapping};
 use crate::compiler::mapping::Mapping;
 use crate::config::{
-    DatabaseConfig, InspectedDatabaseConfig, LogConfig, MappingConfig, PolicyConfig,
-    ReconcileConfig, ServeConfig, SigningConfig,
+    DatabaseConfig, InspectedDatabaseConfig, JwtConfig, LogConfig, MappingConfig, PolicyConfig,
+    ReconcileConfig, ServeConfig,
 };
 use crate::doctor::Risk;
 use crate::repo::email_index::{self, EmailIndex};
@@ -158,7 +158,12 @@ struct RepairArgs {
     dry_run: bool,
 }
 
+/// `serve`'s JWT settings, the secret required, each said the way a minter reads it.
 #[derive(Debug, Args)]
+#[command(mut_arg("jwt_secret", |secret| secret.required(true).help(
+    "The project's JWT secret: at least 32 characters, checked as `serve` checks it (a token \
+     signed with a shorter one would be refused by the service it was minted for)")))]
+#[command(mut_arg("jwt_issuer", |issuer| issuer.help("Issuer claim for user tokens")))]
 struct TokenArgs {
     /// A user access token for this user id.
     #[arg(long, conflicts_with = "service", required_unless_present = "service")]
@@ -170,7 +175,7 @@ struct TokenArgs {
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
     #[command(flatten)]
-    signing: SigningConfig,
+    jwt: JwtConfig,
 }
 
 /// Parses the command line (and `.env`) and runs the command; any failure is one line on
@@ -230,19 +235,14 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", crate::http::openapi_document().to_pretty_json()?);
         }
         Command::Token(args) => {
-            let secret = args.signing.jwt_secret.expect("clap requires it");
+            let secret = args.jwt.jwt_secret.expect("clap requires it");
             let subject = match args.sub {
                 Some(id) => Subject::User(id),
                 None => Subject::Service,
             };
             println!(
                 "{}",
-                mint::mint(
-                    &secret,
-                    subject,
-                    args.signing.jwt_issuer.as_deref(),
-                    args.ttl
-                )?
+                mint::mint(&secret, subject, args.jwt.jwt_issuer.as_deref(), args.ttl)?
             );
         }
         Command::Dev(args) => dev::run(args).await?,

@@ -104,9 +104,11 @@ pub struct InspectedDatabaseConfig {
     pub url: DatabaseUrl,
 }
 
-/// How callers prove who they are.
+/// The project's JWT secret and issuer: `serve` verifies user tokens with them, `token` signs
+/// with them, both parsed here alike (a token signed with a secret `serve` would refuse would be
+/// refused by the service it was minted for).
 #[derive(Debug, Clone, Args)]
-pub struct AuthConfig {
+pub struct JwtConfig {
     /// The project's legacy JWT secret (HS256), used as its raw UTF-8 bytes. At least 32
     /// characters, as Supabase requires.
     #[arg(long = "jwt-secret", env = "USERSYNC_JWT_SECRET", value_name = "USERSYNC_JWT_SECRET",
@@ -121,6 +123,13 @@ pub struct AuthConfig {
         value_name = "USERSYNC_JWT_ISSUER"
     )]
     pub jwt_issuer: Option<String>,
+}
+
+/// How callers prove who they are.
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    #[command(flatten)]
+    pub jwt: JwtConfig,
 
     /// Comma-separated opaque secret keys (`sb_secret_...`) accepted as the service, in `apikey`
     /// or `Authorization`. Several at once allow rotation.
@@ -164,7 +173,7 @@ impl AuthConfig {
     /// ambiguous or missing.
     pub fn check(&self) -> Result<(), String> {
         self.resolved_jwks_url()?;
-        if self.jwt_secret.is_none() && self.service_keys.is_none() && !self.uses_jwks() {
+        if self.jwt.jwt_secret.is_none() && self.service_keys.is_none() && !self.uses_jwks() {
             return Err(
                 "USERSYNC_JWT_SECRET: is not set, and neither is USERSYNC_JWKS_URL nor \
                  USERSYNC_SERVICE_KEYS: no caller could authenticate"
@@ -182,8 +191,8 @@ impl AuthConfig {
             refetch_interval: self.jwks_refetch_interval,
         });
         Ok(Credentials {
-            jwt_secret: self.jwt_secret.clone(),
-            jwt_issuer: self.jwt_issuer.clone(),
+            jwt_secret: self.jwt.jwt_secret.clone(),
+            jwt_issuer: self.jwt.jwt_issuer.clone(),
             service_keys: self.service_keys.clone(),
             jwks,
         })
@@ -195,7 +204,7 @@ impl AuthConfig {
 
     /// The JWKS to fetch: the configured URL, or the one derived from the issuer.
     pub fn resolved_jwks_url(&self) -> Result<Option<Url>, String> {
-        match (&self.jwks_url, self.jwks_from_issuer, &self.jwt_issuer) {
+        match (&self.jwks_url, self.jwks_from_issuer, &self.jwt.jwt_issuer) {
             (None, false, _) => Ok(None),
             (Some(url), false, _) => Ok(Some(url.clone())),
             (Some(_), true, _) => Err(
@@ -234,31 +243,6 @@ pub fn parse_secret(raw: &str) -> Result<SecretString, String> {
         return Err("must be at least 32 characters long".into());
     }
     Ok(SecretString::from(raw.to_owned()))
-}
-
-/// The settings `usersync token` signs with: the same variables as `serve`'s, parsed alike (a
-/// token signed with a secret `serve` would refuse would be refused by the service it was
-/// minted for).
-#[derive(Debug, Clone, Args)]
-pub struct SigningConfig {
-    /// The project's JWT secret: at least 32 characters, checked as `serve` checks it (a
-    /// token signed with a shorter one would be refused by the service it was minted for).
-    #[arg(
-        long = "jwt-secret",
-        env = "USERSYNC_JWT_SECRET",
-        value_name = "USERSYNC_JWT_SECRET",
-        value_parser = parse_secret,
-        hide_env_values = true,
-        required = true
-    )]
-    pub jwt_secret: Option<SecretString>,
-    /// Issuer claim for user tokens.
-    #[arg(
-        long = "jwt-issuer",
-        env = "USERSYNC_JWT_ISSUER",
-        value_name = "USERSYNC_JWT_ISSUER"
-    )]
-    pub jwt_issuer: Option<String>,
 }
 
 fn parse_service_keys(raw: &str) -> Result<ServiceKeys, String> {
@@ -929,8 +913,10 @@ mod tests {
 
     fn auth(jwks_url: Option<&str>, from_issuer: bool, issuer: Option<&str>) -> AuthConfig {
         AuthConfig {
-            jwt_secret: None,
-            jwt_issuer: issuer.map(str::to_owned),
+            jwt: JwtConfig {
+                jwt_secret: None,
+                jwt_issuer: issuer.map(str::to_owned),
+            },
             service_keys: None,
             jwks_url: jwks_url.map(|u| parse_jwks_url(u).unwrap()),
             jwks_from_issuer: from_issuer,
@@ -1009,7 +995,12 @@ mod tests {
     #[test]
     fn no_secret_shows_in_the_configuration_debug_output() {
         let config = AuthConfig {
-            jwt_secret: Some(parse_secret("jwt-secret-value-that-is-long-enough-0123").unwrap()),
+            jwt: JwtConfig {
+                jwt_secret: Some(
+                    parse_secret("jwt-secret-value-that-is-long-enough-0123").unwrap(),
+                ),
+                jwt_issuer: None,
+            },
             service_keys: Some(
                 parse_service_keys("sb_secret_aaaaaaaaaaaaaaaa,sb_secret_bbbbbbbbbbbbbbbb")
                     .unwrap(),

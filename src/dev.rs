@@ -20,7 +20,7 @@ use crate::auth::ServiceKeys;
 use crate::compiler::mapping::Mapping;
 use crate::config::{
     parse_database_url, AuthConfig, ConnectionConfig, DatabaseConfig, DevConfig, HealingConfig,
-    HooksConfig, HttpConfig, MappingConfig, ReconcileConfig, ServeConfig, Switch,
+    HooksConfig, HttpConfig, JwtConfig, MappingConfig, ReconcileConfig, ServeConfig, Switch,
 };
 use crate::http::MetricsAccess;
 use crate::repo::triggers;
@@ -72,8 +72,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             acquire_timeout: Duration::from_secs(3),
         },
         auth: AuthConfig {
-            jwt_secret: Some(secret.clone()),
-            jwt_issuer: None,
+            jwt: JwtConfig {
+                jwt_secret: Some(secret.clone()),
+                jwt_issuer: None,
+            },
             service_keys: Some(ServiceKeys(vec![SecretString::from(
                 DEV_SERVICE_KEY.to_owned(),
             )])),

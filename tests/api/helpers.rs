@@ -24,7 +24,8 @@ use usersync::compiler::bind::{BoundMapping, FitWatch};
 use usersync::compiler::mapping::Mapping;
 use usersync::config::{
     parse_cors_origins, parse_database_url, AuthConfig, ConnectionConfig, DatabaseConfig,
-    HealingConfig, HooksConfig, HttpConfig, MappingConfig, ReconcileConfig, ServeConfig, Switch,
+    HealingConfig, HooksConfig, HttpConfig, JwtConfig, MappingConfig, ReconcileConfig, ServeConfig,
+    Switch,
 };
 use usersync::dev::fixtures;
 use usersync::http::MetricsAccess;
@@ -429,11 +430,13 @@ pub fn serve_config(db_url: &str, options: &AppOptions) -> ServeConfig {
             acquire_timeout: Duration::from_secs(5),
         },
         auth: AuthConfig {
-            jwt_secret: options
-                .jwt_secret
-                .as_ref()
-                .map(|s| SecretString::from(s.clone())),
-            jwt_issuer: options.issuer.clone(),
+            jwt: JwtConfig {
+                jwt_secret: options
+                    .jwt_secret
+                    .as_ref()
+                    .map(|s| SecretString::from(s.clone())),
+                jwt_issuer: options.issuer.clone(),
+            },
             service_keys: (!options.service_keys.is_empty()).then(|| {
                 ServiceKeys(
                     options
