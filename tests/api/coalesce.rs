@@ -26,7 +26,7 @@ async fn sync_queued_behind_a_blocked_sync(
 ) -> Vec<(u16, Value)> {
     let lock = hold_next_sync(&app.db.pool, blocker).await;
     let blocked = spawn_sync_me(&app.address, blocker);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_lock_waiters(&app.db.pool, 1).await;
     let queued: Vec<_> = ids
         .iter()
         .map(|id| spawn_sync_me(&app.address, *id))

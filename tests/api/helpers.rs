@@ -781,6 +781,27 @@ pub async fn hold_next_sync(db: &PgPool, id: Uuid) -> sqlx::Transaction<'static,
     lock
 }
 
+/// Waits until `count` sessions of this database wait on a lock (a sync behind
+/// `hold_next_sync`'s row lock): a fixed sleep was not always long enough on a loaded machine,
+/// and the next request then took the statement slot first.
+pub async fn wait_for_lock_waiters(db: &PgPool, count: i64) {
+    eventually(
+        Duration::from_secs(10),
+        "a sync blocked on the held row",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap();
+            waiting >= count
+        },
+    )
+    .await;
+}
+
 /// Sends `POST /v1/users/me/sync` as `id` to the service at `address` in the background; the
 /// task ends with the answer's status and body.
 pub fn spawn_sync_me(address: &str, id: Uuid) -> tokio::task::JoinHandle<(u16, Value)> {
@@ -815,7 +836,7 @@ pub async fn assert_next_sync_waits_then_503(
 ) {
     let lock = hold_next_sync(&app.db.pool, busy).await;
     let held = spawn_sync_me(&app.address, busy);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_lock_waiters(&app.db.pool, 1).await;
     let started = std::time::Instant::now();
     let answer = app.sync_me(&user_token(next)).await;
     let waited = started.elapsed();
