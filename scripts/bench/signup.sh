@@ -111,6 +111,8 @@ find_postmaster
 echo "== creating $DB"
 create_bench_db
 gotrue_tables_sql | psql_bench
+# The trigger functions' own time per call, inside GoTrue's transaction (pg_stat_user_functions).
+psql_admin -c "alter database $DB set track_functions = 'pl'" >/dev/null
 psql "$AUTH_URL" -X -q -At -c "select 1 from users limit 0" >/dev/null \
   || { echo "cannot run SQL as supabase_auth_admin at $AUTH_URL" >&2; exit 1; }
 
@@ -256,7 +258,12 @@ measure() {
   local setup="$1" workload="$2" clients="$3" size="$4" added profiles
   setup_trigger install "$setup"
   [ "$SETTLE" -gt 0 ] && pgbench_tps "$WORK/$workload.sql" "$clients" "$SETTLE" "$size"
+  psql_bench -c "select pg_stat_reset()" >/dev/null
   pgbench_tps "$WORK/$workload.sql" "$clients" "$DURATION" "$size"
+  # Read once the backends have exited (pgbench_tps waits for them), which flushes their counts.
+  FN=$(psql_bench -At -c "select round(sum(total_time)::numeric * 1000 / sum(calls))
+                            from pg_stat_user_functions
+                           where funcname in ('sync_auth_user', 'handle_new_user')")
   setup_trigger uninstall "$setup"
   read -r added profiles <<<"$(psql_bench -At -F ' ' -c "select
       (select count(*) from auth.users where created_at > '$SEED_END'),
@@ -266,7 +273,7 @@ measure() {
     echo "$setup made $profiles profiles for $added sign-ups" >&2
     exit 1
   fi
-  echo "   $size users, $clients clients, $workload, $setup: $TPS tps${CPU:+, $CPU µs server CPU each} (+$added users)"
+  echo "   $size users, $clients clients, $workload, $setup: $TPS tps${CPU:+, $CPU µs server CPU each}${FN:+, trigger function $FN µs per call} (+$added users)"
   reset_state "$size"
 }
 
@@ -292,16 +299,17 @@ for size in $SIZES; do
     up_none=(); up_recipe=(); up_usersync=(); in_none=(); in_usersync=()
     vs_none=(); vs_recipe=(); in_vs_none=()
     cpu_up_none=(); cpu_up_recipe=(); cpu_up_usersync=(); cpu_in_none=(); cpu_in_usersync=()
-    cpu_vs_none=(); cpu_vs_recipe=(); cpu_in_vs_none=()
+    cpu_vs_none=(); cpu_vs_recipe=(); cpu_in_vs_none=(); fn_recipe=(); fn_usersync=()
     for round in $(seq 1 "$ROUNDS"); do
       # Each round measures every setup once, in an order that turns by one each round, so that
       # no setup always runs first (or right after the same other one) at a size.
       order=(none recipe usersync)
       turn=$(( (round - 1) % 3 ))
       order=("${order[@]:$turn}" "${order[@]:0:$turn}")
-      declare -A up=() signin=() cpu_up=() cpu_in=()
+      declare -A up=() signin=() cpu_up=() cpu_in=() fn_up=()
       for setup in "${order[@]}"; do
         measure "$setup" signup "$clients" "$size"; up[$setup]=$TPS; cpu_up[$setup]=$CPU
+        [ "$setup" = none ] || fn_up[$setup]=$FN
         if [ "$setup" != recipe ]; then
           measure "$setup" signin "$clients" "$size"; signin[$setup]=$TPS; cpu_in[$setup]=$CPU
         fi
@@ -325,7 +333,8 @@ for size in $SIZES; do
       by_cpu=""
       [ "${#cpu_vs_none[@]}" -gt 0 ] && by_cpu=" (by CPU ${cpu_vs_none[-1]}x, ${cpu_vs_recipe[-1]}x; ${cpu_in_vs_none[-1]}x)"
       echo "   round $round: usersync / none ${vs_none[-1]}x, / recipe ${vs_recipe[-1]}x; sign-in ${in_vs_none[-1]}x$by_cpu"
-      unset up signin cpu_up cpu_in
+      fn_recipe+=("${fn_up[recipe]}"); fn_usersync+=("${fn_up[usersync]}")
+      unset up signin cpu_up cpu_in fn_up
     done
     un=$(median "${up_none[@]}"); ur=$(median "${up_recipe[@]}"); uu=$(median "${up_usersync[@]}")
     inn=$(median "${in_none[@]}"); inu=$(median "${in_usersync[@]}")
@@ -333,7 +342,7 @@ for size in $SIZES; do
     if [ "${#cpu_vs_none[@]}" -gt 0 ]; then
       c_none=$(median "${cpu_vs_none[@]}"); c_recipe=$(median "${cpu_vs_recipe[@]}")
       c_in=$(median "${cpu_in_vs_none[@]}")
-      CPU_ROWS+=("| $size | $clients | $(median "${cpu_up_none[@]}") | $(median "${cpu_up_recipe[@]}") | $(median "${cpu_up_usersync[@]}") | ${c_none}x ($(verdict "$c_none" 0.85)) | ${c_recipe}x ($(verdict "$c_recipe" 0.90)) | $(median "${cpu_in_none[@]}") | $(median "${cpu_in_usersync[@]}") | ${c_in}x ($(verdict "$c_in" 0.95)) | $(spread "${cpu_up_none[@]}") / $(spread "${cpu_up_usersync[@]}") |")
+      CPU_ROWS+=("| $size | $clients | $(median "${cpu_up_none[@]}") | $(median "${cpu_up_recipe[@]}") | $(median "${cpu_up_usersync[@]}") | ${c_none}x ($(verdict "$c_none" 0.85)) | ${c_recipe}x ($(verdict "$c_recipe" 0.90)) | $(median "${cpu_in_none[@]}") | $(median "${cpu_in_usersync[@]}") | ${c_in}x ($(verdict "$c_in" 0.95)) | $(spread "${cpu_up_none[@]}") / $(spread "${cpu_up_usersync[@]}") | $(median "${fn_recipe[@]}") / $(median "${fn_usersync[@]}") |")
     fi
     ROWS+=("| $size | $clients | $un | $ur | $uu | ${r_none}x ($(verdict "$r_none" 0.85)) | ${r_recipe}x ($(verdict "$r_recipe" 0.90)) | $inn | $inu | ${r_in}x ($(verdict "$r_in" 0.95)) | $(spread "${up_none[@]}") / $(spread "${up_usersync[@]}") |")
   done
@@ -353,7 +362,10 @@ if [ "${#CPU_ROWS[@]}" -gt 0 ]; then
   echo "exited backends included; pgbench's own not), medians of the rounds; a ratio is the median of the rounds'"
   echo "none (or recipe) CPU / usersync CPU, which is the throughput ratio wherever CPU decides throughput."
   echo
-  echo "| users | clients | sign-up CPU µs none | recipe | usersync | usersync / none by CPU (>= 0.85) | usersync / recipe by CPU (>= 0.90) | sign-in CPU µs none | usersync | usersync / none by CPU (>= 0.95) | spread |"
-  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "The last column is the trigger function's own time per call inside the transaction (pg_stat_user_functions):"
+  echo "the recipe's handle_new_user() / usersync's sync_auth_user(), medians of the rounds."
+  echo
+  echo "| users | clients | sign-up CPU µs none | recipe | usersync | usersync / none by CPU (>= 0.85) | usersync / recipe by CPU (>= 0.90) | sign-in CPU µs none | usersync | usersync / none by CPU (>= 0.95) | spread | function µs per call (recipe / usersync) |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${CPU_ROWS[@]}"
 fi
