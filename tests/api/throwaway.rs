@@ -44,16 +44,25 @@ fn probe() {
 /// Runs the probe in `mode`, lets it go on once its server is up, sends `signal` to its
 /// process group then (if any), and returns the server's directory and the child's exit status.
 fn run_probe(mode: &str, signal: Option<libc::c_int>) -> (PathBuf, std::process::ExitStatus) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut probe = Command::new(std::env::current_exe().unwrap());
+    probe
         .args(["throwaway::probe", "--exact", "--ignored", "--nocapture"])
         .env_remove("DATABASE_URL")
         .env(MODE, mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("the test binary runs again");
+        .process_group(0);
+    // A shell without job control starts its background jobs with SIGINT ignored (`cmd &`,
+    // `nohup`), and the probe would inherit that and never see the Ctrl-C this file sends.
+    // SAFETY: signal() is async-signal-safe, as pre_exec requires.
+    unsafe {
+        probe.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = probe.spawn().expect("the test binary runs again");
     let (dirs, said) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -78,7 +87,19 @@ fn run_probe(mode: &str, signal: Option<libc::c_int>) -> (PathBuf, std::process:
         // SAFETY: kill has no memory-safety preconditions.
         assert_eq!(unsafe { libc::kill(group, signal) }, 0);
     }
-    (dir, child.wait().unwrap())
+    // Bounded: a probe that outlives its signal fails the test instead of hanging the run.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (dir, status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the probe outlived its signal by {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The processes whose working directory is in `dir`: every process of a PostgreSQL server
